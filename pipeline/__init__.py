@@ -1,0 +1,1 @@
+"""Sora pipeline: the stages (data, pretrain, evaluate), the storage layer, configs and the CLI."""

@@ -1,0 +1,1 @@
+"""Evaluation stage: lm-evaluation-harness integration."""

@@ -1,0 +1,55 @@
+"""lm-evaluation-harness integration for Sora checkpoints.
+
+Sora is not a model type transformers knows, so `lm_eval --model hf` could only load it with
+`trust_remote_code` and code copied into every checkpoint. Instead, importing `sora` registers the
+model with the Auto classes, and this module registers an lm-eval model named `sora` that is the
+stock `HFLM` with that registration done. Everything `hf` accepts (`pretrained=`, `dtype=`,
+`batch_size`, `device`) works unchanged:
+
+    lm_eval --include_path my_tasks --model sora --model_args pretrained=runs/x/hf --tasks my_task
+    (with `import pipeline.evaluation.harness` done first, e.g. through `sora eval`)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lm_eval import simple_evaluate
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
+
+import sora  # noqa: F401  (registers SoraConfig / SoraForCausalLM with the Auto classes)
+
+
+@register_model("sora")
+class SoraLM(HFLM):
+    """`HFLM` for Sora checkpoints (exported `runs/<run>/hf` directories)."""
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    tasks: list[str],
+    include_path: str | Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    device: str = "cpu",
+    num_fewshot: int | None = None,
+) -> dict[str, Any]:
+    """Score an HF-format Sora checkpoint on lm-eval tasks; returns lm-eval's results dict."""
+    task_manager = TaskManager(include_path=str(include_path)) if include_path else TaskManager()
+    results = simple_evaluate(
+        model="sora",
+        model_args={"pretrained": str(checkpoint), "dtype": "float32"},
+        tasks=tasks,
+        task_manager=task_manager,
+        batch_size=batch_size,
+        device=device,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        log_samples=False,
+    )
+    if results is None:  # only non-zero ranks of a distributed lm-eval run return None
+        raise RuntimeError("lm-eval returned no results")
+    return results
