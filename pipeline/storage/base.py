@@ -1,0 +1,114 @@
+"""The `ObjectStore` interface shared by the local and S3 back ends.
+
+Bulk reads, writes and listings go through `pyarrow.fs` (one code path for both back ends, and the
+same filesystem object serves Arrow IPC readers). The two operations that make publishing safe are
+back-end specific: `create` (create-if-absent) and `swap` (compare-and-swap on an ETag).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import pyarrow.fs as pafs
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """How to reach object storage. Picklable, so Ray workers can open their own store.
+
+    endpoint_url: S3-compatible endpoint (MinIO, moto, R2...); default AWS. Falls back to the
+        `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` environment variables.
+    region: S3 region; falls back to `AWS_REGION` / `AWS_DEFAULT_REGION`, then us-east-1.
+    max_attempts: attempts per request for throttling / 5xx errors (exponential backoff).
+    Credentials come from the usual AWS chain (environment, profile, instance role) and are never
+    stored here or printed.
+    """
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    max_attempts: int = 8
+
+
+class ObjectStore(ABC):
+    """Keys are '/'-separated paths relative to the store's root URI."""
+
+    def __init__(self, root_uri: str, fs: pafs.FileSystem, base: str) -> None:
+        self.root_uri = root_uri.rstrip("/")
+        self.fs = fs
+        self.base = base.rstrip("/")
+
+    # -- addressing -------------------------------------------------------------------------
+    def uri(self, key: str) -> str:
+        return f"{self.root_uri}/{key}"
+
+    def path(self, key: str) -> str:
+        """Path of `key` inside `self.fs` (for pyarrow readers and writers)."""
+        return f"{self.base}/{key}"
+
+    def key_of(self, uri: str) -> str:
+        """Inverse of `uri()`; raises if the URI is outside this store."""
+        if not uri.startswith(self.root_uri + "/"):
+            raise UserError(f"{uri} is not under the storage root {self.root_uri}")
+        return uri[len(self.root_uri) + 1 :]
+
+    # -- plain operations -------------------------------------------------------------------
+    def read(self, key: str) -> bytes:
+        try:
+            with self.fs.open_input_stream(self.path(key)) as stream:
+                return stream.read()
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            raise self.translate_error(error, key) from None
+
+    def exists(self, key: str) -> bool:
+        info = self.fs.get_file_info(self.path(key))
+        return info.type != pafs.FileType.NotFound
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys of all files under `prefix` (recursive), sorted."""
+        selector = pafs.FileSelector(self.path(prefix), recursive=True, allow_not_found=True)
+        infos = self.fs.get_file_info(selector)
+        start = len(self.base) + 1
+        return sorted(info.path[start:] for info in infos if info.type == pafs.FileType.File)
+
+    def size(self, key: str) -> int:
+        return self.fs.get_file_info(self.path(key)).size
+
+    def delete(self, key: str) -> None:
+        self.fs.delete_file(self.path(key))
+
+    @abstractmethod
+    def write(self, key: str, data: bytes) -> None:
+        """Write `data` atomically (readers see the old object or the whole new one)."""
+
+    # -- conditional operations ------------------------------------------------------------
+    @abstractmethod
+    def create(self, key: str, data: bytes) -> bool:
+        """Create `key` only if absent. True if this call created it, False if it already existed."""
+
+    @abstractmethod
+    def read_with_etag(self, key: str) -> tuple[bytes, str] | None:
+        """Content and version tag of `key`, or None if absent."""
+
+    @abstractmethod
+    def swap(self, key: str, data: bytes, expected_etag: str | None) -> str | None:
+        """Replace `key` only if its tag is still `expected_etag` (None: only if absent).
+
+        Returns the new tag when this call wrote, None when the precondition failed.
+        """
+
+    @abstractmethod
+    def check(self) -> None:
+        """Fail with a clear `UserError` if the root is unreachable (missing bucket, credentials)."""
+
+    def translate_error(self, error: Exception, key: str) -> Exception:
+        return error
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,89 @@
+"""A writer lease with expiry and a fencing epoch, built on compare-and-swap.
+
+The lease object is tiny JSON: {owner, epoch, expires_at}. Acquiring succeeds when the object is
+absent, expired or released; each acquisition increments `epoch`. A holder passes its epoch to
+`assert_held` before publishing, so a writer whose lease expired (and was taken over) is fenced
+off instead of publishing over the newer holder's work.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+
+from ..errors import UserError
+from .base import ObjectStore
+
+
+class LeaseHeldError(UserError):
+    """Another writer holds the lease."""
+
+
+@dataclass
+class Lease:
+    store: ObjectStore
+    key: str
+    owner: str
+    epoch: int
+    expires_at: float
+    etag: str
+
+    def renew(self, duration_s: float) -> None:
+        """Extend the lease; raises if it was lost (expired and taken by another writer)."""
+        self._replace(time.time() + duration_s)
+
+    def release(self) -> None:
+        """Give the lease up (it expires now); a lost lease is left alone."""
+        try:
+            self._replace(0.0)
+        except LeaseHeldError:
+            pass
+
+    def assert_held(self) -> None:
+        """Fencing check before a publishing step."""
+        current = self.store.read_with_etag(self.key)
+        if current is None or current[1] != self.etag:
+            raise LeaseHeldError(f"lease {self.store.uri(self.key)} was lost (epoch {self.epoch}); not publishing")
+        if time.time() > self.expires_at:
+            raise LeaseHeldError(f"lease {self.store.uri(self.key)} expired (epoch {self.epoch}); not publishing")
+
+    def _replace(self, expires_at: float) -> None:
+        etag = self.store.swap(self.key, _encode(self.owner, self.epoch, expires_at), self.etag)
+        if etag is None:
+            raise LeaseHeldError(f"lease {self.store.uri(self.key)} was lost (epoch {self.epoch})")
+        self.expires_at, self.etag = expires_at, etag
+
+
+def _encode(owner: str, epoch: int, expires_at: float) -> bytes:
+    return json.dumps({"owner": owner, "epoch": epoch, "expires_at": expires_at}).encode()
+
+
+def default_owner() -> str:
+    return f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
+
+
+def acquire_lease(
+    store: ObjectStore, key: str, duration_s: float, owner: str | None = None, what: str = "job"
+) -> Lease:
+    """Take the lease at `key` or raise `LeaseHeldError` naming the current holder."""
+    owner = owner or default_owner()
+    current = store.read_with_etag(key)
+    expected_etag = None
+    epoch = 1
+    if current is not None:
+        state = json.loads(current[0])
+        if state["expires_at"] > time.time():
+            remaining = state["expires_at"] - time.time()
+            raise LeaseHeldError(
+                f"{what} already running: {state['owner']} holds {store.uri(key)} "
+                f"(epoch {state['epoch']}, expires in {remaining:.0f}s)"
+            )
+        expected_etag, epoch = current[1], state["epoch"] + 1
+    expires_at = time.time() + duration_s
+    etag = store.swap(key, _encode(owner, epoch, expires_at), expected_etag)
+    if etag is None:
+        raise LeaseHeldError(f"{what} already running: another writer took {store.uri(key)} just now")
+    return Lease(store, key, owner, epoch, expires_at, etag)

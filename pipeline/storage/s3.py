@@ -1,0 +1,132 @@
+"""S3 (and S3-compatible) object store.
+
+Conditional writes use S3's own preconditions: `IfNoneMatch="*"` to create-if-absent and
+`IfMatch=<etag>` to compare-and-swap, so two writers racing on a pointer cannot both win. Both
+boto3 and pyarrow retry throttling and 5xx errors with exponential backoff. Error messages name
+the bucket and key, never credentials.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+import boto3
+import pyarrow.fs as pafs
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from ..errors import UserError
+from .base import ObjectStore, StorageSettings
+
+_PRECONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+_ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "403"}
+
+
+def _endpoint(settings: StorageSettings) -> str | None:
+    return settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+class S3Store(ObjectStore):
+    def __init__(self, root_uri: str, settings: StorageSettings) -> None:
+        parsed = urlparse(root_uri)
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        if not self.bucket:
+            raise UserError(f"bad S3 URI {root_uri!r}: expected s3://bucket[/prefix]")
+        endpoint = _endpoint(settings)
+        region = settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        session = boto3.session.Session(region_name=region)
+        self.client = session.client(
+            "s3",
+            endpoint_url=endpoint,
+            config=Config(retries={"max_attempts": settings.max_attempts, "mode": "adaptive"}),
+        )
+        credentials = session.get_credentials()
+        frozen = credentials.get_frozen_credentials() if credentials else None
+        fs_kwargs: dict = {
+            "region": region,
+            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=settings.max_attempts),
+        }
+        if frozen is not None:
+            fs_kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token)
+        if endpoint:
+            endpoint_parts = urlparse(endpoint)
+            fs_kwargs.update(endpoint_override=endpoint_parts.netloc, scheme=endpoint_parts.scheme or "https")
+        base = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
+        super().__init__(root_uri, pafs.S3FileSystem(**fs_kwargs), base)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _describe(self, key: str | None = None) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}" if key else f"s3://{self.bucket}"
+
+    def _user_error(self, error: Exception, key: str | None = None) -> Exception:
+        code = ""
+        if isinstance(error, ClientError):
+            code = str(error.response.get("Error", {}).get("Code", ""))
+        text = str(error)
+        if code in {"NoSuchBucket"} or "NoSuchBucket" in text or "NO_SUCH_BUCKET" in text:
+            return UserError(f"bucket {self.bucket!r} does not exist ({self._describe(key)})")
+        if code in _ACCESS_CODES or "ACCESS_DENIED" in text or "InvalidAccessKeyId" in text:
+            return UserError(f"access denied to {self._describe(key)}: check the AWS credentials and the bucket policy")
+        if isinstance(error, NoCredentialsError):
+            return UserError(f"no AWS credentials found for {self._describe(key)}")
+        return error
+
+    def translate_error(self, error: Exception, key: str) -> Exception:
+        return self._user_error(error, key)
+
+    def write(self, key: str, data: bytes) -> None:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        except (ClientError, BotoCoreError) as error:
+            raise self._user_error(error, key) from None
+
+    def create(self, key: str, data: bytes) -> bool:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as error:
+            if _is_precondition_failure(error):
+                return False
+            raise self._user_error(error, key) from None
+
+    def read_with_etag(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+                return None
+            raise self._user_error(error, key) from None
+        return response["Body"].read(), response["ETag"]
+
+    def swap(self, key: str, data: bytes, expected_etag: str | None) -> str | None:
+        condition = {"IfNoneMatch": "*"} if expected_etag is None else {"IfMatch": expected_etag}
+        try:
+            response = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+            return response["ETag"]
+        except ClientError as error:
+            if _is_precondition_failure(error) or error.response.get("Error", {}).get("Code") == "NoSuchKey":
+                return None
+            raise self._user_error(error, key) from None
+
+    def check(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            if code in {"404", "NoSuchBucket", "NotFound"}:
+                raise UserError(f"bucket {self.bucket!r} does not exist ({self.root_uri})") from None
+            raise self._user_error(error) from None
+        except NoCredentialsError:
+            raise UserError(f"no AWS credentials found for {self.root_uri}") from None
+        except BotoCoreError as error:
+            raise UserError(f"cannot reach object storage for {self.root_uri}: {type(error).__name__}") from None
+
+
+def _is_precondition_failure(error: ClientError) -> bool:
+    info = error.response.get("Error", {})
+    status = str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+    return str(info.get("Code", "")) in _PRECONDITION_CODES or status in {"412", "409"}
