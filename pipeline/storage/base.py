@@ -43,11 +43,11 @@ class ObjectStore(ABC):
 
     # -- addressing -------------------------------------------------------------------------
     def uri(self, key: str) -> str:
-        return f"{self.root_uri}/{key}"
+        return f"{self.root_uri}/{key}" if key else self.root_uri
 
     def path(self, key: str) -> str:
         """Path of `key` inside `self.fs` (for pyarrow readers and writers)."""
-        return f"{self.base}/{key}"
+        return f"{self.base}/{key}" if key else self.base
 
     def key_of(self, uri: str) -> str:
         """Inverse of `uri()`; raises if the URI is outside this store."""

@@ -1,0 +1,31 @@
+"""The top-level run config: storage, Ray, and one section per stage."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from ..storage import StorageSettings
+from .base import Section
+from .data import DataConfig
+
+
+class StorageConfig(Section):
+    root: str = Field(default="file://.sora", description="Object-store root: file:///dir, a path, or "
+                      "s3://bucket/prefix. Datasets and runs live under it.")
+    endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, R2, moto...).")
+    region: str | None = Field(default=None, description="S3 region (default from the AWS environment).")
+    max_attempts: int = Field(default=8, ge=1, description="Attempts per storage request (throttling, 5xx).")
+
+    def settings(self) -> StorageSettings:
+        return StorageSettings(endpoint_url=self.endpoint_url, region=self.region, max_attempts=self.max_attempts)
+
+
+class RayConfig(Section):
+    address: str | None = Field(default=None, description="Ray cluster address; None starts a local Ray.")
+    num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local Ray (default: all).")
+
+
+class RunConfig(Section):
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    data: DataConfig = Field(default_factory=DataConfig)

@@ -1,0 +1,1 @@
+"""Data stage: raw corpora -> cleaned, deduplicated, tokenized, packed Arrow shards + a manifest."""

@@ -1,0 +1,112 @@
+"""Source discovery: turn configured sources into read units with fingerprints.
+
+A read unit is one file (or one HF dataset) that a Ray task reads. Its fingerprint (size plus
+mtime or ETag) is what incremental refreshes diff against the latest manifest.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sysconfig
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..config.data import SourceConfig
+from ..errors import UserError
+from ..storage import StorageSettings, open_store
+
+EXTENSIONS = {
+    "jsonl": (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst", ".ndjson"),
+    "parquet": (".parquet",),
+    "text": (".txt", ".md", ".py", ".text"),
+}
+
+
+def stdlib_directory() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _stdlib_units(source_index: int) -> list[dict]:
+    """Every .py file of this interpreter's standard library (site-packages excluded)."""
+    root = stdlib_directory()
+    units = []
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if d not in ("site-packages", "dist-packages", "__pycache__"))
+        for name in sorted(files):
+            if not name.endswith(".py"):
+                continue
+            path = Path(directory) / name
+            relative = path.relative_to(root)
+            stat = path.stat()
+            label = relative.parts[0].removesuffix(".py")
+            units.append(
+                _unit(source_index, "text", f"file://{root}", str(relative), stat.st_size, str(stat.st_mtime_ns), label)
+            )
+    return units
+
+
+def _unit(index: int, kind: str, root: str, key: str, size: int, version: str, label: str | None = None) -> dict:
+    return {
+        "source_index": index,
+        "kind": kind,
+        "root": root,
+        "key": key,
+        "uri": f"{root}/{key}",
+        "size": size,
+        "version": version,
+        "label": label,
+    }
+
+
+def _split_glob(uri: str) -> tuple[str, str | None]:
+    """('s3://b/dir', '*.jsonl') for a glob in the last component, else (uri, None)."""
+    head, _, tail = uri.rstrip("/").rpartition("/")
+    if any(ch in tail for ch in "*?["):
+        return head, tail
+    return uri, None
+
+
+def list_units(source: SourceConfig, index: int, settings: StorageSettings) -> list[dict]:
+    """Read units of one source, sorted; raises `UserError` if the source is missing or empty."""
+    if source.kind == "python-stdlib":
+        return _stdlib_units(index)
+    if source.kind == "hf_hub":
+        return [_unit(index, "hf_hub", "hf://", source.uri, 0, "hub")]
+    if source.kind == "hf_disk":
+        path = Path(urlparse(source.uri).path if source.uri.startswith("file://") else source.uri)
+        if not path.exists():
+            raise UserError(f"source {source.uri} not found")
+        state = sorted(path.rglob("*.arrow")) + sorted(path.rglob("state.json"))
+        version = ",".join(f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in state)
+        return [_unit(index, "hf_disk", f"file://{path.parent}", path.name, 0, version)]
+
+    location, pattern = _split_glob(source.uri)
+    store = open_store(location, settings)
+    if pattern is None and store.exists(""):
+        # A single file: the store is its parent directory.
+        parent, _, name = store.root_uri.rpartition("/")
+        store, keys = open_store(parent, settings), [name]
+    else:
+        keys = [k for k in store.list("") if k.lower().endswith(EXTENSIONS[source.kind])]
+        if pattern is not None:
+            keys = [k for k in keys if fnmatch.fnmatch(k.rpartition("/")[2], pattern)]
+    if not keys:
+        raise UserError(f"source {source.uri} not found or has no {source.kind} files")
+    units = []
+    for key in keys:
+        info = store.fs.get_file_info(store.path(key))
+        version = str(info.mtime_ns) if info.mtime_ns is not None else ""
+        units.append(_unit(index, source.kind, store.root_uri, key, info.size or 0, version))
+    return units
+
+
+def list_all_units(sources: list[SourceConfig], settings: StorageSettings) -> list[dict]:
+    units: list[dict] = []
+    for index, source in enumerate(sources):
+        units.extend(list_units(source, index, settings))
+    return units
+
+
+def fingerprint(unit: dict) -> tuple[str, int, str]:
+    return unit["uri"], unit["size"], unit["version"]

@@ -1,0 +1,44 @@
+"""Progress messages and the end-of-run summary of the data stage (rich console, stderr)."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+
+class Reporter:
+    def __init__(self, quiet: bool = False) -> None:
+        self.console = Console(stderr=True, quiet=quiet)
+        self.started = time.perf_counter()
+        self.last = self.started
+
+    def say(self, message: str) -> None:
+        self.console.print(message)
+
+    def start(self, message: str) -> None:
+        self.started = self.last = time.perf_counter()
+        self.console.print(f"[bold]{message}[/bold]")
+
+    def phase(self, name: str) -> None:
+        now = time.perf_counter()
+        self.console.print(f"  {name}: {now - self.last:.1f}s")
+        self.last = now
+
+    def finish(self, manifest: dict) -> None:
+        elapsed = time.perf_counter() - self.started
+        stats = manifest["stats"]["run"]
+        tokens = sum(stats["tokens"].values())
+        table = Table(title=f"dataset {manifest['dataset']} v{manifest['version']} published", show_header=False)
+        table.add_row("documents read", f"{stats['docs_read']:,}")
+        table.add_row("documents kept", f"{stats['docs_kept']:,}")
+        for reason, count in stats["rejected"].items():
+            table.add_row(f"  rejected: {reason}", f"{count:,}")
+        table.add_row("  duplicates: exact / near", f"{stats['duplicates']['exact']:,} / {stats['duplicates']['near']:,}")
+        table.add_row("tokens train / val / heldout", " / ".join(f"{stats['tokens'][s]:,}" for s in stats["tokens"]))
+        shards = {s: len(v) for s, v in manifest["shards"].items()}
+        table.add_row("shards (all versions)", ", ".join(f"{s} {n}" for s, n in shards.items()))
+        table.add_row("wall time", f"{elapsed:.1f}s")
+        table.add_row("throughput", f"{stats['source_bytes'] / 1e6 / elapsed:.2f} MB/s, {tokens / elapsed:,.0f} tokens/s")
+        self.console.print(table)

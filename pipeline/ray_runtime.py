@@ -1,0 +1,33 @@
+"""Start or join Ray once per process, quietly (Ray's own logs stay in its session folder)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from .config.run import RayConfig
+
+
+def ensure_ray(config: RayConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    kwargs = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
+    if config.address:
+        ray.init(address=config.address, **kwargs)
+    else:
+        ray.init(num_cpus=config.num_cpus, include_dashboard=False, **kwargs)
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    # Progress bars on a terminal; without one Ray Data would log a status line every few seconds.
+    interactive = sys.stderr.isatty()
+    context.enable_progress_bars = interactive
+    if not interactive:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    context.print_on_execution_start = False
+    context.verbose_stats_logs = False
