@@ -36,6 +36,46 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"{name:<8}{counts['total']:>16,}{counts['non_embedding']:>16,}{flops:>16.4g}")
 
 
+def _parse_overrides(pairs: list[str]) -> dict[str, object]:
+    import yaml
+
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects KEY=VALUE (dotted key, YAML value), got {pair!r}")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def _load(args: argparse.Namespace):
+    from .config import load_config
+
+    return load_config(args.config, _parse_overrides(args.set))
+
+
+def cmd_preprocess(args: argparse.Namespace) -> None:
+    """Build or incrementally refresh the dataset of CONFIG (data stage)."""
+    from .data.stage import preprocess
+
+    manifest = preprocess(_load(args))
+    print(f"dataset {manifest['dataset']} v{manifest['version']}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """The main job: every stage of CONFIG in order."""
+    from .run import run_all
+
+    run_all(_load(args))
+
+
+def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("config", help="run config (YAML), e.g. configs/default.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set data.seq_len=512 (repeatable)")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sora",
@@ -48,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("preset", nargs="?", help="one preset (default: all)")
     info.add_argument("--seq-len", type=int, default=2048, help="sequence length for FLOPs/token")
     info.set_defaults(func=cmd_info)
+
+    for name, help_text in (
+        ("preprocess", "data stage: corpora -> versioned Arrow shards + manifest"),
+        ("refresh", "incremental data refresh: only new/changed sources, no-op without changes"),
+    ):
+        _with_config(sub.add_parser(name, help=help_text)).set_defaults(func=cmd_preprocess)
+    _with_config(sub.add_parser("run", help="the main job: all stages of the config in order")).set_defaults(
+        func=cmd_run
+    )
     return parser
 
 

@@ -12,6 +12,8 @@ import sysconfig
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pyarrow.fs as pafs
+
 from ..config.data import SourceConfig
 from ..errors import UserError
 from ..storage import StorageSettings, open_store
@@ -83,7 +85,7 @@ def list_units(source: SourceConfig, index: int, settings: StorageSettings) -> l
 
     location, pattern = _split_glob(source.uri)
     store = open_store(location, settings)
-    if pattern is None and store.exists(""):
+    if pattern is None and store.fs.get_file_info(store.path("")).type == pafs.FileType.File:
         # A single file: the store is its parent directory.
         parent, _, name = store.root_uri.rpartition("/")
         store, keys = open_store(parent, settings), [name]

@@ -133,7 +133,7 @@ def _build(config, store, units, new_units, parent, given, run_id, config_sha, r
     shards = pd.DataFrame()
     if keep:
         tokenized = kept.map_batches(
-            TokenizeBatch, fn_constructor_args=(data, tokenizer.to_str(), groups), batch_format="pandas",
+            TokenizeBatch, fn_constructor_args=(data, tokenizer.to_str(), groups), batch_format="pyarrow",
             batch_size=256,
         )
         writer = PackWriteGroup(data, settings, store.root_uri, f"{prefix}/shards/{run_id}",

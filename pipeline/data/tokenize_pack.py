@@ -45,15 +45,16 @@ class TokenizeBatch:
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
         self.groups = groups
 
-    def __call__(self, batch: pd.DataFrame) -> pa.Table:
+    def __call__(self, batch: pa.Table) -> pa.Table:
         rows = []
-        for row in batch.itertuples(index=False):
-            weight = self.config.sources[row.source_index].weight
-            split = assign_split(row.hash, self.config)
-            count = copies(row.hash, weight) if split == "train" else 1  # never duplicate eval data
-            group = int.from_bytes(row.hash[8:12], "big") % self.groups[split]
+        for row in batch.select(["doc_key", "source_index", "label", "text", "hash"]).to_pylist():
+            digest = row["hash"]
+            weight = self.config.sources[row["source_index"]].weight
+            split = assign_split(digest, self.config)
+            count = copies(digest, weight) if split == "train" else 1  # never duplicate eval data
+            group = int.from_bytes(digest[8:12], "big") % self.groups[split]
             for k in range(count):
-                rows.append((f"{row.doc_key}#{k}", row.label, row.text, split, f"{split}/{group:05d}"))
+                rows.append((f"{row['doc_key']}#{k}", row["label"], row["text"], split, f"{split}/{group:05d}"))
         names = ["doc_key", "label", "text", "split", "group"]
         columns = {name: [row[i] for row in rows] for i, name in enumerate(names)}
         encodings = self.tokenizer.encode_batch(columns["text"], add_special_tokens=False) if rows else []

@@ -99,7 +99,10 @@ class ObjectStore(ABC):
     def swap(self, key: str, data: bytes, expected_etag: str | None) -> str | None:
         """Replace `key` only if its tag is still `expected_etag` (None: only if absent).
 
-        Returns the new tag when this call wrote, None when the precondition failed.
+        Returns the new tag when this call wrote, None when the precondition failed. On S3 the
+        tag is the content's MD5, so a swap that rewrites identical bytes is indistinguishable from
+        no write (ABA): callers write content that changes on every swap (our pointers and leases
+        embed a version or epoch and an expiry).
         """
 
     @abstractmethod

@@ -20,6 +20,12 @@ from ..errors import UserError
 from .base import ObjectStore, sha256_hex
 
 
+def _etag(stat: os.stat_result, data: bytes) -> str:
+    # Every write renames a new file into place, so (inode, mtime) changes even when the content
+    # does not: unlike a pure content hash, this tag has no ABA problem.
+    return f"{stat.st_ino:x}-{stat.st_mtime_ns:x}-{sha256_hex(data)[:16]}"
+
+
 class LocalStore(ObjectStore):
     def __init__(self, root_uri: str, directory: str) -> None:
         super().__init__(root_uri, pafs.LocalFileSystem(), directory)
@@ -62,10 +68,12 @@ class LocalStore(ObjectStore):
 
     def read_with_etag(self, key: str) -> tuple[bytes, str] | None:
         try:
-            data = self._file(key).read_bytes()
+            with open(self._file(key), "rb") as handle:
+                stat = os.fstat(handle.fileno())
+                data = handle.read()
         except FileNotFoundError:
             return None
-        return data, sha256_hex(data)
+        return data, _etag(stat, data)
 
     def swap(self, key: str, data: bytes, expected_etag: str | None) -> str | None:
         target = self._file(key)
@@ -79,7 +87,7 @@ class LocalStore(ObjectStore):
                 if current_etag != expected_etag:
                     return None
                 self.write(key, data)
-                return sha256_hex(data)
+                return self.read_with_etag(key)[1]  # still under the lock: this is our write
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 

@@ -50,7 +50,7 @@ def test_racing_writers_exactly_one_wins(store_root):
     def writer(i):
         own = open_store(*store_root)
         barrier.wait()
-        if own.swap("ptr", str(i).encode(), etag):
+        if own.swap("ptr", f"writer {i}".encode(), etag):
             winners.append(i)
 
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
@@ -59,7 +59,7 @@ def test_racing_writers_exactly_one_wins(store_root):
     for t in threads:
         t.join()
     assert len(winners) == 1
-    assert store.read("ptr") == str(winners[0]).encode()
+    assert store.read("ptr") == f"writer {winners[0]}".encode()
 
 
 def test_lease_excludes_second_writer_and_fences_expired_holder(store_root):
