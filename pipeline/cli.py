@@ -71,8 +71,13 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("config", help="run config (YAML), e.g. configs/default.yaml")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set data.seq_len=512 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set data.seq_len=512 (repeatable)",
+    )
     return parser
 
 

@@ -10,8 +10,10 @@ from .data import DataConfig
 
 
 class StorageConfig(Section):
-    root: str = Field(default="file://.sora", description="Object-store root: file:///dir, a path, or "
-                      "s3://bucket/prefix. Datasets and runs live under it.")
+    root: str = Field(
+        default="file://.sora",
+        description="Object-store root: file:///dir, a path, or s3://bucket/prefix. Datasets and runs live under it.",
+    )
     endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, R2, moto...).")
     region: str | None = Field(default=None, description="S3 region (default from the AWS environment).")
     max_attempts: int = Field(default=8, ge=1, description="Attempts per storage request (throttling, 5xx).")

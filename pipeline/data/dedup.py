@@ -61,8 +61,9 @@ class DedupIndex:
         table = pa.table(
             {
                 "hash": pa.array([d for d, _ in self.added], type=pa.binary(16)),
-                "minhash": pa.array([None if s is None else s.tolist() for _, s in self.added],
-                                    type=pa.list_(pa.uint32())),
+                "minhash": pa.array(
+                    [None if s is None else s.tolist() for _, s in self.added], type=pa.list_(pa.uint32())
+                ),
             }
         )
         sink = pa.BufferOutputStream()

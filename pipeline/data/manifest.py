@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import UserError
 from ..faults import fail_point
 from ..storage import ObjectStore
-from ..storage.lease import Lease
+from ..storage.lease import Heartbeat, Lease
 
 SCHEMA_VERSION = 1
 
@@ -41,9 +41,26 @@ def read_version(store: ObjectStore, name: str, version: int | str = "LATEST") -
         return manifest
     key = f"{dataset_prefix(name)}/manifests/v{int(version):06d}.json"
     try:
-        return json.loads(store.read(key))
+        manifest = json.loads(store.read(key))
     except FileNotFoundError:
         raise UserError(f"dataset {name!r} has no version {version} ({store.uri(key)})") from None
+    if int(version) not in published_versions(store, name):
+        raise UserError(
+            f"dataset {name!r} version {version} was never published (LATEST never pointed at it: "
+            "a crashed or overtaken writer left it behind)"
+        )
+    return manifest
+
+
+def published_versions(store: ObjectStore, name: str) -> list[int]:
+    """Versions LATEST has pointed at: the parent chain from the newest manifest."""
+    manifest, _ = read_latest(store, name)
+    versions = []
+    while manifest is not None:
+        versions.append(manifest["version"])
+        parent = manifest.get("parent_version")
+        manifest = json.loads(store.read(f"{dataset_prefix(name)}/manifests/v{parent:06d}.json")) if parent else None
+    return versions
 
 
 def next_version(store: ObjectStore, name: str) -> int:
@@ -52,7 +69,7 @@ def next_version(store: ObjectStore, name: str) -> int:
     return max(numbers, default=0) + 1
 
 
-def publish(store: ObjectStore, manifest: dict[str, Any], latest_etag: str | None, lease: Lease) -> str:
+def publish(store: ObjectStore, manifest: dict[str, Any], latest_etag: str | None, lease: Lease | Heartbeat) -> str:
     """Write the manifest (create-if-absent), then move LATEST (compare-and-swap). Returns its key."""
     prefix = dataset_prefix(manifest["dataset"])
     key = f"{prefix}/manifests/v{manifest['version']:06d}.json"

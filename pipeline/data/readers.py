@@ -26,8 +26,9 @@ def _store(root: str, settings: StorageSettings):
     return open_store(root, settings)
 
 
-def _record(unit: dict, position: int, text: str | None, reject: str | None, raw: bytes | None = None,
-            label: str | None = None) -> dict:
+def _record(
+    unit: dict, position: int, text: str | None, reject: str | None, raw: bytes | None = None, label: str | None = None
+) -> dict:
     return {
         "doc_key": f"{unit['source_index']:03d}|{unit['uri']}|{position:010d}",
         "unit": unit["uri"],

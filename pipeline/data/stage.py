@@ -55,29 +55,37 @@ def preprocess(config: RunConfig, reporter: Reporter | None = None) -> dict[str,
     prefix = dataset_prefix(data.name)
     lease = acquire_lease(store, f"{prefix}/_lease", data.lease_seconds, what=f"refresh of dataset {data.name!r}")
     try:
-        parent, parent_etag = read_latest(store, data.name)
-        config_sha = processing_sha256(config)
-        if parent is not None and parent["config_sha256"] != config_sha:
-            raise UserError(
-                f"dataset {data.name!r} v{parent['version']} was built with different processing settings "
-                f"({', '.join(_COMPATIBILITY_FIELDS)}); use a new dataset name to rebuild"
-            )
-        known = {fingerprint(s) for s in parent["sources"]} if parent else set()
-        new_units = [u for u in units if fingerprint(u) not in known]
-        if not new_units:
-            reporter.say(f"dataset {data.name!r}: no new or changed sources; v{parent['version']} is current")
-            return parent
-        run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-        reporter.start(f"dataset {data.name!r}: {len(new_units)} new/changed source files "
-                       f"({sum(u['size'] for u in new_units) / 1e6:.1f} MB), run {run_id}")
-        manifest = _build(config, store, units, new_units, parent, given, run_id, config_sha, reporter)
-        lease.renew(data.lease_seconds)
-        fail_point("after_shards")
-        publish(store, manifest, parent_etag, lease)
-        reporter.finish(manifest)
-        return manifest
+        with lease.keep_alive(data.lease_seconds) as heartbeat:
+            return _refresh(config, store, units, given, heartbeat, reporter)
     finally:
         lease.release()
+
+
+def _refresh(config, store, units, given, heartbeat, reporter) -> dict[str, Any]:
+    """Under the lease: diff sources against LATEST, build what is new, publish."""
+    data = config.data
+    parent, parent_etag = read_latest(store, data.name)
+    config_sha = processing_sha256(config)
+    if parent is not None and parent["config_sha256"] != config_sha:
+        raise UserError(
+            f"dataset {data.name!r} v{parent['version']} was built with different processing settings "
+            f"({', '.join(_COMPATIBILITY_FIELDS)}); use a new dataset name to rebuild"
+        )
+    known = {fingerprint(s) for s in parent["sources"]} if parent else set()
+    new_units = [u for u in units if fingerprint(u) not in known]
+    if not new_units:
+        reporter.say(f"dataset {data.name!r}: no new or changed sources; v{parent['version']} is current")
+        return parent
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    reporter.start(
+        f"dataset {data.name!r}: {len(new_units)} new/changed source files "
+        f"({sum(u['size'] for u in new_units) / 1e6:.1f} MB), run {run_id}"
+    )
+    manifest = _build(config, store, units, new_units, parent, given, run_id, config_sha, reporter)
+    fail_point("after_shards")
+    publish(store, manifest, parent_etag, heartbeat)
+    reporter.finish(manifest)
+    return manifest
 
 
 def _build(config, store, units, new_units, parent, given, run_id, config_sha, reporter) -> dict[str, Any]:
@@ -133,11 +141,20 @@ def _build(config, store, units, new_units, parent, given, run_id, config_sha, r
     shards = pd.DataFrame()
     if keep:
         tokenized = kept.map_batches(
-            TokenizeBatch, fn_constructor_args=(data, tokenizer.to_str(), groups), batch_format="pyarrow",
+            TokenizeBatch,
+            fn_constructor_args=(data, tokenizer.to_str(), groups),
+            batch_format="pyarrow",
             batch_size=256,
         )
-        writer = PackWriteGroup(data, settings, store.root_uri, f"{prefix}/shards/{run_id}",
-                                tokenizer_block["vocab_size"], tokenizer_block["eos_id"], tokenizer_block["pad_id"])
+        writer = PackWriteGroup(
+            data,
+            settings,
+            store.root_uri,
+            f"{prefix}/shards/{run_id}",
+            tokenizer_block["vocab_size"],
+            tokenizer_block["eos_id"],
+            tokenizer_block["pad_id"],
+        )
 
         def write_group(group: pd.DataFrame) -> pd.DataFrame:
             return writer(group)
@@ -165,8 +182,9 @@ def _group_counts(kept, data, vocab_size: int) -> dict[str, int]:
     itemsize = 2 if vocab_size <= 65536 else 4
     counts = {}
     for split in SPLITS:
-        text_bytes = sum(len(t) for h, t in zip(sizes["hash"], sizes["text"], strict=True)
-                         if assign_split(h, data) == split)
+        text_bytes = sum(
+            len(t) for h, t in zip(sizes["hash"], sizes["text"], strict=True) if assign_split(h, data) == split
+        )
         counts[split] = max(1, -(-int(text_bytes / 3 * itemsize) // data.shard_bytes))
     return counts
 
@@ -198,8 +216,10 @@ def _manifest(config, units, parent, run_id, config_sha, tokenizer_block, shards
         "seq_len": data.seq_len,
         "dtype": "uint16" if tokenizer_block["vocab_size"] <= 65536 else "uint32",
         "tokenizer": tokenizer_block,
-        "sources": [{"uri": u["uri"], "size": u["size"], "version": u["version"],
-                     "source_index": u["source_index"]} for u in units],
+        "sources": [
+            {"uri": u["uri"], "size": u["size"], "version": u["version"], "source_index": u["source_index"]}
+            for u in units
+        ],
         "shards": {split: old.get(split, []) + entries[split] for split in SPLITS},
         "stats": {"run": run_stats, "total": totals},
         "dedup_index": (parent or {}).get("dedup_index", []) + [index_key],
@@ -216,8 +236,9 @@ def _accumulate(total: dict | None, run: dict) -> dict:
     out = {}
     for key, value in run.items():
         if isinstance(value, dict):
-            out[key] = {k: total.get(key, {}).get(k, 0) + value.get(k, 0)
-                        for k in sorted(set(total.get(key, {})) | set(value))}
+            out[key] = {
+                k: total.get(key, {}).get(k, 0) + value.get(k, 0) for k in sorted(set(total.get(key, {})) | set(value))
+            }
         else:
             out[key] = total.get(key, 0) + value
     return out

@@ -105,7 +105,9 @@ def _none_if_missing(value):
 def to_record_table(batch: pd.DataFrame) -> pa.Table:
     columns = {}
     for field in RECORD_SCHEMA:
-        values = [_none_if_missing(v) for v in batch[field.name].tolist()] if field.name in batch else [None] * len(batch)
+        values = (
+            [_none_if_missing(v) for v in batch[field.name].tolist()] if field.name in batch else [None] * len(batch)
+        )
         if field.name == "minhash":
             values = [None if v is None else np.asarray(v, dtype=np.uint32) for v in values]
         columns[field.name] = pa.array(values, type=field.type)

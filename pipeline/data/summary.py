@@ -35,10 +35,14 @@ class Reporter:
         table.add_row("documents kept", f"{stats['docs_kept']:,}")
         for reason, count in stats["rejected"].items():
             table.add_row(f"  rejected: {reason}", f"{count:,}")
-        table.add_row("  duplicates: exact / near", f"{stats['duplicates']['exact']:,} / {stats['duplicates']['near']:,}")
+        table.add_row(
+            "  duplicates: exact / near", f"{stats['duplicates']['exact']:,} / {stats['duplicates']['near']:,}"
+        )
         table.add_row("tokens train / val / heldout", " / ".join(f"{stats['tokens'][s]:,}" for s in stats["tokens"]))
         shards = {s: len(v) for s, v in manifest["shards"].items()}
         table.add_row("shards (all versions)", ", ".join(f"{s} {n}" for s, n in shards.items()))
         table.add_row("wall time", f"{elapsed:.1f}s")
-        table.add_row("throughput", f"{stats['source_bytes'] / 1e6 / elapsed:.2f} MB/s, {tokens / elapsed:,.0f} tokens/s")
+        table.add_row(
+            "throughput", f"{stats['source_bytes'] / 1e6 / elapsed:.2f} MB/s, {tokens / elapsed:,.0f} tokens/s"
+        )
         self.console.print(table)

@@ -70,8 +70,16 @@ class TokenizeBatch:
 class PackWriteGroup:
     """map_groups callable: one group -> its shard(s) written to storage -> one row per shard."""
 
-    def __init__(self, config: DataConfig, settings: StorageSettings, root: str, shard_prefix: str,
-                 vocab_size: int, eos_id: int, pad_id: int) -> None:
+    def __init__(
+        self,
+        config: DataConfig,
+        settings: StorageSettings,
+        root: str,
+        shard_prefix: str,
+        vocab_size: int,
+        eos_id: int,
+        pad_id: int,
+    ) -> None:
         self.config, self.settings, self.root = config, settings, root
         self.shard_prefix = shard_prefix
         self.dtype = token_dtype(vocab_size)

@@ -8,6 +8,7 @@ source-independent shuffle) up to `sample_bytes`. The tokenizer is stored conten
 from __future__ import annotations
 
 import hashlib
+
 from tokenizers import Tokenizer
 
 from sora.tokenizer import EOS_TOKEN, PAD_TOKEN, load_tokenizer, train_bpe

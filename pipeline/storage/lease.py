@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -30,6 +31,14 @@ class Lease:
     epoch: int
     expires_at: float
     etag: str
+
+    def keep_alive(self, duration_s: float) -> "Heartbeat":
+        """Renew in the background every duration/3 until stopped (use as a context manager).
+
+        A short lease plus a heartbeat means a crashed holder blocks others for at most one lease
+        duration, while a live holder keeps it for as long as its work takes.
+        """
+        return Heartbeat(self, duration_s)
 
     def renew(self, duration_s: float) -> None:
         """Extend the lease; raises if it was lost (expired and taken by another writer)."""
@@ -55,6 +64,38 @@ class Lease:
         if etag is None:
             raise LeaseHeldError(f"lease {self.store.uri(self.key)} was lost (epoch {self.epoch})")
         self.expires_at, self.etag = expires_at, etag
+
+
+class Heartbeat:
+    def __init__(self, lease: Lease, duration_s: float) -> None:
+        self.lease, self.duration_s = lease, duration_s
+        self.lost: Exception | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.duration_s / 3):
+            try:
+                with self._lock:
+                    self.lease.renew(self.duration_s)
+            except Exception as error:  # lost or storage down: the publish-time fencing check fails
+                self.lost = error
+                return
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def assert_held(self) -> None:
+        if self.lost is not None:
+            raise LeaseHeldError(f"lease lost during the run: {self.lost}")
+        with self._lock:
+            self.lease.assert_held()
 
 
 def _encode(owner: str, epoch: int, expires_at: float) -> bytes:

@@ -16,8 +16,9 @@ def _words(rng: random.Random, vocabulary: list[str], n: int) -> str:
 
 def make_documents(seed: int = 0, n: int = N_UNIQUE, prefix: str = "") -> list[str]:
     rng = random.Random(seed)
-    vocabulary = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
-                  for _ in range(600)]
+    vocabulary = [
+        "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(600)
+    ]
     return [f"{prefix}doc {i}: " + _words(rng, vocabulary, rng.randint(60, 160)) for i in range(n)]
 
 
@@ -31,7 +32,6 @@ def near_copy(text: str, rng: random.Random) -> str:
 def write_jsonl(path, texts):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps({"text": t, "meta": i}) + "\n" for i, t in enumerate(texts)))
-
 
 
 def make_corpus(directory):

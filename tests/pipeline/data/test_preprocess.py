@@ -85,7 +85,9 @@ def test_packing_keeps_every_token_once_and_split_is_by_content(tmp_path, corpus
         stream = []
         for entry in manifest["shards"][split]:
             table = read_shard(store, entry)
-            for ids, valid in zip(table.column("input_ids").to_pylist(), table.column("valid").to_pylist()):
+            for ids, valid in zip(
+                table.column("input_ids").to_pylist(), table.column("valid").to_pylist(), strict=True
+            ):
                 stream.extend(ids[:valid])
         documents, current = [], []
         for token in stream:
