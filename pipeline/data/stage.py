@@ -145,7 +145,9 @@ def _build(config, store, units, new_units, parent, given, run_id, config_sha, r
             fn_constructor_args=(data, tokenizer.to_str(), groups),
             batch_format="pyarrow",
             batch_size=256,
-        )
+            concurrency=_cpus(),  # one tokenizer actor per CPU
+        ).materialize()
+        reporter.phase("tokenize")
         writer = PackWriteGroup(
             data,
             settings,
@@ -161,11 +163,17 @@ def _build(config, store, units, new_units, parent, given, run_id, config_sha, r
 
         shards = tokenized.groupby("group").map_groups(write_group, batch_format="pandas").to_pandas()
         shards = shards.sort_values("key").reset_index(drop=True)
-    reporter.phase("tokenize + pack + write")
+    reporter.phase("pack + write")
 
     index_key = f"{prefix}/dedup/{run_id}.arrow"
     store.write(index_key, index.serialize())
     return _manifest(config, units, parent, run_id, config_sha, tokenizer_block, shards, meta, prints, index_key)
+
+
+def _cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def _rejected_rows(batch: pa.Table) -> pa.Table:
