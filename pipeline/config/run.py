@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..storage import StorageSettings
 from .base import Section
 from .data import DataConfig
+from .train import TrainConfig
 
 
 class StorageConfig(Section):
@@ -31,3 +32,13 @@ class RunConfig(Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _pipeline_fits_model(self) -> RunConfig:
+        from sora import SoraConfig
+
+        layers = SoraConfig.from_preset(self.train.model, **self.train.model_overrides).num_hidden_layers
+        if self.train.pipeline_stages > layers:
+            raise ValueError(f"pipeline_stages ({self.train.pipeline_stages}) exceeds the model's {layers} layers")
+        return self

@@ -145,7 +145,7 @@ def _build(config, store, units, new_units, parent, given, run_id, config_sha, r
             fn_constructor_args=(data, tokenizer.to_str(), groups),
             batch_format="pyarrow",
             batch_size=256,
-            concurrency=_cpus(),  # one tokenizer actor per CPU
+            compute=ray.data.ActorPoolStrategy(size=_cpus()),  # one tokenizer actor per CPU
         ).materialize()
         reporter.phase("tokenize")
         writer = PackWriteGroup(

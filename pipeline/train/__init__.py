@@ -1,0 +1,1 @@
+"""Pretrain stage: Ray Train + DeepSpeed on a published dataset manifest."""

@@ -1,0 +1,48 @@
+"""DeepSpeed configs: `ds_configs/<strategy>.json` with every "auto" field filled from the run config.
+
+Users may edit the JSON files (bucket sizes, offload details...); the fields that must agree with
+the run config (batch sizes, clipping, precision, ZeRO stage, offload device) are "auto" there and
+filled here, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..config.train import TrainConfig
+
+DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+
+
+def _fill(node: Any, values: dict[str, Any], path: str = "") -> Any:
+    if isinstance(node, dict):
+        return {k: _fill(v, values, f"{path}.{k}" if path else k) for k, v in node.items()}
+    if node == "auto":
+        if path not in values:
+            raise KeyError(f"DeepSpeed config field {path} is 'auto' but the run config has no value for it")
+        return values[path]
+    return node
+
+
+def deepspeed_config(
+    train: TrainConfig, bf16: bool, load_universal: bool = False, config_dir: Path = DS_CONFIG_DIR
+) -> dict[str, Any]:
+    name = "pipeline" if train.strategy == "pipeline" else train.strategy
+    template = json.loads((config_dir / f"{name}.json").read_text())
+    offload = "cpu" if train.offload else "none"
+    values = {
+        "train_batch_size": train.global_batch,
+        "train_micro_batch_size_per_gpu": train.micro_batch,
+        "gradient_accumulation_steps": train.grad_accum,
+        "gradient_clipping": train.grad_clip,
+        "bf16.enabled": bf16,
+        "zero_optimization.stage": train.effective_zero_stage,
+        "zero_optimization.offload_optimizer.device": offload,
+        "zero_optimization.offload_param.device": offload,
+    }
+    config = _fill(template, values)
+    if load_universal:
+        config.setdefault("checkpoint", {})["load_universal"] = True
+    return config

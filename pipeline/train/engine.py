@@ -1,0 +1,177 @@
+"""The one place where parallelism is applied: wrap a Sora model in a DeepSpeed engine.
+
+`zero1/2/3`: the flat `SoraForCausalLM`, data parallel with ZeRO sharding. `pipeline`: a
+`PipelineModule` built from `sora.pipeline_view` (tied embeddings via `TiedLayerSpec`), trained
+with `train_batch`, data parallel across pipeline replicas with ZeRO-0/1. Both expose the same
+small interface to the training loop.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
+
+from sora import SoraConfig, SoraForCausalLM, causal_lm_loss
+from sora.pipeline_view import pipeline_layer_specs, pipeline_to_flat_state_dict
+
+from ..config.train import TrainConfig
+
+
+def lr_lambda(train: TrainConfig):
+    """Linear warmup to `lr`, then cosine decay to `min_lr` at `max_steps` (as a factor of lr)."""
+
+    def factor(step: int) -> float:
+        if step < train.warmup_steps:
+            return (step + 1) / train.warmup_steps
+        progress = min(1.0, (step - train.warmup_steps) / max(1, train.max_steps - train.warmup_steps))
+        cosine = 0.5 * (1 + math.cos(math.pi * progress))
+        return (train.min_lr + (train.lr - train.min_lr) * cosine) / train.lr
+
+    return factor
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for _, param in model.named_parameters():
+        if param.requires_grad:
+            (decay if param.dim() >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Engine:
+    """A DeepSpeed engine plus how to run a step, evaluate and export for one strategy."""
+
+    def __init__(
+        self, train: TrainConfig, model_config: SoraConfig, ds_config: dict[str, Any], device: torch.device
+    ) -> None:
+        self.train, self.model_config, self.device = train, model_config, device
+        self.pipeline = train.strategy == "pipeline"
+        torch.manual_seed(train.seed)  # identical initialization on every rank
+        if self.pipeline:
+            specs = [
+                TiedLayerSpec(s.tie_key, s.cls, *s.args, forward_fn=s.forward_fn, tied_weight_attr=s.tied_weight_attr)
+                if s.tie_key
+                else LayerSpec(s.cls, *s.args)
+                for s in pipeline_layer_specs(model_config)
+            ]
+            model = PipelineModule(
+                layers=specs,
+                num_stages=train.pipeline_stages,
+                loss_fn=causal_lm_loss,
+                partition_method="parameters",
+                seed_layers=True,
+                base_seed=train.seed,
+            )
+        else:
+            model = SoraForCausalLM(model_config)
+            model.config.use_cache = False
+        optimizer = torch.optim.AdamW(
+            _param_groups(model, train.weight_decay), lr=train.lr, betas=(0.9, 0.95), eps=1e-8
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train))
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
+        )
+        self.dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
+
+    # -- training ----------------------------------------------------------------------------
+    def train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """One optimizer step over this rank's micro-batches; returns the loss averaged over all ranks."""
+        if self.pipeline:
+            loss = self.engine.train_batch(data_iter=iter(self._to_device(micro_batches)))
+            return float(loss)
+        total = torch.zeros((), device=self.device)
+        for inputs, labels in self._to_device(micro_batches):
+            logits = self.engine(input_ids=inputs, use_cache=False).logits
+            loss = causal_lm_loss(logits, labels)
+            self.engine.backward(loss)
+            self.engine.step()
+            total += loss.detach()
+        total /= len(micro_batches)
+        _all_reduce_mean(total)
+        return float(total)
+
+    @torch.no_grad()
+    def eval_loss(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """Mean validation loss (per token) over every rank's batches."""
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        if self.pipeline:
+            for batch in self._to_device(batches):
+                loss = self.engine.eval_batch(iter([batch]), num_micro_batches=1)
+                tokens = (batch[1] != -100).sum()
+                sums += torch.stack([loss.double().to(self.device) * tokens, tokens.double()])
+        else:
+            self.engine.eval()
+            for inputs, labels in self._to_device(batches):
+                logits = self.engine(input_ids=inputs, use_cache=False).logits
+                tokens = (labels != -100).sum()
+                sums += torch.stack([causal_lm_loss(logits, labels).double() * tokens, tokens.double()])
+            self.engine.train()
+        dist.all_reduce(sums)
+        return float(sums[0] / sums[1])
+
+    def _to_device(self, batches):
+        return [(i.to(self.device), lab.to(self.device)) for i, lab in batches]
+
+    @property
+    def lr(self) -> float:
+        return self.engine.get_lr()[0]
+
+    @property
+    def grad_norm(self) -> float | None:
+        norm = self.engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save(self, directory: str, tag: str) -> None:
+        self.engine.save_checkpoint(directory, tag=tag, save_latest=False)
+
+    def load(self, directory: str, tag: str) -> None:
+        path, _ = self.engine.load_checkpoint(
+            directory, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {tag} from {directory}")
+
+    # -- export --------------------------------------------------------------------------------
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The consolidated flat (HF layout) state dict on global rank 0, None elsewhere."""
+        if self.pipeline:
+            return self._pipeline_state_dict()
+        state: dict[str, torch.Tensor] = {}
+        module = self.engine.module
+        for name, param in module.named_parameters():
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                if dist.get_rank() == 0:
+                    state[name] = param.detach().float().cpu().clone()
+        if dist.get_rank() != 0:
+            return None
+        if self.model_config.tie_word_embeddings:
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        return state
+
+    def _pipeline_state_dict(self) -> dict[str, torch.Tensor] | None:
+        module = self.engine.module
+        local: dict[str, torch.Tensor] = {}
+        if self.engine.grid.data_parallel_id == 0:
+            for offset, layer in enumerate(module.forward_funcs):
+                if isinstance(layer, torch.nn.Module):
+                    index = module._local_start + offset
+                    local.update({f"{index}.{k}": v.detach().float().cpu() for k, v in layer.state_dict().items()})
+        gathered: list[dict | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, local)
+        if dist.get_rank() != 0:
+            return None
+        merged = {k: v for part in gathered for k, v in (part or {}).items()}
+        return pipeline_to_flat_state_dict(merged, self.model_config)
+
+
+def _all_reduce_mean(tensor: torch.Tensor) -> None:
+    # SUM then divide: gloo has no ReduceOp.AVG
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    tensor /= dist.get_world_size()

@@ -1,0 +1,48 @@
+"""Export a consolidated Hugging Face checkpoint (safetensors + tokenizer + config) to `runs/<run>/hf/`."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+from transformers import PreTrainedTokenizerFast
+
+from sora import SoraConfig, SoraForCausalLM
+
+from ..data.tokenizer_step import load_stored_tokenizer
+from ..storage import ObjectStore
+
+
+def hf_tokenizer(tokenizer: Tokenizer, eos_id: int, pad_id: int) -> PreTrainedTokenizerFast:
+    eos, pad = tokenizer.id_to_token(eos_id), tokenizer.id_to_token(pad_id)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=eos, bos_token=eos, pad_token=pad)
+
+
+def export_hf(
+    store: ObjectStore,
+    dataset_store: ObjectStore,
+    run: str,
+    model_config: SoraConfig,
+    state: dict[str, torch.Tensor],
+    manifest: dict,
+    info: dict,
+) -> str:
+    """Write the HF checkpoint and upload it; returns its URI."""
+    model = SoraForCausalLM(model_config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "lm_head.weight" or not model_config.tie_word_embeddings]
+    if missing or unexpected:
+        raise RuntimeError(f"export: state dict mismatch (missing {missing}, unexpected {unexpected})")
+    block = manifest["tokenizer"]
+    tokenizer = hf_tokenizer(load_stored_tokenizer(dataset_store, block), block["eos_id"], block["pad_id"])
+    prefix = f"runs/{run}/hf"
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        Path(tmp, "sora_export.json").write_text(json.dumps(info, indent=1, sort_keys=True))
+        for path in sorted(Path(tmp).iterdir()):
+            store.write(f"{prefix}/{path.name}", path.read_bytes())
+    return store.uri(prefix)

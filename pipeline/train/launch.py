@@ -1,0 +1,167 @@
+"""Driver side of `sora pretrain`: validate, pin the dataset version, start the Ray Train job,
+show progress, and return the outcome."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+from rich.console import Console
+
+from sora import SoraConfig
+
+from ..config.run import RunConfig
+from ..data.manifest import read_version
+from ..errors import UserError
+from ..ray_runtime import ensure_ray
+from ..storage import ObjectStore, open_store
+
+
+def model_config_for(config: RunConfig, manifest: dict) -> SoraConfig:
+    tokenizer = manifest["tokenizer"]
+    overrides = dict(config.train.model_overrides)
+    if "vocab_size" in overrides and overrides["vocab_size"] != tokenizer["vocab_size"]:
+        raise UserError(
+            f"model vocab_size {overrides['vocab_size']} != the dataset tokenizer's {tokenizer['vocab_size']}"
+        )
+    overrides.update(
+        vocab_size=tokenizer["vocab_size"],
+        eos_token_id=tokenizer["eos_id"],
+        bos_token_id=tokenizer["eos_id"],
+        pad_token_id=tokenizer["pad_id"],
+    )
+    model = SoraConfig.from_preset(config.train.model, **overrides)
+    model.max_position_embeddings = max(model.max_position_embeddings, manifest["seq_len"])
+    return model
+
+
+def pin_dataset(store: ObjectStore, config: RunConfig) -> dict:
+    """The manifest this run trains on: pinned in `runs/<run>/run.json` at first launch."""
+    train = config.train
+    dataset = train.dataset or config.data.name
+    pin_key = f"runs/{train.run}/run.json"
+    existing = store.read_with_etag(pin_key)
+    if existing:
+        pinned = json.loads(existing[0])
+        if pinned["dataset"] != dataset:
+            raise UserError(
+                f"run {train.run!r} trains on dataset {pinned['dataset']!r}, not {dataset!r}; use another run name"
+            )
+        if train.dataset_version not in ("LATEST", pinned["dataset_version"]):
+            raise UserError(
+                f"run {train.run!r} is pinned to {dataset} v{pinned['dataset_version']}, not v{train.dataset_version}"
+            )
+        return read_version(store, dataset, pinned["dataset_version"])
+    manifest = read_version(store, dataset, train.dataset_version)
+    store.create(pin_key, json.dumps({"dataset": dataset, "dataset_version": manifest["version"]}).encode())
+    return manifest
+
+
+class Progress:
+    """Polls rank 0's metrics file and prints one line per new log interval."""
+
+    def __init__(self, store: ObjectStore, run: str, max_steps: int, console: Console) -> None:
+        self.store, self.run, self.max_steps, self.console = store, run, max_steps, console
+        self.stop = threading.Event()
+        self.last_step = 0
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self.stop.wait(2.0):
+            self.show()
+
+    def show(self) -> None:
+        try:
+            lines = self.store.read(f"runs/{self.run}/metrics.jsonl").decode().splitlines()
+        except (FileNotFoundError, OSError):
+            return
+        if not lines:
+            return
+        row = json.loads(lines[-1])
+        if row["step"] == self.last_step:
+            return
+        self.last_step = row["step"]
+        step_s = row["data_wait_s"] + row["compute_s"]
+        eta = (self.max_steps - row["step"]) * step_s
+        val = f" val {row['val_loss']:.3f}" if "val_loss" in row else ""
+        self.console.print(
+            f"step {row['step']}/{self.max_steps} loss {row['loss']:.4f}{val} lr {row['lr']:.2e} "
+            f"{row['tokens_per_s']:,.0f} tok/s MFU {row['mfu']:.1%} ETA {eta:.0f}s"
+        )
+
+    def __enter__(self) -> Progress:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.show()
+
+
+def pretrain(config: RunConfig, quiet: bool = False) -> dict[str, Any]:
+    """Train (or resume) `config.train.run`; returns the final metrics row and the export URI."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    train = config.train
+    store = open_store(config.storage.root, config.storage.settings())
+    store.check()
+    manifest = pin_dataset(store, config)
+    model_config = model_config_for(config, manifest)
+    ensure_ray(config.ray)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    use_gpu = gpus >= train.workers if train.use_gpu == "auto" else bool(train.use_gpu)
+    if use_gpu and gpus < train.workers:
+        raise UserError(f"use_gpu: true with {train.workers} workers, but the cluster has {gpus:g} GPUs")
+    bf16 = train.precision == "bf16" or (train.precision == "auto" and use_gpu and _gpu_supports_bf16())
+    payload = {
+        "config": config.model_dump(mode="json"),
+        "manifest": manifest,
+        "model_config": model_config.to_dict(),
+        "use_gpu": use_gpu,
+        "bf16": bf16,
+    }
+    trainer = TorchTrainer(
+        _entry,
+        train_loop_config=payload,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=train.workers, use_gpu=use_gpu, resources_per_worker=None if use_gpu else {"CPU": 1}
+        ),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=train.run,
+            storage_path=store.path(f"runs/{train.run}/ray"),
+            storage_filesystem=store.fs,
+            failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
+        ),
+    )
+    console = Console(stderr=True, quiet=quiet)
+    console.print(
+        f"[bold]pretrain {train.run}[/bold]: {train.model} ({train.strategy}, {train.workers} workers, "
+        f"{'GPU' if use_gpu else 'CPU'}, {'bf16' if bf16 else 'fp32'}) on {manifest['dataset']} "
+        f"v{manifest['version']}"
+    )
+    with Progress(store, train.run, train.max_steps, console):
+        result = trainer.fit()
+    if result.error:
+        raise result.error
+    lines = store.read(f"runs/{train.run}/metrics.jsonl").decode().splitlines()
+    final = json.loads(lines[-1]) if lines else {}
+    export = store.uri(f"runs/{train.run}/hf") if store.exists(f"runs/{train.run}/hf/config.json") else None
+    return {"final": final, "export": export, "manifest_version": manifest["version"]}
+
+
+def _gpu_supports_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _entry(payload: dict) -> None:
+    from .worker import train_worker
+
+    train_worker(payload)
