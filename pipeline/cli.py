@@ -62,6 +62,16 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     print(f"dataset {manifest['dataset']} v{manifest['version']}")
 
 
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    """Pretrain (or resume) the run of CONFIG on its dataset."""
+    from .train.launch import pretrain
+
+    result = pretrain(_load(args))
+    final = result["final"]
+    print(f"run finished at step {final.get('step')}: loss {final.get('loss', float('nan')):.4f}, "
+          f"val {final.get('val_loss', float('nan')):.4f}; export {result['export']}")
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     """The main job: every stage of CONFIG in order."""
     from .run import run_all
@@ -99,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("refresh", "incremental data refresh: only new/changed sources, no-op without changes"),
     ):
         _with_config(sub.add_parser(name, help=help_text)).set_defaults(func=cmd_preprocess)
+    _with_config(sub.add_parser("pretrain", help="pretrain stage: Ray Train + DeepSpeed, resumable")).set_defaults(
+        func=cmd_pretrain
+    )
     _with_config(sub.add_parser("run", help="the main job: all stages of the config in order")).set_defaults(
         func=cmd_run
     )

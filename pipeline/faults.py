@@ -14,3 +14,19 @@ def fail_point(name: str) -> None:
     if points and name in points.split(","):
         print(f"fail point {name!r} reached: exiting", file=sys.stderr, flush=True)
         os._exit(75)
+
+
+def kill_once(spec: str | None, rank: int, step: int, marker_dir: str) -> None:
+    """Kill this worker process (`os._exit(1)`) when `spec` is "RANK:STEP" and it has not fired yet.
+
+    The marker file makes it fire once per run, so the restarted worker group can finish.
+    """
+    if not spec or spec != f"{rank}:{step}":
+        return
+    marker = os.path.join(marker_dir, f"killed-{rank}-{step}")
+    if os.path.exists(marker):
+        return
+    os.makedirs(marker_dir, exist_ok=True)
+    open(marker, "w").close()
+    print(f"fault injection: killing rank {rank} at step {step}", file=sys.stderr, flush=True)
+    os._exit(1)

@@ -6,8 +6,13 @@ from .config.run import RunConfig
 
 
 def run_all(config: RunConfig) -> dict:
-    """Run the stages that exist: today the data stage (pretrain and evaluation follow)."""
+    """Run the stages that exist: data (build or refresh) then pretrain (resumes if interrupted).
+
+    The fine-tune + evaluate stage follows in a later issue.
+    """
     from .data.stage import preprocess
+    from .train.launch import pretrain
 
     manifest = preprocess(config)
-    return {"dataset": manifest}
+    result = pretrain(config)
+    return {"dataset": manifest, "pretrain": result}

@@ -47,18 +47,26 @@ def commit(store: ObjectStore, run: str, step: int, files: list[dict], state: di
     store.write(f"{prefix}/{COMMITTED}", json.dumps({"step": step, "files": entries}, indent=1).encode())
 
 
+def _relative(store: ObjectStore, run: str) -> list[tuple[str, str]]:
+    """(tag, path inside the checkpoint) of every stored checkpoint file."""
+    prefix = checkpoints_prefix(run) + "/"
+    pairs = []
+    for key in store.list(checkpoints_prefix(run)):
+        tag, _, rest = key[len(prefix) :].partition("/")
+        if tag.startswith("step-") and rest:
+            pairs.append((tag, rest))
+    return pairs
+
+
 def committed_steps(store: ObjectStore, run: str) -> list[int]:
     """Steps with a COMMITTED marker, newest first (contents not yet verified)."""
-    steps = []
-    for key in store.list(checkpoints_prefix(run)):
-        if key.endswith(f"/{COMMITTED}"):
-            steps.append(int(key.split("/")[-2].removeprefix("step-")))
+    steps = {int(tag.removeprefix("step-")) for tag, rest in _relative(store, run) if rest == COMMITTED}
     return sorted(steps, reverse=True)
 
 
 def incomplete_steps(store: ObjectStore, run: str) -> list[int]:
-    keys = store.list(checkpoints_prefix(run))
-    tags = {k.split("/")[-2] for k in keys if "/step-" in k}
+    """Steps with files but no COMMITTED marker (a save that was interrupted)."""
+    tags = {tag for tag, _ in _relative(store, run)}
     committed = {tag_for(s) for s in committed_steps(store, run)}
     return sorted(int(t.removeprefix("step-")) for t in tags - committed)
 

@@ -4,8 +4,8 @@ show progress, and return the outcome."""
 from __future__ import annotations
 
 import json
+import os
 import threading
-import time
 from typing import Any
 
 from rich.console import Console
@@ -124,6 +124,9 @@ def pretrain(config: RunConfig, quiet: bool = False) -> dict[str, Any]:
         "model_config": model_config.to_dict(),
         "use_gpu": use_gpu,
         "bf16": bf16,
+        # Fault injection for reliability tests only: SORA_KILL_WORKER="RANK:STEP".
+        "kill_worker": os.environ.get("SORA_KILL_WORKER"),
+        "fault_dir": os.environ.get("SORA_FAULT_DIR"),
     }
     trainer = TorchTrainer(
         _entry,

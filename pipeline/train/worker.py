@@ -26,6 +26,7 @@ from sora import SoraConfig, flops_per_token
 from sora.flops import peak_flops
 
 from ..config.run import RunConfig
+from ..faults import kill_once
 from ..storage import open_store
 from . import checkpoint as ckpt
 from .ds_config import deepspeed_config
@@ -142,6 +143,7 @@ def train_worker(payload: dict) -> None:
         fetched = time.perf_counter()
         loss = engine.train_step(micro)
         step += 1
+        kill_once(payload.get("kill_worker"), rank, step, payload.get("fault_dir", tempfile.gettempdir()))
         finished = time.perf_counter()
         if train.record_sample_ids:
             gathered = [None] * world

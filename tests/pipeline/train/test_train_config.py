@@ -1,0 +1,47 @@
+"""Run-config validation happens before Ray starts, with one clear message."""
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.config.run import RunConfig
+from pipeline.train.ds_config import deepspeed_config
+
+
+def test_pipeline_with_zero3_is_rejected_before_launch(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"train": {"strategy": "pipeline", "zero_stage": 3, "pipeline_stages": 2}}))
+    assert main(["pretrain", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "ZeRO-3" in err and "strategy: pipeline with zero_stage: 1" in err and "strategy: zero3" in err
+    assert "Traceback" not in err
+    import ray
+
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        ({"strategy": "zero3", "pipeline_stages": 2}, "needs strategy: pipeline"),
+        ({"global_batch": 10, "micro_batch": 4, "workers": 2}, "divisible by micro_batch x data-parallel"),
+        ({"strategy": "pipeline", "pipeline_stages": 8, "workers": 8, "global_batch": 8, "micro_batch": 1},
+         "exceeds the model's 4 layers"),
+        ({"workers": 3, "strategy": "pipeline", "pipeline_stages": 2}, "multiple of pipeline_stages"),
+        ({"offload": True, "strategy": "zero1"}, "offload is supported with strategy zero3 only"),
+        ({"bogus": 1}, "Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_combinations(train, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig.model_validate({"train": train})
+
+
+def test_deepspeed_auto_fields_are_filled():
+    config = RunConfig.model_validate({"train": {"global_batch": 32, "micro_batch": 4, "workers": 2}}).train
+    ds = deepspeed_config(config, bf16=True)
+    assert ds["train_batch_size"] == 32 and ds["gradient_accumulation_steps"] == 4
+    assert ds["bf16"]["enabled"] is True and ds["zero_optimization"]["stage"] == 3
+    assert ds["zero_optimization"]["offload_optimizer"]["device"] == "none"
+    pipe = RunConfig.model_validate({"train": {"strategy": "pipeline", "pipeline_stages": 2}}).train
+    assert deepspeed_config(pipe, bf16=False)["zero_optimization"]["stage"] == 1
