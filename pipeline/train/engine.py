@@ -64,8 +64,9 @@ class Engine:
                 num_stages=train.pipeline_stages,
                 loss_fn=causal_lm_loss,
                 partition_method="parameters",
-                seed_layers=True,
-                base_seed=train.seed,
+                # DeepSpeed's per-layer seeding passes numpy ints to random.seed (TypeError on
+                # Python 3.11); torch is seeded above instead.
+                seed_layers=False,
             )
         else:
             model = SoraForCausalLM(model_config)
@@ -104,7 +105,7 @@ class Engine:
             for batch in self._to_device(batches):
                 loss = self.engine.eval_batch(iter([batch]), num_micro_batches=1)
                 tokens = (batch[1] != -100).sum()
-                sums += torch.stack([loss.double().to(self.device) * tokens, tokens.double()])
+                sums += torch.stack([loss.double().reshape(()).to(self.device) * tokens, tokens.double()])
         else:
             self.engine.eval()
             for inputs, labels in self._to_device(batches):
