@@ -68,8 +68,10 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     result = pretrain(_load(args))
     final = result["final"]
-    print(f"run finished at step {final.get('step')}: loss {final.get('loss', float('nan')):.4f}, "
-          f"val {final.get('val_loss', float('nan')):.4f}; export {result['export']}")
+    print(
+        f"run finished at step {final.get('step')}: loss {final.get('loss', float('nan')):.4f}, "
+        f"val {final.get('val_loss', float('nan')):.4f}; export {result['export']}"
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> None:

@@ -85,3 +85,20 @@ def store_root(request, tmp_path):
         return f"file://{tmp_path}/store", StorageSettings()
     bucket, settings = request.getfixturevalue("s3_bucket")
     return f"s3://{bucket}/root", settings
+
+
+def deny_all(bucket: str, endpoint: str) -> None:
+    """Deny every S3 action on `bucket`: the server answers 403, as for a wrong key pair (moto accepts
+    any key unless IAM checks are on, so a policy stands in for bad credentials)."""
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").put_bucket_policy(
+        Bucket=bucket,
+        Policy='{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Principal":"*","Action":"s3:*",'
+        f'"Resource":["arn:aws:s3:::{bucket}","arn:aws:s3:::{bucket}/*"]}}]}}',
+    )
+
+
+@pytest.fixture
+def deny_bucket():
+    return deny_all

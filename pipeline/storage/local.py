@@ -33,7 +33,8 @@ class LocalStore(ObjectStore):
     def _file(self, key: str) -> Path:
         return Path(self.path(key))
 
-    def write(self, key: str, data: bytes) -> None:
+    def _staged(self, key: str, data: bytes) -> tuple[Path, Path]:
+        """Write `data` to a durable temp file beside the target; returns (target, temp)."""
         target = self._file(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -42,29 +43,29 @@ class LocalStore(ObjectStore):
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(temp, target)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
+        return target, Path(temp)
+
+    def write(self, key: str, data: bytes) -> None:
+        target, temp = self._staged(key, data)
+        try:
+            os.replace(temp, target)
+        finally:
+            temp.unlink(missing_ok=True)
 
     def create(self, key: str, data: bytes) -> bool:
-        target = self._file(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Write the content next to the target first, then hard-link it into place: link() fails
-        # if the name exists (like O_EXCL) and readers never see a partially written object.
-        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        # Hard-link the fully written temp file into place: link() fails if the name exists (like
+        # O_EXCL) and readers never see a partially written object.
+        target, temp = self._staged(key, data)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            try:
-                os.link(temp, target)
-            except FileExistsError:
-                return False
+            os.link(temp, target)
             return True
+        except FileExistsError:
+            return False
         finally:
-            Path(temp).unlink(missing_ok=True)
+            temp.unlink(missing_ok=True)
 
     def read_with_etag(self, key: str) -> tuple[bytes, str] | None:
         try:

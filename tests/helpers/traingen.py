@@ -8,8 +8,12 @@ def train_config(data: RunConfig, run: str, **train) -> RunConfig:
     values = {
         "run": run,
         "model": "tiny",
-        "model_overrides": {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-                            "num_key_value_heads": 4},
+        "model_overrides": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+        },
         "global_batch": 8,
         "micro_batch": 2,
         "lr": 3e-3,

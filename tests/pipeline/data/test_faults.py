@@ -148,7 +148,7 @@ def test_missing_source_is_one_clear_error(tmp_path, capsys):
 
 
 @pytest.mark.s3
-def test_missing_bucket_and_bad_credentials_fail_before_work(tmp_path, corpus, s3_endpoint, s3_bucket):
+def test_missing_bucket_and_bad_credentials_fail_before_work(tmp_path, corpus, s3_endpoint, s3_bucket, deny_bucket):
     from pipeline.storage import StorageSettings
 
     settings = StorageSettings(endpoint_url=s3_endpoint)
@@ -157,12 +157,8 @@ def test_missing_bucket_and_bad_credentials_fail_before_work(tmp_path, corpus, s
         run(config)
 
     bucket, _ = s3_bucket
+    deny_bucket(bucket, s3_endpoint)
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    client.put_bucket_policy(
-        Bucket=bucket,
-        Policy='{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Principal":"*","Action":"s3:*",'
-        f'"Resource":["arn:aws:s3:::{bucket}","arn:aws:s3:::{bucket}/*"]}}]}}',
-    )
     config = data_config(f"s3://{bucket}/root", str(corpus["dir"]), settings=settings)
     with pytest.raises(UserError, match="access denied"):
         run(config)

@@ -3,7 +3,6 @@
 import threading
 import time
 
-import boto3
 import pytest
 
 from pipeline.errors import UserError
@@ -95,16 +94,9 @@ def test_missing_bucket_is_a_clear_error(s3_endpoint):
 
 
 @pytest.mark.s3
-def test_bad_credentials_are_a_clear_error_without_secrets(s3_endpoint, s3_bucket, monkeypatch):
+def test_bad_credentials_are_a_clear_error_without_secrets(s3_endpoint, s3_bucket, deny_bucket, monkeypatch):
     bucket, settings = s3_bucket
-    # moto accepts any key unless IAM checks are on; a policy denying everything stands in for a
-    # wrong key pair (same 403 from the server).
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    client.put_bucket_policy(
-        Bucket=bucket,
-        Policy='{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Principal":"*","Action":"s3:*",'
-        f'"Resource":["arn:aws:s3:::{bucket}","arn:aws:s3:::{bucket}/*"]}}]}}',
-    )
+    deny_bucket(bucket, s3_endpoint)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
     store = open_store(f"s3://{bucket}/x", settings)
     with pytest.raises(UserError) as info:

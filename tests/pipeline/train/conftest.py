@@ -3,8 +3,6 @@
 import pytest
 from datagen import data_config, make_corpus
 
-from pipeline.config.run import RunConfig
-
 
 @pytest.fixture(scope="session")
 def ray_session():

@@ -49,5 +49,8 @@ def test_garbage_collection_keeps_newest(tmp_path):
     assert ckpt.committed_steps(store, "r") == [4, 3]
     assert not store.list("runs/r/checkpoints/step-00000001")
     committed = json.loads(store.read("runs/r/checkpoints/step-00000004/COMMITTED"))
-    assert {f["name"] for f in committed["files"]} == {"zero/rank0.pt", "mp_rank_00_model_states.pt",
-                                                       "trainer_state.json"}
+    assert {f["name"] for f in committed["files"]} == {
+        "zero/rank0.pt",
+        "mp_rank_00_model_states.pt",
+        "trainer_state.json",
+    }

@@ -40,8 +40,9 @@ def hf_val_loss(path, store, config):
     manifest = read_version(store, "test")
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     blocks = BlockStore(store, manifest["shards"]["val"])
-    batches = validation_batches(blocks, config.train.eval_batches, config.train.global_batch,
-                                 config.train.micro_batch, 0, 1)
+    batches = validation_batches(
+        blocks, config.train.eval_batches, config.train.global_batch, config.train.micro_batch, 0, 1
+    )
     total = count = 0.0
     with torch.no_grad():
         for inputs, labels in batches:
@@ -129,3 +130,35 @@ def test_killed_worker_is_restarted_from_last_committed_checkpoint(dataset_root,
     if straight:
         assert [r["ids"] for r in rows] == [r["ids"] for r in straight]
     assert store.exists("runs/killed/hf/model.safetensors")
+
+
+@pytest.mark.s3
+def test_checkpoints_and_export_on_s3(tmp_path, s3_bucket, ray_session):
+    from datagen import data_config, make_corpus
+
+    from pipeline.data.stage import preprocess
+    from pipeline.data.summary import Reporter
+
+    bucket, settings = s3_bucket
+    make_corpus(tmp_path / "corpus")
+    data = data_config(f"s3://{bucket}/sora", str(tmp_path / "corpus"), settings=settings)
+    preprocess(data, Reporter(quiet=True))
+    config = train_config(data, "on-s3", max_steps=4, checkpoint_interval=2, eval_interval=2, record_sample_ids=True)
+    pretrain(
+        train_config(
+            data,
+            "on-s3",
+            max_steps=4,
+            checkpoint_interval=2,
+            eval_interval=2,
+            record_sample_ids=True,
+            stop_after_steps=2,
+        ),
+        quiet=True,
+    )
+    pretrain(config, quiet=True)  # resumes from the step-2 checkpoint on S3
+    store = open_store(config.storage.root, settings)
+    assert ckpt.committed_steps(store, "on-s3") == [4, 2]
+    assert [r["step"] for r in samples(store, "on-s3")] == [1, 2, 3, 4]
+    path = exported_state(store, "on-s3", tmp_path)
+    assert abs(hf_val_loss(path, store, config) - metrics(store, "on-s3")[-1]["val_loss"]) < 1e-4

@@ -25,8 +25,10 @@ def test_pipeline_with_zero3_is_rejected_before_launch(tmp_path, capsys):
     [
         ({"strategy": "zero3", "pipeline_stages": 2}, "needs strategy: pipeline"),
         ({"global_batch": 10, "micro_batch": 4, "workers": 2}, "divisible by micro_batch x data-parallel"),
-        ({"strategy": "pipeline", "pipeline_stages": 8, "workers": 8, "global_batch": 8, "micro_batch": 1},
-         "exceeds the model's 4 layers"),
+        (
+            {"strategy": "pipeline", "pipeline_stages": 8, "workers": 8, "global_batch": 8, "micro_batch": 1},
+            "exceeds the model's 4 layers",
+        ),
         ({"workers": 3, "strategy": "pipeline", "pipeline_stages": 2}, "multiple of pipeline_stages"),
         ({"offload": True, "strategy": "zero1"}, "offload is supported with strategy zero3 only"),
         ({"bogus": 1}, "Extra inputs are not permitted"),

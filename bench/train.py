@@ -1,0 +1,143 @@
+"""Benchmark of the pretrain stage against a plain PyTorch loop, measured in the same run.
+
+Same model (tiny preset), same global batch, same data (the stdlib dataset built by the data
+stage) and the same sample order:
+  (a) the Ray Train + DeepSpeed ZeRO-3 job with N CPU workers (gloo);
+  (b) a plain single-process PyTorch loop (AdamW, grad accumulation) using all cores.
+Prints a JSON line with tokens/s and MFU of both, their ratio, and the split of the job's step
+time into compute / data wait / checkpoint stall. On a GPU the same script reports bf16 MFU.
+
+    python bench/train.py --steps 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+
+
+def build_dataset(root: str):
+    from pipeline.config.run import RunConfig
+    from pipeline.data.stage import preprocess
+    from pipeline.data.summary import Reporter
+
+    config = RunConfig.model_validate({"storage": {"root": root}})
+    return config, preprocess(config, Reporter(quiet=True))
+
+
+def ray_job(config, steps: int, workers: int, global_batch: int, micro_batch: int) -> dict:
+    from pipeline.config.run import RunConfig
+    from pipeline.storage import open_store
+    from pipeline.train.launch import pretrain
+
+    raw = config.model_dump(mode="json")
+    raw["train"] = {
+        "run": "bench",
+        "workers": workers,
+        "global_batch": global_batch,
+        "micro_batch": micro_batch,
+        "max_steps": steps,
+        "checkpoint_interval": max(1, steps // 3),
+        "eval_interval": steps,
+        "log_interval": steps,
+        "export": False,
+    }
+    run_config = RunConfig.model_validate(raw)
+    started = time.perf_counter()
+    pretrain(run_config, quiet=True)
+    wall = time.perf_counter() - started
+    store = open_store(run_config.storage.root)
+    rows = [json.loads(line) for line in store.read("runs/bench/metrics.jsonl").decode().splitlines()]
+    steady = rows[2:] or rows
+    data = sum(r["data_wait_s"] for r in rows)
+    compute = sum(r["compute_s"] for r in rows)
+    stall = sum(r["checkpoint_stall_s"] for r in rows)
+    total = data + compute + stall
+    return {
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steady),
+        "mfu": statistics.median(r["mfu"] for r in steady),
+        "peak": rows[0]["peak"],
+        "wall_s": wall,
+        "split": {"compute": compute / total, "data_wait": data / total, "checkpoint_stall": stall / total},
+        "final_loss": rows[-1]["loss"],
+    }
+
+
+def plain_loop(config, manifest, steps: int, global_batch: int, micro_batch: int) -> dict:
+    from pipeline.storage import open_store
+    from pipeline.train.engine import lr_lambda
+    from pipeline.train.launch import model_config_for
+    from pipeline.train.loader import BlockStore, GlobalOrder, TrainLoader
+    from sora import SoraForCausalLM, causal_lm_loss, flops_per_token
+    from sora.flops import measure_cpu_matmul_peak
+
+    torch.set_num_threads(os.cpu_count() or 1)  # all cores
+    model_config = model_config_for(config, manifest)
+    torch.manual_seed(config.train.seed)
+    model = SoraForCausalLM(model_config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.train))
+    store = open_store(config.storage.root)
+    blocks = BlockStore(store, manifest["shards"]["train"])
+    loader = TrainLoader(blocks, GlobalOrder(len(blocks), config.train.seed), global_batch, micro_batch, 0, 1)
+    rates = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        micro, _ = loader.next_step()
+        for inputs, labels in micro:
+            loss = causal_lm_loss(model(inputs, use_cache=False).logits, labels) / len(micro)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        rates.append(global_batch * manifest["seq_len"] / (time.perf_counter() - started))
+    tokens_per_s = statistics.median(rates[2:] or rates)
+    peak = measure_cpu_matmul_peak()
+    return {
+        "tokens_per_s": tokens_per_s,
+        "mfu": tokens_per_s * flops_per_token(model_config, manifest["seq_len"]) / peak,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--global-batch", type=int, default=16)
+    parser.add_argument("--micro-batch", type=int, default=4)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        config, manifest = build_dataset(f"file://{tmp}/store")
+        job = ray_job(config, args.steps, args.workers, args.global_batch, args.micro_batch)
+        plain = plain_loop(config, manifest, args.steps, args.global_batch, args.micro_batch)
+    print(
+        json.dumps(
+            {
+                "bench": "train",
+                "model": "tiny",
+                "seq_len": manifest["seq_len"],
+                "global_batch": args.global_batch,
+                "steps": args.steps,
+                "ray_deepspeed_zero3": {
+                    "workers": args.workers,
+                    **{k: job[k] for k in ("tokens_per_s", "mfu", "peak", "split")},
+                },
+                "plain_pytorch": plain,
+                "ratio_job_vs_plain": job["tokens_per_s"] / plain["tokens_per_s"],
+                "job_wall_s_including_startup": job["wall_s"],
+            }
+        ),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
