@@ -164,3 +164,18 @@ def test_missing_bucket_and_bad_credentials_fail_before_work(tmp_path, corpus, s
         run(config)
     client.delete_bucket_policy(Bucket=bucket)
     assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_unreadable_source_file_fails_naming_it_and_publishes_nothing(tmp_path):
+    import gzip
+
+    docs = make_documents(n=20)
+    write_jsonl(tmp_path / "src" / "good.jsonl", docs)
+    whole = gzip.compress(b"".join(json.dumps({"text": d}).encode() + b"\n" for d in docs))
+    (tmp_path / "src" / "broken.jsonl.gz").write_bytes(whole[: len(whole) // 2])  # truncated download
+    config = data_config(f"file://{tmp_path}/root", str(tmp_path / "src"))
+    with pytest.raises(UserError, match=r"broken\.jsonl\.gz: 1 of 1 records malformed .*unreadable"):
+        run(config)
+    store = open_store(config.storage.root)
+    assert read_latest(store, "test") == (None, None) and not store.list("datasets/test/shards")
