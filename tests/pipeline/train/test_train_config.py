@@ -1,23 +1,28 @@
 """Run-config validation happens before Ray starts, with one clear message."""
 
+import subprocess
+import sys
+
 import pytest
 import yaml
 
-from pipeline.cli import main
 from pipeline.config.run import RunConfig
 from pipeline.train.ds_config import deepspeed_config
 
 
-def test_pipeline_with_zero3_is_rejected_before_launch(tmp_path, capsys):
+def test_pipeline_with_zero3_is_rejected_before_launch(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"train": {"strategy": "pipeline", "zero_stage": 3, "pipeline_stages": 2}}))
-    assert main(["pretrain", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert "ZeRO-3" in err and "strategy: pipeline with zero_stage: 1" in err and "strategy: zero3" in err
-    assert "Traceback" not in err
-    import ray
-
-    assert not ray.is_initialized()
+    # A fresh process, so "Ray never started" is observable (other tests share a Ray session).
+    probe = (
+        "import sys; from pipeline.cli import main; code = main(['pretrain', sys.argv[1]]); "
+        "ray = sys.modules.get('ray'); print('ray started' if ray and ray.is_initialized() else 'no ray'); "
+        "sys.exit(code)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stdout.strip() == "no ray"
+    assert "ZeRO-3" in out.stderr and "strategy: pipeline with zero_stage: 1" in out.stderr
+    assert "strategy: zero3" in out.stderr and "Traceback" not in out.stderr
 
 
 @pytest.mark.parametrize(
