@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+import os
+
+from pydantic import Field, field_validator, model_validator
 
 from ..storage import StorageSettings
 from .base import Section
@@ -18,6 +20,17 @@ class StorageConfig(Section):
     endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, R2, moto...).")
     region: str | None = Field(default=None, description="S3 region (default from the AWS environment).")
     max_attempts: int = Field(default=8, ge=1, description="Attempts per storage request (throttling, 5xx).")
+
+    @field_validator("root")
+    @classmethod
+    def _absolute_local_root(cls, root: str) -> str:
+        # Ray workers run in their own working directories: a relative local root must be resolved
+        # here, on the driver, or workers would read and write somewhere else.
+        if "://" not in root:
+            return f"file://{os.path.abspath(root)}"
+        if root.startswith("file://") and not root.startswith("file:///"):
+            return f"file://{os.path.abspath(root[len('file://'):])}"
+        return root
 
     def settings(self) -> StorageSettings:
         return StorageSettings(endpoint_url=self.endpoint_url, region=self.region, max_attempts=self.max_attempts)

@@ -52,3 +52,11 @@ def test_deepspeed_auto_fields_are_filled():
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "none"
     pipe = RunConfig.model_validate({"train": {"strategy": "pipeline", "pipeline_stages": 2}}).train
     assert deepspeed_config(pipe, bf16=False)["zero_optimization"]["stage"] == 1
+
+
+def test_relative_storage_root_is_resolved_on_the_driver(tmp_path, monkeypatch):
+    # Ray workers run in other working directories; they must see the driver's directory.
+    monkeypatch.chdir(tmp_path)
+    for root in (".sora", "file://.sora"):
+        assert RunConfig.model_validate({"storage": {"root": root}}).storage.root == f"file://{tmp_path}/.sora"
+    assert RunConfig.model_validate({"storage": {"root": "s3://b/p"}}).storage.root == "s3://b/p"
