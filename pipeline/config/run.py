@@ -29,7 +29,7 @@ class StorageConfig(Section):
         if "://" not in root:
             return f"file://{os.path.abspath(root)}"
         if root.startswith("file://") and not root.startswith("file:///"):
-            return f"file://{os.path.abspath(root[len('file://'):])}"
+            return f"file://{os.path.abspath(root[len('file://') :])}"
         return root
 
     def settings(self) -> StorageSettings:

@@ -46,7 +46,7 @@ def _to_universal(local: Path, tag: str) -> str:
     """Convert a downloaded checkpoint to DeepSpeed's universal format; returns the new tag."""
     target = local / f"{tag}-universal"
     if not target.exists():
-        subprocess.run(
+        done = subprocess.run(
             [
                 sys.executable,
                 "-m",
@@ -60,9 +60,11 @@ def _to_universal(local: Path, tag: str) -> str:
                 "--num_merge_workers",
                 "1",
             ],
-            check=True,
             capture_output=True,
+            text=True,
         )
+        if done.returncode:
+            raise RuntimeError(f"converting checkpoint {tag} to universal format failed:\n{done.stderr[-2000:]}")
     return target.name
 
 
