@@ -125,19 +125,22 @@ def _build(config, store, units, new_units, parent, given, run_id, config_sha, r
     if not keep and parent is None:
         raise UserError(f"dataset {data.name!r}: no documents survived filtering and dedup; nothing to publish")
 
+    # Only (hash, size) of kept documents reach the driver: the texts stay in Ray.
+    sizes = kept.map_batches(_sizes, batch_format="pyarrow").to_pandas()
+    if sizes.empty:  # a refresh whose documents were all duplicates
+        sizes = pd.DataFrame({"hash": pd.Series(dtype=object), "n_bytes": pd.Series(dtype="int64")})
+    sizes["split"] = [assign_split(h, data) for h in sizes["hash"]]
     if parent is not None:
         tokenizer = load_stored_tokenizer(store, parent["tokenizer"])
         tokenizer_block = parent["tokenizer"]
     else:
         if given is None:
-            train_docs = kept.select_columns(["hash", "text"]).to_pandas()
-            train_docs = train_docs[[assign_split(h, data) == "train" for h in train_docs["hash"]]]
-            given = train_tokenizer(data, list(zip(train_docs["hash"], train_docs["text"], strict=True)))
+            given = train_tokenizer(data, _tokenizer_sample(kept, sizes, data))
         tokenizer, eos_id, pad_id = given
         tokenizer_block = store_tokenizer(store, prefix, tokenizer, eos_id, pad_id)
     reporter.phase("tokenizer")
 
-    groups = _group_counts(kept, data, tokenizer_block["vocab_size"])
+    groups = _group_counts(sizes, data, tokenizer_block["vocab_size"])
     shards = pd.DataFrame()
     if keep:
         tokenized = kept.map_batches(
@@ -184,15 +187,34 @@ def _live_rows(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.is_null(batch["reject"]))
 
 
-def _group_counts(kept, data, vocab_size: int) -> dict[str, int]:
+def _sizes(batch: pa.Table) -> pa.Table:
+    return pa.table({"hash": batch["hash"], "n_bytes": pc.binary_length(batch["text"])})
+
+
+def _tokenizer_sample(kept, sizes: pd.DataFrame, data) -> list[tuple[bytes, str]]:
+    """(hash, text) of the tokenizer's training sample: training documents in sha256(hash) order up to
+    `sample_bytes`. Chosen from sizes on the driver; only the chosen texts are fetched from Ray."""
+    train = sizes[sizes["split"] == "train"]
+    order = sorted(zip(train["hash"], train["n_bytes"], strict=True), key=lambda p: hashlib.sha256(p[0]).digest())
+    chosen, total = [], 0
+    for digest, size in order:
+        chosen.append(digest)
+        total += size
+        if total >= data.tokenizer.sample_bytes:
+            break
+    wanted = pa.array(chosen, pa.binary(16))
+    texts = kept.map_batches(
+        lambda b: b.select(["hash", "text"]).filter(pc.is_in(b["hash"], value_set=wanted)), batch_format="pyarrow"
+    ).to_pandas()
+    return list(zip(texts["hash"], texts["text"], strict=True))
+
+
+def _group_counts(sizes: pd.DataFrame, data, vocab_size: int) -> dict[str, int]:
     """Shards per split, from the kept text volume (about 3 bytes of text per token)."""
-    sizes = kept.select_columns(["hash", "text"]).to_pandas()
     itemsize = 2 if vocab_size <= 65536 else 4
     counts = {}
     for split in SPLITS:
-        text_bytes = sum(
-            len(t) for h, t in zip(sizes["hash"], sizes["text"], strict=True) if assign_split(h, data) == split
-        )
+        text_bytes = int(sizes.loc[sizes["split"] == split, "n_bytes"].sum())
         counts[split] = max(1, -(-int(text_bytes / 3 * itemsize) // data.shard_bytes))
     return counts
 
