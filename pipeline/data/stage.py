@@ -170,7 +170,7 @@ def _build(config, store, units, new_units, parent, given, run_id, config_sha, r
 
     index_key = f"{prefix}/dedup/{run_id}.arrow"
     store.write(index_key, index.serialize())
-    return _manifest(config, units, parent, run_id, config_sha, tokenizer_block, shards, meta, prints, index_key)
+    return _manifest(config, store, units, parent, run_id, config_sha, tokenizer_block, shards, meta, prints, index_key)
 
 
 def _cpus() -> int:
@@ -219,7 +219,9 @@ def _group_counts(sizes: pd.DataFrame, data, vocab_size: int) -> dict[str, int]:
     return counts
 
 
-def _manifest(config, units, parent, run_id, config_sha, tokenizer_block, shards, meta, prints, index_key) -> dict:
+def _manifest(
+    config, store, units, parent, run_id, config_sha, tokenizer_block, shards, meta, prints, index_key
+) -> dict:
     data = config.data
     entries = {split: [] for split in SPLITS}
     for row in shards.to_dict("records"):
@@ -239,7 +241,7 @@ def _manifest(config, units, parent, run_id, config_sha, tokenizer_block, shards
     totals = _accumulate(parent["stats"]["total"] if parent else None, run_stats)
     return {
         "schema_version": SCHEMA_VERSION,
-        "version": next_version(open_store(config.storage.root, config.storage.settings()), data.name),
+        "version": next_version(store, data.name),
         "parent_version": parent["version"] if parent else None,
         "created_at": datetime.now(timezone.utc).isoformat(),
         "dataset": data.name,
