@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from .cache import norm_state
 from .configuration_sora import SoraConfig
 from .norms import build_norm
 
@@ -119,6 +120,7 @@ class SoraBlock(GradientCheckpointingLayer):
     def __init__(self, config: SoraConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
+        self.adaptive_norm = config.norm == "adn"  # the only norm with running state
         self.attn_norm = build_norm(config.norm, config.hidden_size, config.norm_eps, config.adn_rank)
         self.attn = SoraAttention(config, layer_idx)
         self.mlp_norm = build_norm(config.norm, config.hidden_size, config.norm_eps, config.adn_rank)
@@ -133,20 +135,7 @@ class SoraBlock(GradientCheckpointingLayer):
         padding_mask: torch.Tensor | None = None,
         cache=None,
     ) -> torch.Tensor:
-        attn_state, mlp_state = (
-            norm_states(cache, f"{self.layer_idx}.attn"),
-            norm_states(cache, f"{self.layer_idx}.mlp"),
-        )
+        attn_state = norm_state(cache, f"{self.layer_idx}.attn") if self.adaptive_norm else None
+        mlp_state = norm_state(cache, f"{self.layer_idx}.mlp") if self.adaptive_norm else None
         hidden = hidden + self.attn(self.attn_norm(hidden, padding_mask, attn_state), cos, sin, attn_mask, cache)
         return hidden + self.mlp(self.mlp_norm(hidden, padding_mask, mlp_state))
-
-
-def norm_states(cache, key: str) -> dict | None:
-    """Per-norm running state kept on the KV cache object, so ADN decodes incrementally.
-
-    Kept on the cache itself so that its lifetime is exactly that of the cached keys/values.
-    """
-    if cache is None:
-        return None
-    states = cache.__dict__.setdefault("sora_norm_states", {})
-    return states.setdefault(key, {})

@@ -22,9 +22,14 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
 )
 
+from .cache import SoraCache, norm_state
 from .configuration_sora import SoraConfig
 from .layers import SoraBlock, build_attention_mask, rotary_cos_sin
 from .norms import AdaptiveDynamicNorm, LayerNorm, RMSNorm, build_norm
+
+# The output field that carries the cache: `cache` from transformers 5.2x on (the old name still
+# works there but logs a deprecation warning on every forward), `past_key_values` before.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class SoraPreTrainedModel(PreTrainedModel):
@@ -86,21 +91,25 @@ class SoraModel(SoraPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache: SoraCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: SoraCache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        """`cache` is the KV cache (+ ADN state); `past_key_values` is its name before transformers 5.2x."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        cache = resolve_cache_argument(cache, past_key_values)
         hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         batch, seq = hidden.shape[:2]
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training:
             use_cache = False
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache()
-        cache = past_key_values if use_cache else None
+        if use_cache and cache is None:
+            cache = SoraCache()
+        if not use_cache:
+            cache = None
         past_len = cache.get_seq_length() if cache is not None else 0
 
         padding_mask = attention_mask
@@ -117,14 +126,16 @@ class SoraModel(SoraPreTrainedModel):
 
         for block in self.layers:
             hidden = block(hidden, cos, sin, attn_mask=attn_mask, padding_mask=query_padding, cache=cache)
-        hidden = self.norm(hidden, query_padding, _final_norm_state(cache))
-        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache)
+        final_state = norm_state(cache, "final") if self.config.norm == "adn" else None
+        hidden = self.norm(hidden, query_padding, final_state)
+        return BaseModelOutputWithPast(last_hidden_state=hidden, **{CACHE_FIELD: cache})
 
 
-def _final_norm_state(cache) -> dict | None:
-    if cache is None:
-        return None
-    return cache.__dict__.setdefault("sora_norm_states", {}).setdefault("final", {})
+def resolve_cache_argument(cache, past_key_values):
+    """The one cache passed under either name (transformers >= 5.2x passes `cache=`)."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the cache as `cache` or as `past_key_values`, not both")
+    return cache if cache is not None else past_key_values
 
 
 def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
@@ -160,11 +171,12 @@ class SoraForCausalLM(SoraPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache: SoraCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        past_key_values: SoraCache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Labels follow the HF convention: same positions as `input_ids`, shifted here."""
@@ -172,7 +184,7 @@ class SoraForCausalLM(SoraPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=resolve_cache_argument(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
         )
@@ -183,7 +195,15 @@ class SoraForCausalLM(SoraPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits[:, :-1], labels[:, 1:])
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: getattr(out, CACHE_FIELD)})
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        """Let `generate()` build its default cache, then make it a `SoraCache` (ADN's state included)."""
+        result = super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        for name in ("cache", "past_key_values"):  # the name differs across transformers 5.x
+            if type(model_kwargs.get(name)) is DynamicCache:
+                model_kwargs[name] = SoraCache(config=self.config)
+        return result
 
 
 class SoraForSequenceClassification(SoraPreTrainedModel):

@@ -9,13 +9,16 @@ ADN (DESIGN.md section 5) adapts gain and shift to the normalized states seen so
 U_g and U_b are rank-r maps (up @ down) whose `up` factor starts at zero, so at initialization ADN
 is exactly RMSNorm with a bias, and the cost is O(T*d*r). Every norm takes an optional padding
 mask; only ADN uses it (padding must not leak into the running mean) and an optional running
-state so that incremental decoding with a KV cache gives the same result as a full forward.
+state (`sora.cache.NormState`, kept on the KV cache) so that incremental decoding gives the same
+result as a full forward.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .cache import NormState
 
 
 class LayerNorm(nn.Module):
@@ -27,7 +30,9 @@ class LayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, state: dict | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, state: NormState | None = None
+    ) -> torch.Tensor:
         return nn.functional.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
 
 
@@ -39,7 +44,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, state: dict | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, state: NormState | None = None
+    ) -> torch.Tensor:
         return (rms_normalize(x, self.eps) * self.weight.float()).to(x.dtype)
 
 
@@ -72,12 +79,14 @@ class AdaptiveDynamicNorm(nn.Module):
         nn.init.zeros_(self.gain_up.weight)
         nn.init.zeros_(self.shift_up.weight)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, state: dict | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, state: NormState | None = None
+    ) -> torch.Tensor:
         """Normalize `x` of shape (B, T, d).
 
         mask: optional (B, T) with 1 for real tokens, 0 for padding (excluded from the mean).
-        state: optional dict carrying `sum` (B, d) and `count` (B, 1) of earlier tokens, updated in
-            place, so decoding token by token matches a full-sequence forward.
+        state: optional `NormState` (kept on a `SoraCache`) holding the prefix sums of earlier
+            positions; extended here, so decoding token by token matches a full-sequence forward.
         """
         h = rms_normalize(x, self.eps)
         weights = torch.ones(h.shape[:2] + (1,), dtype=h.dtype, device=h.device)
@@ -85,12 +94,12 @@ class AdaptiveDynamicNorm(nn.Module):
             weights = mask[..., None].to(h.dtype)
         running_sum = torch.cumsum(h * weights, dim=1)
         running_count = torch.cumsum(weights, dim=1)
-        if state is not None and "sum" in state:
-            running_sum = running_sum + state["sum"][:, None, :]
-            running_count = running_count + state["count"][:, None, :]
+        earlier = state.last() if state is not None else None
+        if earlier is not None:
+            running_sum = running_sum + earlier[0][:, None, :]
+            running_count = running_count + earlier[1][:, None, :]
         if state is not None:
-            state["sum"] = running_sum[:, -1, :].detach()
-            state["count"] = running_count[:, -1, :].detach()
+            state.extend(running_sum, running_count)
         context = (running_sum / running_count.clamp(min=1.0)).to(x.dtype)
         gain = self.weight + self.gain_up(self.gain_down(context))
         shift = self.bias + self.shift_up(self.shift_down(context))

