@@ -14,6 +14,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .cache import norm_state
 from .configuration_sora import SoraConfig
+from .init import mark_residual_output
 from .norms import build_norm
 
 
@@ -125,6 +126,8 @@ class SoraBlock(GradientCheckpointingLayer):
         self.attn = SoraAttention(config, layer_idx)
         self.mlp_norm = build_norm(config.norm, config.hidden_size, config.norm_eps, config.adn_rank)
         self.mlp = SoraMLP(config)
+        mark_residual_output(self.attn.o_proj)
+        mark_residual_output(self.mlp.down_proj)
 
     def forward(
         self,

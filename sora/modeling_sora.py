@@ -8,13 +8,10 @@ with the Auto factories.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import GenerationMixin, PreTrainedModel
-from transformers import initialization as init
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
@@ -25,7 +22,8 @@ from transformers.modeling_outputs import (
 from .cache import SoraCache, norm_state
 from .configuration_sora import SoraConfig
 from .layers import SoraBlock, build_attention_mask, rotary_cos_sin
-from .norms import AdaptiveDynamicNorm, LayerNorm, RMSNorm, build_norm
+from .init import init_sora_weights
+from .norms import build_norm
 
 # The output field that carries the cache: `cache` from transformers 5.2x on (the old name still
 # works there but logs a deprecation warning on every forward), `past_key_values` before.
@@ -43,27 +41,7 @@ class SoraPreTrainedModel(PreTrainedModel):
     _skip_keys_device_placement = ["past_key_values"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            # GPT-2 style: projections that write into the residual stream are scaled down by
-            # sqrt(2L) so the residual variance does not grow with depth.
-            scale = getattr(module, "_sora_residual_out", False)
-            init.normal_(
-                module.weight, mean=0.0, std=std / math.sqrt(2 * self.config.num_hidden_layers) if scale else std
-            )
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, (LayerNorm, RMSNorm, AdaptiveDynamicNorm)):
-            init.ones_(module.weight)
-            if getattr(module, "bias", None) is not None:
-                init.zeros_(module.bias)
-            if isinstance(module, AdaptiveDynamicNorm):
-                init.normal_(module.gain_down.weight, mean=0.0, std=std)
-                init.normal_(module.shift_down.weight, mean=0.0, std=std)
-                init.zeros_(module.gain_up.weight)
-                init.zeros_(module.shift_up.weight)
+        init_sora_weights(module, self.config)
 
 
 class SoraModel(SoraPreTrainedModel):
@@ -74,9 +52,6 @@ class SoraModel(SoraPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList([SoraBlock(config, i) for i in range(config.num_hidden_layers)])
         self.norm = build_norm(config.norm, config.hidden_size, config.norm_eps, config.adn_rank)
-        for block in self.layers:
-            block.attn.o_proj._sora_residual_out = True
-            block.mlp.down_proj._sora_residual_out = True
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -139,8 +114,15 @@ def resolve_cache_argument(cache, past_key_values):
 
 
 def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Mean cross-entropy of `logits` (B, T, V) against already-aligned `targets` (B, T), in fp32."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=ignore_index)
+    """Mean cross-entropy of `logits` (B, T, V) against already-aligned `targets` (B, T), in fp32.
+
+    A batch without any target (every label `ignore_index`) has loss 0 and zero gradients, not
+    NaN: cross-entropy's own mean would divide by zero and poison the whole optimizer step.
+    """
+    total = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=ignore_index, reduction="sum"
+    )
+    return total / (targets != ignore_index).sum().clamp(min=1)
 
 
 class SoraForCausalLM(SoraPreTrainedModel, GenerationMixin):

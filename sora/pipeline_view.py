@@ -21,8 +21,17 @@ import torch
 from torch import nn
 
 from .configuration_sora import SoraConfig
+from .init import init_sora_weights
 from .layers import SoraBlock, rotary_cos_sin
 from .norms import build_norm
+
+
+def init_module_tree(module: nn.Module, config: SoraConfig) -> None:
+    """Initialize a pipeline layer with the flat model's rules (`sora.init`), not PyTorch defaults."""
+    # Children first, then parents (as `nn.Module.apply` and transformers do): ADN zeroes its
+    # `up` maps after its child Linear layers got their generic init.
+    with torch.no_grad():
+        module.apply(lambda child: init_sora_weights(child, config))
 
 
 class EmbeddingPipe(nn.Module):
@@ -50,6 +59,7 @@ class BlockPipe(SoraBlock):
         super().__init__(config, layer_idx)
         self.head_dim = config.head_dim
         self.rope_theta = config.rope_theta
+        init_module_tree(self, config)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         positions = torch.arange(hidden.shape[1], device=hidden.device)[None].expand(hidden.shape[0], -1)
@@ -63,6 +73,7 @@ class NormPipe(nn.Module):
     def __init__(self, config: SoraConfig) -> None:
         super().__init__()
         self.norm = build_norm(config.norm, config.hidden_size, config.norm_eps, config.adn_rank)
+        init_module_tree(self, config)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.norm(hidden)

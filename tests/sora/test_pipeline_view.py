@@ -50,3 +50,26 @@ def test_tied_head_shares_the_embedding_module():
     config = SoraConfig.from_preset("tiny", vocab_size=300)
     layers = materialize(pipeline_layer_specs(config))
     assert layers[-1].module is layers[0]
+
+
+@pytest.mark.parametrize("norm", ["rmsnorm", "adn"])
+def test_pipeline_layers_initialize_like_the_flat_model(norm):
+    """One init for both layouts: same std per parameter kind (o_proj/down_proj scaled by 1/sqrt(2L))."""
+    config = SoraConfig.from_preset("small", norm=norm, num_hidden_layers=4, vocab_size=4096)
+    torch.manual_seed(0)
+    flat = dict(SoraForCausalLM(config).named_parameters())
+    torch.manual_seed(0)
+    pipe = pipeline_state_dict(materialize(pipeline_layer_specs(config)))
+    flat_pipe = pipeline_to_flat_state_dict(pipe, config)
+    assert flat_pipe.keys() >= {k for k in flat if k != "lm_head.weight"}
+    residual_std = config.initializer_range / (2 * config.num_hidden_layers) ** 0.5
+    for name, param in flat.items():
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        a, b = param.detach(), flat_pipe[name]
+        if a.dim() == 1 or "up.weight" in name and "adn" in norm and a.abs().max() == 0:
+            torch.testing.assert_close(a, b)  # norms: ones / zeros, exactly
+            continue
+        assert abs(a.std().item() - b.std().item()) < 0.05 * a.std().item(), name
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            assert abs(b.std().item() - residual_std) < 0.05 * residual_std, name
