@@ -21,8 +21,8 @@ from transformers.modeling_outputs import (
 
 from .cache import SoraCache, norm_state
 from .configuration_sora import SoraConfig
-from .layers import SoraBlock, build_attention_mask, rotary_cos_sin
 from .init import init_sora_weights
+from .layers import SoraBlock, build_attention_mask, rotary_cos_sin
 from .norms import build_norm
 
 # The output field that carries the cache: `cache` from transformers 5.2x on (the old name still
