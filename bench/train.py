@@ -33,8 +33,10 @@ def build_dataset(root: str):
 
 def ray_job(config, steps: int, workers: int, global_batch: int, micro_batch: int) -> dict:
     from pipeline.config.run import RunConfig
+    from pipeline.keys import RunKeys
     from pipeline.storage import open_store
     from pipeline.train.launch import pretrain
+    from pipeline.train.metrics import read_rows
 
     raw = config.model_dump(mode="json")
     raw["train"] = {
@@ -53,7 +55,7 @@ def ray_job(config, steps: int, workers: int, global_batch: int, micro_batch: in
     pretrain(run_config, quiet=True)
     wall = time.perf_counter() - started
     store = open_store(run_config.storage.root)
-    rows = [json.loads(line) for line in store.read("runs/bench/metrics.jsonl").decode().splitlines()]
+    rows = read_rows(store, RunKeys("bench").metrics)
     steady = rows[2:] or rows
     data = sum(r["data_wait_s"] for r in rows)
     compute = sum(r["compute_s"] for r in rows)

@@ -66,7 +66,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     """Pretrain (or resume) the run of CONFIG on its dataset."""
     from .train.launch import pretrain
 
-    result = pretrain(_load(args))
+    result = pretrain(_load(args), restart=args.restart)
     final = result["final"]
     print(
         f"run finished at step {final.get('step')}: loss {final.get('loss', float('nan')):.4f}, "
@@ -111,9 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("refresh", "incremental data refresh: only new/changed sources, no-op without changes"),
     ):
         _with_config(sub.add_parser(name, help=help_text)).set_defaults(func=cmd_preprocess)
-    _with_config(sub.add_parser("pretrain", help="pretrain stage: Ray Train + DeepSpeed, resumable")).set_defaults(
-        func=cmd_pretrain
+    pretrain_parser = _with_config(sub.add_parser("pretrain", help="pretrain stage: Ray Train + DeepSpeed, resumable"))
+    pretrain_parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="train from step 0 although the run has committed checkpoints that cannot be resumed from",
     )
+    pretrain_parser.set_defaults(func=cmd_pretrain)
     _with_config(sub.add_parser("run", help="the main job: all stages of the config in order")).set_defaults(
         func=cmd_run
     )

@@ -68,6 +68,12 @@ class TrainConfig(Section):
         default=False, description="Write the global sample ids of every step (audit of exact resume)."
     )
     export: bool = Field(default=True, description="Export a HF checkpoint to runs/<run>/hf at the end.")
+    lease_seconds: float = Field(
+        default=120.0,
+        ge=5,
+        description="Run lease duration: one writer per run; renewed every third of it, so a crashed "
+        "driver blocks the next launch for at most this long.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

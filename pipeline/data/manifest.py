@@ -13,14 +13,16 @@ from typing import Any
 
 from ..errors import UserError
 from ..faults import fail_point
+from ..keys import DatasetKeys
 from ..storage import ObjectStore
 from ..storage.lease import Heartbeat, Lease
+from .manifest_types import Manifest
 
 SCHEMA_VERSION = 1
 
 
 def dataset_prefix(name: str) -> str:
-    return f"datasets/{name}"
+    return DatasetKeys(name).prefix
 
 
 def read_latest(store: ObjectStore, name: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -71,6 +73,7 @@ def next_version(store: ObjectStore, name: str) -> int:
 
 def publish(store: ObjectStore, manifest: dict[str, Any], latest_etag: str | None, lease: Lease | Heartbeat) -> str:
     """Write the manifest (create-if-absent), then move LATEST (compare-and-swap). Returns its key."""
+    Manifest.from_dict(manifest)  # a malformed manifest fails here, before anything is visible
     prefix = dataset_prefix(manifest["dataset"])
     key = f"{prefix}/manifests/v{manifest['version']:06d}.json"
     body = json.dumps(manifest, indent=1, sort_keys=True).encode()

@@ -45,6 +45,10 @@ def pack(token_lists: list[np.ndarray], eos_id: int, pad_id: int, block_len: int
         pieces.append(np.asarray(tokens, dtype=np.int64))
         pieces.append(np.array([eos_id], dtype=np.int64))
     stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    if len(stream) % block_len == 1:
+        # A tail row holding one token (always the closing EOS) has no target: every label would be
+        # masked. Such a row is never written; the token was no target of any other row either.
+        stream = stream[:-1]
     rows = -(-len(stream) // block_len)
     padded = np.full(rows * block_len, pad_id, dtype=np.int64)
     padded[: len(stream)] = stream

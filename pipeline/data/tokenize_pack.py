@@ -12,9 +12,8 @@ from tokenizers import Tokenizer
 
 from ..config.data import DataConfig
 from ..storage import StorageSettings, open_store
+from .manifest_types import SPLITS  # noqa: F401  (re-exported: stage.py imports it from here)
 from .shards import blocks_table, pack, token_dtype, write_shard
-
-SPLITS = ("train", "val", "heldout")
 
 
 def _unit_interval(salt: str, digest: bytes) -> float:

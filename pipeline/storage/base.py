@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow.fs as pafs
 
@@ -85,6 +86,27 @@ class ObjectStore(ABC):
     @abstractmethod
     def write(self, key: str, data: bytes) -> None:
         """Write `data` atomically (readers see the old object or the whole new one)."""
+
+    # -- whole files, streamed ----------------------------------------------------------------
+    @abstractmethod
+    def upload_file(self, key: str, path: Path, part_size: int | None = None) -> tuple[int, str]:
+        """Upload the local file `path` to `key` in chunks, hashing as it reads; returns (size, sha256 hex).
+
+        Memory stays bounded whatever the file size. On S3 a file larger than `part_size` (default
+        `multipart.PART_SIZE`, at least 5 MiB) goes up as a multipart upload, aborted on any error;
+        readers see the old object or the whole new one.
+        """
+
+    @abstractmethod
+    def download_file(
+        self, key: str, path: Path, expected_sha256: str | None = None, expected_size: int | None = None
+    ) -> tuple[int, str]:
+        """Stream `key` into a temp file beside `path`, hashing as it goes, then rename it into place.
+
+        Returns (size, sha256 hex). If `expected_size` or `expected_sha256` does not match, the temp
+        file is deleted, `path` is left as it was and `ValueError` names the key and the mismatch.
+        A missing key raises `FileNotFoundError`.
+        """
 
     # -- conditional operations ------------------------------------------------------------
     @abstractmethod

@@ -3,12 +3,16 @@
 Conditional writes use S3's own preconditions: `IfNoneMatch="*"` to create-if-absent and
 `IfMatch=<etag>` to compare-and-swap, so two writers racing on a pointer cannot both win. Both
 boto3 and pyarrow retry throttling and 5xx errors with exponential backoff. Error messages name
-the bucket and key, never credentials.
+the bucket and key, never credentials. Credentials are never copied out of the AWS credential
+chains, so they refresh during long runs and nothing picklable carries a secret. Whole files go
+through `upload_file` / `download_file`, streamed in chunks (multipart above one part).
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import closing
+from pathlib import Path
 from urllib.parse import urlparse
 
 import boto3
@@ -17,7 +21,9 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from ..errors import UserError
+from . import multipart
 from .base import ObjectStore, StorageSettings
+from .files import CHUNK_SIZE, check_unchanged, hash_stream, receive
 
 _PRECONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "403"}
@@ -42,14 +48,14 @@ class S3Store(ObjectStore):
             endpoint_url=endpoint,
             config=Config(retries={"max_attempts": settings.max_attempts, "mode": "adaptive"}),
         )
-        credentials = session.get_credentials()
-        frozen = credentials.get_frozen_credentials() if credentials else None
+        # No keys are handed to pyarrow: its AWS SDK resolves them itself (environment, profile, web
+        # identity, container or instance role) and refreshes them before they expire. Keys copied in
+        # here would be frozen for the whole run (role credentials rotate within hours) and would be
+        # pickled with `self.fs` into every Ray worker. boto3 keeps its own refreshing chain.
         fs_kwargs: dict = {
             "region": region,
             "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=settings.max_attempts),
         }
-        if frozen is not None:
-            fs_kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token)
         if endpoint:
             endpoint_parts = urlparse(endpoint)
             fs_kwargs.update(endpoint_override=endpoint_parts.netloc, scheme=endpoint_parts.scheme or "https")
@@ -111,6 +117,48 @@ class S3Store(ObjectStore):
             if _is_precondition_failure(error) or error.response.get("Error", {}).get("Code") == "NoSuchKey":
                 return None
             raise self._user_error(error, key) from None
+
+    def upload_file(self, key: str, path: Path, part_size: int | None = None) -> tuple[int, str]:
+        part_size = multipart.PART_SIZE if part_size is None else part_size
+        multipart.check_part_size(part_size)
+        try:
+            with open(path, "rb") as handle:
+                before = os.fstat(handle.fileno())
+                if before.st_size > part_size:
+                    sha = multipart.upload_multipart(
+                        self.client, self.bucket, self._key(key), handle, before.st_size, part_size
+                    )
+                else:
+                    # Hash first, then let botocore stream the file (it may re-read it for checksums
+                    # and retries); the stat check below catches a file modified in between.
+                    _, sha = hash_stream(handle)
+                    handle.seek(0)
+                    self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=handle)
+                check_unchanged(handle, before, Path(path))
+        except (ClientError, BotoCoreError) as error:
+            raise self._user_error(error, key) from None
+        return before.st_size, sha
+
+    def download_file(
+        self, key: str, path: Path, expected_sha256: str | None = None, expected_size: int | None = None
+    ) -> tuple[int, str]:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+                raise FileNotFoundError(f"{self.uri(key)} does not exist") from None
+            raise self._user_error(error, key) from None
+        except BotoCoreError as error:
+            raise self._user_error(error, key) from None
+        with closing(response["Body"]) as body:
+            if expected_size is not None and response["ContentLength"] != expected_size:
+                raise ValueError(
+                    f"{self.uri(key)}: object has {response['ContentLength']} bytes, expected {expected_size}"
+                )
+            try:
+                return receive(body.iter_chunks(CHUNK_SIZE), Path(path), self.uri(key), expected_sha256, expected_size)
+            except BotoCoreError as error:  # connection lost or timed out mid-stream
+                raise self._user_error(error, key) from None
 
     def check(self) -> None:
         try:

@@ -1,117 +1,284 @@
 """Checkpoints on object storage: `runs/<run>/checkpoints/step-XXXXXXXX/` + `COMMITTED`.
 
-Every rank saves its DeepSpeed files into a node-local directory and uploads them (no shared
-filesystem needed); rank 0 then writes `trainer_state.json` and, last, `COMMITTED`, which lists
-every file with its size and sha256. A checkpoint without `COMMITTED`, or whose files do not match
-it, does not exist: loading skips it with a warning and falls back to an older one.
+Saving: every rank saves its DeepSpeed files into a node-local directory and streams them up
+(multipart for large files, hashed while streaming); rank 0 then writes `trainer_state.json` and,
+last, `COMMITTED`, which lists every file with its size and sha256 and the run lease's fencing
+epoch. The lease is checked right before `COMMITTED` is written and before anything is deleted,
+so a writer that lost the run to another process cannot commit over it or delete its files.
+
+Resuming: `find_resume` picks the newest committed checkpoint whose listing is sound (safe names,
+every file present at its listed size); each rank then downloads only the files it needs (its own
+ZeRO partition plus the shared ones), once per node, verifying sha256 while streaming. When
+committed checkpoints exist but none is sound, resuming fails with the list of what was found:
+training never silently restarts from step 0 (`restart=True` asks for that explicitly).
+
+A checkpoint without `COMMITTED` does not exist; garbage collection deletes those leftovers of
+killed saves and committed checkpoints older than the newest sound one beyond `keep_last`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import base64
+import fcntl
 import json
-import warnings
+import random
+import re
+import shutil
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..keys import RunKeys, checkpoint_tag, safe_relative
 from ..storage import ObjectStore
 
 COMMITTED = "COMMITTED"
 STATE = "trainer_state.json"
+# DeepSpeed names a rank's ZeRO partition `[bf16_]zero_pp_rank_<dp>_mp_rank_<mp>_...`; every other
+# file of a checkpoint (model states of ZeRO-1/2, pipeline layers, trainer state) is shared.
+_PARTITION = re.compile(r"(?:^|/)(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_")
 
 
-def checkpoints_prefix(run: str) -> str:
-    return f"runs/{run}/checkpoints"
+class ResumeError(UserError):
+    """The run has checkpoints but none can be resumed from, or they belong to another setup."""
 
 
 def tag_for(step: int) -> str:
-    return f"step-{step:08d}"
+    return checkpoint_tag(step)
 
 
-def upload_directory(store: ObjectStore, local: Path, prefix: str) -> list[dict]:
-    """Upload every file under `local` to `prefix/`; returns [{name, size, sha256}]."""
+# -- saving ------------------------------------------------------------------------------------
+def upload_rank_files(store: ObjectStore, keys: RunKeys, step: int, local: Path) -> list[dict]:
+    """Stream every file under `local` (one rank's DeepSpeed save) up; returns [{name, size, sha256}]."""
     files = []
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        data = path.read_bytes()
         name = path.relative_to(local).as_posix()
-        store.write(f"{prefix}/{name}", data)
-        files.append({"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        size, sha = store.upload_file(keys.checkpoint_file(step, name), path)
+        files.append({"name": name, "size": size, "sha256": sha})
     return files
 
 
-def commit(store: ObjectStore, run: str, step: int, files: list[dict], state: dict) -> None:
-    """Rank 0, after every rank uploaded: write the trainer state, then COMMITTED (last)."""
-    prefix = f"{checkpoints_prefix(run)}/{tag_for(step)}"
+def commit(
+    store: ObjectStore, keys: RunKeys, step: int, files: list[dict], state: dict, epoch: int, fence: Callable[[], None]
+) -> None:
+    """Rank 0, after every rank uploaded: write the trainer state, check the lease, then COMMITTED."""
     body = json.dumps(state, indent=1, sort_keys=True).encode()
-    store.write(f"{prefix}/{STATE}", body)
-    entries = files + [{"name": STATE, "size": len(body), "sha256": hashlib.sha256(body).hexdigest()}]
-    store.write(f"{prefix}/{COMMITTED}", json.dumps({"step": step, "files": entries}, indent=1).encode())
+    store.write(keys.checkpoint_file(step, STATE), body)
+    entries = sorted(files, key=lambda f: f["name"]) + [{"name": STATE, "size": len(body), "sha256": _sha256(body)}]
+    fence()
+    marker = {"step": step, "lease_epoch": epoch, "files": entries}
+    store.write(keys.checkpoint_file(step, COMMITTED), json.dumps(marker, indent=1).encode())
 
 
-def _relative(store: ObjectStore, run: str) -> list[tuple[str, str]]:
-    """(tag, path inside the checkpoint) of every stored checkpoint file."""
-    prefix = checkpoints_prefix(run) + "/"
-    pairs = []
-    for key in store.list(checkpoints_prefix(run)):
+def rng_state() -> dict:
+    """RNG states of rank 0. Training draws no random numbers today (no dropout); kept so any
+    future stochastic component resumes exactly."""
+    return {
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+        "numpy": base64.b64encode(json.dumps(_jsonable(np.random.get_state())).encode()).decode(),
+        "python": base64.b64encode(json.dumps(_jsonable(random.getstate())).encode()).decode(),
+    }
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(state["torch"]), dtype=np.uint8).copy()))
+    if "numpy" in state and "python" in state:
+        kind, keys, pos, has_gauss, gauss = json.loads(base64.b64decode(state["numpy"]))
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        version, internal, gauss_next = json.loads(base64.b64decode(state["python"]))
+        random.setstate((version, tuple(internal), gauss_next))
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+# -- finding what to resume from ---------------------------------------------------------------
+@dataclass
+class Inventory:
+    """What the run's checkpoint prefix holds."""
+
+    sound: list[int] = field(default_factory=list)  # committed and listing checks out, newest first
+    broken: dict[int, str] = field(default_factory=dict)  # committed but unusable: step -> reason
+    uncommitted: list[int] = field(default_factory=list)  # files without COMMITTED (killed saves)
+
+    def describe(self) -> str:
+        parts = [f"{tag_for(s)}: {reason}" for s, reason in sorted(self.broken.items())]
+        parts += [f"{tag_for(s)}: no COMMITTED marker (interrupted save)" for s in self.uncommitted]
+        return "; ".join(parts)
+
+
+def inventory(store: ObjectStore, keys: RunKeys) -> Inventory:
+    """Classify every checkpoint by its listing (names, presence, sizes): cheap, no content read."""
+    sizes: dict[str, dict[str, int]] = {}
+    prefix = keys.checkpoints + "/"
+    for key in store.list(keys.checkpoints):
         tag, _, rest = key[len(prefix) :].partition("/")
         if tag.startswith("step-") and rest:
-            pairs.append((tag, rest))
-    return pairs
+            sizes.setdefault(tag, {})[rest] = -1
+    found = Inventory()
+    for tag in sorted(sizes, reverse=True):
+        step = int(tag.removeprefix("step-"))
+        if COMMITTED not in sizes[tag]:
+            found.uncommitted.append(step)
+            continue
+        problem = _listing_problem(store, keys, step, set(sizes[tag]))
+        if problem:
+            found.broken[step] = problem
+        else:
+            found.sound.append(step)
+    return found
 
 
-def committed_steps(store: ObjectStore, run: str) -> list[int]:
-    """Steps with a COMMITTED marker, newest first (contents not yet verified)."""
-    steps = {int(tag.removeprefix("step-")) for tag, rest in _relative(store, run) if rest == COMMITTED}
-    return sorted(steps, reverse=True)
+def read_committed(store: ObjectStore, keys: RunKeys, step: int) -> dict:
+    marker = json.loads(store.read(keys.checkpoint_file(step, COMMITTED)))
+    for entry in marker["files"]:
+        safe_relative(entry["name"])
+    return marker
 
 
-def incomplete_steps(store: ObjectStore, run: str) -> list[int]:
-    """Steps with files but no COMMITTED marker (a save that was interrupted)."""
-    tags = {tag for tag, _ in _relative(store, run)}
-    committed = {tag_for(s) for s in committed_steps(store, run)}
-    return sorted(int(t.removeprefix("step-")) for t in tags - committed)
-
-
-def download_verified(store: ObjectStore, run: str, step: int, local: Path) -> dict:
-    """Download a committed checkpoint into `local/<tag>/`, verifying every file; returns the trainer state.
-
-    Raises ValueError when a file is missing or does not match COMMITTED.
-    """
-    prefix = f"{checkpoints_prefix(run)}/{tag_for(step)}"
-    manifest = json.loads(store.read(f"{prefix}/{COMMITTED}"))
-    target = local / tag_for(step)
-    for entry in manifest["files"]:
-        try:
-            data = store.read(f"{prefix}/{entry['name']}")
-        except FileNotFoundError:
-            raise ValueError(f"{store.uri(prefix)}: file {entry['name']} listed in COMMITTED is missing") from None
-        if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise ValueError(f"{store.uri(prefix)}: file {entry['name']} does not match its sha256 in COMMITTED")
-        path = target / entry["name"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return json.loads((target / STATE).read_text())
-
-
-def newest_loadable(store: ObjectStore, run: str, local: Path) -> tuple[int, dict] | None:
-    """The newest checkpoint that verifies, downloaded into `local`; skips broken ones with a warning."""
-    for step in incomplete_steps(store, run):
-        warnings.warn(f"checkpoint {tag_for(step)} of run {run} has no COMMITTED marker: ignored", stacklevel=2)
-    for step in committed_steps(store, run):
-        try:
-            return step, download_verified(store, run, step, local)
-        except ValueError as error:
-            warnings.warn(f"skipping checkpoint {tag_for(step)}: {error}", stacklevel=2)
+def _listing_problem(store: ObjectStore, keys: RunKeys, step: int, present: set[str]) -> str | None:
+    try:
+        marker = read_committed(store, keys, step)
+    except (ValueError, KeyError, TypeError) as error:
+        return f"COMMITTED is unreadable or unsafe ({error})"
+    for entry in marker["files"]:
+        if entry["name"] not in present:
+            return f"file {entry['name']} listed in COMMITTED is missing"
+        actual = store.size(keys.checkpoint_file(step, entry["name"]))
+        if actual != entry["size"]:
+            return f"file {entry['name']} has {actual} bytes, COMMITTED lists {entry['size']}"
     return None
 
 
-def garbage_collect(store: ObjectStore, run: str, keep_last: int) -> list[int]:
-    """Delete committed checkpoints beyond the newest `keep_last` (COMMITTED first, so a half-deleted
-    checkpoint is never mistaken for a valid one). Returns the deleted steps."""
-    deleted = []
-    for step in committed_steps(store, run)[keep_last:]:
-        prefix = f"{checkpoints_prefix(run)}/{tag_for(step)}"
-        store.delete(f"{prefix}/{COMMITTED}")
+def find_resume(store: ObjectStore, keys: RunKeys, restart: bool = False) -> tuple[int | None, Inventory]:
+    """The step to resume from (None: start fresh). Raises `ResumeError` instead of silently
+    starting over when committed checkpoints exist and none is sound, unless `restart`."""
+    found = inventory(store, keys)
+    if found.sound:
+        return found.sound[0], found
+    if found.broken and not restart:
+        raise ResumeError(
+            f"run {keys.run!r} has committed checkpoints but none can be resumed from: {found.describe()}. "
+            "Fix or remove them, use another run name, or pass --restart to train this run from step 0"
+        )
+    return None, found
+
+
+def read_state(store: ObjectStore, keys: RunKeys, step: int) -> dict:
+    return json.loads(store.read(keys.checkpoint_file(step, STATE)))
+
+
+def check_compatible(saved: dict, current: dict) -> None:
+    """Resuming with another model, strategy or precision would end in a DeepSpeed traceback; say
+    which setting changed instead. Worker count and pipeline layout may change (universal format)."""
+    changed = [
+        f"{name}: {saved.get(name)!r} -> {current[name]!r}" for name in current if saved.get(name) != current[name]
+    ]
+    if changed:
+        raise ResumeError(
+            "this run's checkpoints were written with other settings ("
+            + "; ".join(changed)
+            + "); resume with the original settings or use another run name"
+        )
+
+
+def compatibility_fields(train, model_config: dict, bf16: bool) -> dict:
+    """The settings a checkpoint can only be resumed under (see `check_compatible`)."""
+    return {
+        "model": model_config,
+        "strategy": train.strategy,
+        "zero_stage": train.effective_zero_stage,
+        "offload": train.offload,
+        "bf16": bf16,
+    }
+
+
+# -- downloading ---------------------------------------------------------------------------------
+def needed_by(name: str, dp_rank: int, everything: bool) -> bool:
+    """Whether a rank with data-parallel index `dp_rank` needs checkpoint file `name`."""
+    match = _PARTITION.search(name)
+    return everything or match is None or int(match.group(1)) == dp_rank
+
+
+def download_for_rank(
+    store: ObjectStore, keys: RunKeys, step: int, node_dir: Path, dp_rank: int, everything: bool
+) -> int:
+    """Download (once per node, verified) the files this rank needs into `node_dir/<tag>/`.
+
+    Ranks of one node share `node_dir`: a per-file lock makes the first rank download a shared
+    file and the others reuse it. Returns the bytes this rank downloaded.
+    """
+    marker = read_committed(store, keys, step)
+    downloaded = 0
+    for entry in marker["files"]:
+        if not needed_by(entry["name"], dp_rank, everything):
+            continue
+        name = safe_relative(entry["name"])
+        path = node_dir / tag_for(step) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Locks and "verified" markers live beside the checkpoint folder, not in it: DeepSpeed and
+        # ds_to_universal read that folder.
+        bookkeeping = node_dir / ".state" / tag_for(step) / name
+        with node_lock(bookkeeping.with_name(bookkeeping.name + ".lock")):
+            done = bookkeeping.with_name(bookkeeping.name + ".verified")
+            if done.exists() and done.read_text() == entry["sha256"]:
+                continue
+            try:
+                store.download_file(keys.checkpoint_file(step, entry["name"]), path, entry["sha256"], entry["size"])
+            except ValueError as error:
+                raise ResumeError(f"checkpoint {tag_for(step)} of run {keys.run!r} is corrupt: {error}") from None
+            done.write_text(entry["sha256"])
+            downloaded += entry["size"]
+    return downloaded
+
+
+@contextmanager
+def node_lock(path: Path):
+    """An exclusive lock shared by the processes of one node (flock on a local file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def remove_node_copy(node_dir: Path) -> None:
+    shutil.rmtree(node_dir, ignore_errors=True)
+
+
+# -- garbage collection --------------------------------------------------------------------------
+def garbage_collect(
+    store: ObjectStore, keys: RunKeys, keep_last: int, newest: int, fence: Callable[[], None]
+) -> list[int]:
+    """Delete leftovers of killed saves, and committed checkpoints older than `newest` (the one just
+    committed and verified) beyond the newest `keep_last`. Never touches anything newer than
+    `newest`. COMMITTED goes first, so a half-deleted checkpoint never looks valid."""
+    found = inventory(store, keys)
+    committed = sorted(set(found.sound) | set(found.broken), reverse=True)
+    older = [s for s in committed if s < newest]
+    doomed = older[max(0, keep_last - 1) :] + [s for s in found.uncommitted if s < newest]
+    fence()
+    for step in sorted(set(doomed), reverse=True):
+        prefix = keys.checkpoint(step)
+        if store.exists(f"{prefix}/{COMMITTED}"):
+            store.delete(f"{prefix}/{COMMITTED}")
         for key in store.list(prefix):
             store.delete(key)
-        deleted.append(step)
-    return deleted
+    return sorted(set(doomed), reverse=True)
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()

@@ -39,8 +39,20 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for _, param in model.named_parameters():
         if param.requires_grad:
-            (decay if param.dim() >= 2 else no_decay).append(param)
+            # Under ZeRO-3 construction a parameter is an empty placeholder; `ds_shape` is its real shape.
+            shape = getattr(param, "ds_shape", param.shape)
+            (decay if len(shape) >= 2 else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; with CPU offload DeepSpeed's own CPU Adam (it refuses a torch optimizer there)."""
+    groups = _param_groups(model, train.weight_decay)
+    if train.offload:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=train.lr, betas=(0.9, 0.95), eps=1e-8, adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.95), eps=1e-8)
 
 
 class Engine:
@@ -69,16 +81,28 @@ class Engine:
                 seed_layers=False,
             )
         else:
-            model = SoraForCausalLM(model_config)
-            model.config.use_cache = False
-        optimizer = torch.optim.AdamW(
-            _param_groups(model, train.weight_decay), lr=train.lr, betas=(0.9, 0.95), eps=1e-8
-        )
+            model = self._build_flat(model_config, ds_config)
+        optimizer = _optimizer(model, train)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train))
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
         )
         self.dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
+
+    def _build_flat(self, model_config: SoraConfig, ds_config: dict[str, Any]) -> torch.nn.Module:
+        """The flat model; under ZeRO-3 partitioned while it is built (`deepspeed.zero.Init` through
+        transformers' `HfDeepSpeedConfig`), so a rank never holds more than its share of a model
+        that does not fit one device. The config object must stay alive while the engine exists."""
+        if ds_config["zero_optimization"]["stage"] == 3:
+            from transformers import AutoModelForCausalLM
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_deepspeed_config = HfDeepSpeedConfig(ds_config)
+            model = AutoModelForCausalLM.from_config(model_config)
+        else:
+            model = SoraForCausalLM(model_config)
+        model.config.use_cache = False
+        return model
 
     # -- training ----------------------------------------------------------------------------
     def train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
@@ -164,8 +188,10 @@ class Engine:
                 if isinstance(layer, torch.nn.Module):
                     index = module._local_start + offset
                     local.update({f"{index}.{k}": v.detach().float().cpu() for k, v in layer.state_dict().items()})
-        gathered: list[dict | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, local)
+        # Only rank 0 writes the export: gather to it alone (every rank holding every stage's
+        # weights would need the whole model's memory on each of them).
+        gathered: list[dict | None] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+        dist.gather_object(local, gathered, dst=0)
         if dist.get_rank() != 0:
             return None
         merged = {k: v for part in gathered for k, v in (part or {}).items()}

@@ -15,8 +15,13 @@ from sora import SoraConfig
 from ..config.run import RunConfig
 from ..data.manifest import read_version
 from ..errors import UserError
+from ..keys import RunKeys
 from ..ray_runtime import ensure_ray
 from ..storage import ObjectStore, open_store
+from ..storage.lease import acquire_lease
+from . import checkpoint as ckpt
+from .metrics import read_rows
+from .spec import LeaseToken, WorkerSpec
 
 
 def model_config_for(config: RunConfig, manifest: dict) -> SoraConfig:
@@ -41,7 +46,7 @@ def pin_dataset(store: ObjectStore, config: RunConfig) -> dict:
     """The manifest this run trains on: pinned in `runs/<run>/run.json` at first launch."""
     train = config.train
     dataset = train.dataset or config.data.name
-    pin_key = f"runs/{train.run}/run.json"
+    pin_key = RunKeys(train.run).pin
     existing = store.read_with_etag(pin_key)
     if existing:
         pinned = json.loads(existing[0])
@@ -60,10 +65,10 @@ def pin_dataset(store: ObjectStore, config: RunConfig) -> dict:
 
 
 class Progress:
-    """Polls rank 0's metrics file and prints one line per new log interval."""
+    """Polls rank 0's newest metrics segment and prints one line per new log interval."""
 
     def __init__(self, store: ObjectStore, run: str, max_steps: int, console: Console) -> None:
-        self.store, self.run, self.max_steps, self.console = store, run, max_steps, console
+        self.store, self.keys, self.max_steps, self.console = store, RunKeys(run), max_steps, console
         self.stop = threading.Event()
         self.last_step = 0
         self.thread = threading.Thread(target=self._poll, daemon=True)
@@ -74,7 +79,8 @@ class Progress:
 
     def show(self) -> None:
         try:
-            lines = self.store.read(f"runs/{self.run}/metrics.jsonl").decode().splitlines()
+            segments = self.store.list(self.keys.metrics)
+            lines = self.store.read(segments[-1]).decode().splitlines() if segments else []
         except (FileNotFoundError, OSError):
             return
         if not lines:
@@ -101,70 +107,101 @@ class Progress:
         self.show()
 
 
-def pretrain(config: RunConfig, quiet: bool = False) -> dict[str, Any]:
-    """Train (or resume) `config.train.run`; returns the final metrics row and the export URI."""
+def preflight_resume(store: ObjectStore, config: RunConfig, model_config: SoraConfig, restart: bool) -> int | None:
+    """Fail before any resource is requested when the run cannot resume (clear line, exit 2)."""
+    keys = RunKeys(config.train.run)
+    step, _ = ckpt.find_resume(store, keys, restart=restart)
+    if step is not None:
+        saved = ckpt.read_state(store, keys, step).get("compatibility", {})
+        current = ckpt.compatibility_fields(config.train, model_config.to_dict(), bf16=saved.get("bf16"))
+        ckpt.check_compatible(saved, current)  # precision is checked again on the workers
+    return step
+
+
+def pretrain(config: RunConfig, quiet: bool = False, restart: bool = False) -> dict[str, Any]:
+    """Train (or resume) `config.train.run`; returns the final metrics row and the export URI.
+
+    Holds the run lease for the whole job (one writer per run); `restart` trains from step 0 even
+    though the run has committed checkpoints that cannot be resumed from.
+    """
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     train = config.train
+    keys = RunKeys(train.run)
     store = open_store(config.storage.root, config.storage.settings())
     store.check()
     manifest = pin_dataset(store, config)
     model_config = model_config_for(config, manifest)
-    ensure_ray(config.ray)
-    gpus = ray.cluster_resources().get("GPU", 0)
-    use_gpu = gpus >= train.workers if train.use_gpu == "auto" else bool(train.use_gpu)
-    if use_gpu and gpus < train.workers:
-        raise UserError(f"use_gpu: true with {train.workers} workers, but the cluster has {gpus:g} GPUs")
-    bf16 = train.precision == "bf16" or (train.precision == "auto" and use_gpu and _gpu_supports_bf16())
-    payload = {
-        "config": config.model_dump(mode="json"),
-        "manifest": manifest,
-        "model_config": model_config.to_dict(),
-        "use_gpu": use_gpu,
-        "bf16": bf16,
-        # Fault injection for reliability tests only: SORA_KILL_WORKER="RANK:STEP".
-        "kill_worker": os.environ.get("SORA_KILL_WORKER"),
-        "fault_dir": os.environ.get("SORA_FAULT_DIR"),
-    }
-    trainer = TorchTrainer(
-        _entry,
-        train_loop_config=payload,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=train.workers, use_gpu=use_gpu, resources_per_worker=None if use_gpu else {"CPU": 1}
-        ),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=ray.train.RunConfig(
-            name=train.run,
-            storage_path=store.path(f"runs/{train.run}/ray"),
-            storage_filesystem=store.fs,
-            failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
-        ),
-    )
-    console = Console(stderr=True, quiet=quiet)
-    console.print(
-        f"[bold]pretrain {train.run}[/bold]: {train.model} ({train.strategy}, {train.workers} workers, "
-        f"{'GPU' if use_gpu else 'CPU'}, {'bf16' if bf16 else 'fp32'}) on {manifest['dataset']} "
-        f"v{manifest['version']}"
-    )
-    with Progress(store, train.run, train.max_steps, console):
-        result = trainer.fit()
-    if result.error:
-        raise result.error
-    lines = store.read(f"runs/{train.run}/metrics.jsonl").decode().splitlines()
-    final = json.loads(lines[-1]) if lines else {}
-    export = store.uri(f"runs/{train.run}/hf") if store.exists(f"runs/{train.run}/hf/config.json") else None
-    return {"final": final, "export": export, "manifest_version": manifest["version"]}
+    lease = acquire_lease(store, keys.lease, train.lease_seconds, what=f"pretrain of run {train.run!r}")
+    try:
+        with lease.keep_alive(train.lease_seconds) as heartbeat:
+            resume_step = preflight_resume(store, config, model_config, restart)
+            ensure_ray(config.ray)
+            gpus = ray.cluster_resources().get("GPU", 0)
+            use_gpu = gpus >= train.workers if train.use_gpu == "auto" else bool(train.use_gpu)
+            if use_gpu and gpus < train.workers:
+                raise UserError(f"use_gpu: true with {train.workers} workers, but the cluster has {gpus:g} GPUs")
+            spec = WorkerSpec(
+                config=config.model_dump(mode="json"),
+                manifest=manifest,
+                model_config=model_config.to_dict(),
+                use_gpu=use_gpu,
+                lease=LeaseToken(lease.owner, lease.epoch),
+                resume_step=resume_step,
+                restart=restart,
+                # Fault injection for reliability tests only: SORA_KILL_WORKER="RANK:STEP".
+                kill_worker=os.environ.get("SORA_KILL_WORKER"),
+                fault_dir=os.environ.get("SORA_FAULT_DIR"),
+            )
+            trainer = TorchTrainer(
+                _entry,
+                train_loop_config={"spec": spec},
+                scaling_config=ray.train.ScalingConfig(
+                    num_workers=train.workers, use_gpu=use_gpu, resources_per_worker=None if use_gpu else {"CPU": 1}
+                ),
+                torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+                run_config=ray.train.RunConfig(
+                    name=train.run,
+                    storage_path=store.path(keys.ray),
+                    storage_filesystem=store.fs,
+                    failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
+                ),
+            )
+            console = Console(stderr=True, quiet=quiet)
+            console.print(
+                f"[bold]pretrain {train.run}[/bold]: {train.model} ({train.strategy}, {train.workers} workers, "
+                f"{'GPU' if use_gpu else 'CPU'}, precision {train.precision}) on {manifest['dataset']} "
+                f"v{manifest['version']}" + (f", resuming at step {resume_step}" if resume_step else "")
+            )
+            with Progress(store, train.run, train.max_steps, console):
+                result = trainer.fit()
+            if result.error:
+                raise _user_facing(result.error)
+            heartbeat.assert_held()
+    finally:
+        lease.release()  # the next launch need not wait for the lease to expire
+    rows = read_rows(store, keys.metrics)
+    export = store.uri(keys.export) if store.exists(f"{keys.export}/config.json") else None
+    return {"final": rows[-1] if rows else {}, "export": export, "manifest_version": manifest["version"]}
 
 
-def _gpu_supports_bf16() -> bool:
-    import torch
+def _user_facing(error: Exception) -> Exception:
+    """A worker's `ResumeError` / lease loss arrives wrapped by Ray; surface it as the one clear line."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, UserError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    text = str(error)
+    for marker in ("ResumeError: ", "LeaseHeldError: "):
+        if marker in text:
+            return UserError(text.split(marker, 1)[1].splitlines()[0])
+    return error
 
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
-
-def _entry(payload: dict) -> None:
+def _entry(loop_config: dict) -> None:
     from .worker import train_worker
 
-    train_worker(payload)
+    train_worker(loop_config["spec"])

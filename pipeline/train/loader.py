@@ -13,7 +13,6 @@ and memory-mapped, so random access to any block costs no copy of the shard.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -23,38 +22,40 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..data.manifest_types import ShardEntry
 from ..data.shards import CorruptShardError
 from ..storage import ObjectStore
+from .checkpoint import node_lock
 
 
 def cache_directory() -> Path:
     return Path(os.environ.get("SORA_CACHE", Path(tempfile.gettempdir()) / "sora-cache"))
 
 
-def fetch_shard(store: ObjectStore, entry: dict, cache: Path) -> Path:
-    """Local verified copy of a shard (content-addressed by sha256; atomic rename)."""
-    path = cache / f"{entry['sha256']}.arrow"
+def fetch_shard(store: ObjectStore, entry: ShardEntry, cache: Path) -> Path:
+    """Local verified copy of a shard, content-addressed by sha256, downloaded once per node.
+
+    The ranks of a node share `cache`; a lock per shard makes one of them download (streaming,
+    verified) while the others wait and then reuse the file.
+    """
+    path = cache / f"{entry.sha256}.arrow"
     if path.exists():
         return path
-    data = store.read(entry["key"])
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != entry["sha256"]:
-        raise CorruptShardError(
-            f"shard {entry['uri']} is corrupt: sha256 {digest[:12]}... != manifest {entry['sha256'][:12]}..."
-        )
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=cache, suffix=".tmp")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(temp, path)
+    with node_lock(cache / f"{entry.sha256}.lock"):
+        if not path.exists():
+            try:
+                store.download_file(entry.key, path, entry.sha256, entry.bytes)
+            except ValueError as error:
+                raise CorruptShardError(f"shard {entry.uri} is corrupt: {error}") from None
     return path
 
 
 class BlockStore:
     """Random access to the blocks of one split, across its shards."""
 
-    def __init__(self, store: ObjectStore, entries: list[dict], cache: Path | None = None) -> None:
+    def __init__(self, store: ObjectStore, entries, cache: Path | None = None) -> None:
         cache = cache or cache_directory()
+        entries = [e if isinstance(e, ShardEntry) else ShardEntry.from_dict(e) for e in entries]
         self.batches: list[tuple[np.ndarray, np.ndarray]] = []
         starts = []
         total = 0
@@ -156,7 +157,13 @@ class TrainLoader:
 def validation_batches(
     blocks: BlockStore, batches: int, global_batch: int, micro_batch: int, dp_rank: int, dp_size: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """A fixed validation set (the first samples in shard order), split across ranks in micro-batches."""
-    count = min(len(blocks), batches * global_batch)
+    """A fixed validation set (the first samples in shard order), split across ranks in micro-batches.
+
+    Every rank gets the same number of full micro-batches (the set is cut to a multiple of
+    dp_size x micro_batch): a rank with one micro-batch more would wait forever in the collective
+    of the next step.
+    """
+    unit = dp_size * micro_batch
+    count = min(len(blocks), batches * global_batch) // unit * unit
     ids = np.arange(count)[dp_rank::dp_size]
     return [to_tensors(*blocks.get(ids[i : i + micro_batch])) for i in range(0, len(ids), micro_batch)]

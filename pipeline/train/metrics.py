@@ -1,8 +1,12 @@
-"""Training metrics: per-step JSONL in the run folder, TensorBoard, and MFU.
+"""Training metrics: per-step JSONL segments in the run folder, TensorBoard, and MFU.
 
-Rank 0 keeps the rows; `flush` rewrites `runs/<run>/metrics.jsonl` (and `samples.jsonl`, the audit
-of sample ids per step, when enabled). On resume, rows after the resumed step are dropped, so the
-files always describe the run as it actually progressed.
+Object stores have no append, and rewriting the whole history at every flush costs O(steps) per
+flush (O(steps^2) per run). So rows go into segments `runs/<run>/metrics/part-<first step>.jsonl`
+of at most `SEGMENT_ROWS` rows: a flush rewrites only the open segment, and a full segment is
+never written again. On resume at step S, rows after S are cut from the segments (the steps are
+redone), so the files always describe the run as it actually progressed. TensorBoard event files
+are uploaded when a checkpoint commits and at the end, each file once it is closed.
+`read_rows` joins the segments back into one list of rows.
 """
 
 from __future__ import annotations
@@ -10,29 +14,79 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..keys import RunKeys
 from ..storage import ObjectStore
+
+SEGMENT_ROWS = 1000
+
+
+def _segment_key(prefix: str, first_step: int) -> str:
+    return f"{prefix}/part-{first_step:08d}.jsonl"
+
+
+def read_rows(store: ObjectStore, prefix: str) -> list[dict]:
+    """Every row of the segments under `prefix`, in step order."""
+    rows = []
+    for key in store.list(prefix):
+        if key.endswith(".jsonl"):
+            rows += [json.loads(line) for line in store.read(key).decode().splitlines() if line.strip()]
+    return rows
+
+
+class SegmentLog:
+    """Append-only JSONL rows under `prefix`, one open segment rewritten per flush."""
+
+    def __init__(self, store: ObjectStore, prefix: str, resume_step: int) -> None:
+        self.store, self.prefix = store, prefix
+        self.open: list[dict] = []
+        self.open_key: str | None = None
+        self._cut_after(resume_step)
+
+    def _cut_after(self, step: int) -> None:
+        for key in sorted(self.store.list(self.prefix), reverse=True):
+            first = int(key.rsplit("part-", 1)[1].removesuffix(".jsonl"))
+            if first > step:
+                self.store.delete(key)  # wholly after the resume point: those steps are redone
+                continue
+            rows = [json.loads(line) for line in self.store.read(key).decode().splitlines() if line.strip()]
+            kept = [r for r in rows if r["step"] <= step]
+            if len(kept) < SEGMENT_ROWS:
+                self.open, self.open_key = kept, key  # keep filling the newest segment
+            if len(kept) != len(rows):
+                self._write(key, kept)
+            return
+
+    def append(self, row: dict) -> None:
+        if self.open_key is None or len(self.open) >= SEGMENT_ROWS:
+            self.open, self.open_key = [], _segment_key(self.prefix, row["step"])
+        self.open.append(row)
+
+    def flush(self) -> None:
+        if self.open_key is not None:
+            self._write(self.open_key, self.open)
+
+    def _write(self, key: str, rows: list[dict]) -> None:
+        self.store.write(key, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 class MetricsLog:
-    def __init__(self, store: ObjectStore, run: str, local_dir: Path, resume_step: int) -> None:
-        self.store, self.run = store, run
-        self.rows = [r for r in self._load("metrics.jsonl") if r["step"] <= resume_step]
-        self.samples = [r for r in self._load("samples.jsonl") if r["step"] <= resume_step]
+    """Rank 0's metrics: JSONL segments (metrics and, optionally, sample ids) and TensorBoard."""
+
+    def __init__(self, store: ObjectStore, keys: RunKeys, local_dir: Path, resume_step: int) -> None:
+        self.store, self.keys = store, keys
+        self.rows = SegmentLog(store, keys.metrics, resume_step)
+        self.samples = SegmentLog(store, keys.samples, resume_step)
+        self.resume_step = resume_step
+        self.tb_dir = local_dir / "tensorboard"
         self.writer = None
+        self._open_writer(resume_step)
+
+    def _open_writer(self, step: int) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
-
-            self.tb_dir = local_dir / "tensorboard"
-            self.writer = SummaryWriter(str(self.tb_dir), purge_step=resume_step + 1)
         except ImportError:  # tensorboard is optional at run time
-            self.tb_dir = None
-
-    def _load(self, name: str) -> list[dict]:
-        try:
-            text = self.store.read(f"runs/{self.run}/{name}").decode()
-        except FileNotFoundError:
-            return []
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+            return
+        self.writer = SummaryWriter(str(self.tb_dir), purge_step=step + 1, filename_suffix=f".step{step:08d}")
 
     def log(self, row: dict) -> None:
         self.rows.append(row)
@@ -45,18 +99,18 @@ class MetricsLog:
         self.samples.append({"step": step, "ids": ids})
 
     def flush(self) -> None:
-        body = "".join(json.dumps(r) + "\n" for r in self.rows).encode()
-        self.store.write(f"runs/{self.run}/metrics.jsonl", body)
-        if self.samples:
-            self.store.write(
-                f"runs/{self.run}/samples.jsonl", "".join(json.dumps(r) + "\n" for r in self.samples).encode()
-            )
-        if self.writer is not None:
-            self.writer.flush()
-            for path in sorted(p for p in self.tb_dir.rglob("*") if p.is_file()):
-                self.store.write(
-                    f"runs/{self.run}/tensorboard/{path.relative_to(self.tb_dir).as_posix()}", path.read_bytes()
-                )
+        self.rows.flush()
+        self.samples.flush()
+
+    def publish_tensorboard(self, step: int) -> None:
+        """Close the current event file, upload it (once: it never changes again), open a new one."""
+        if self.writer is None:
+            return
+        self.writer.close()
+        for path in sorted(p for p in self.tb_dir.rglob("*") if p.is_file()):
+            self.store.upload_file(f"{self.keys.tensorboard}/{path.relative_to(self.tb_dir).as_posix()}", path)
+            path.unlink()
+        self._open_writer(step)
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak_flops_total: float) -> float:

@@ -28,5 +28,6 @@ def test_sora_run_end_to_end_and_rerun_is_a_noop(tmp_path):
     second = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "no new or changed sources; v1 is current" in second.stderr
-    rows = (tmp_path / "root" / "runs" / "e2e" / "metrics.jsonl").read_text().splitlines()
+    segments = sorted((tmp_path / "root" / "runs" / "e2e" / "metrics").glob("part-*.jsonl"))
+    rows = [line for segment in segments for line in segment.read_text().splitlines()]
     assert [json.loads(r)["step"] for r in rows] == list(range(1, 9))  # nothing retrained

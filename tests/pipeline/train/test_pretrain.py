@@ -11,9 +11,11 @@ from traingen import train_config
 from transformers import AutoModelForCausalLM
 
 from pipeline.data.manifest import read_version
+from pipeline.keys import RunKeys
 from pipeline.storage import open_store
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.launch import pretrain
+from pipeline.train.metrics import read_rows
 from pipeline.train.loader import BlockStore, GlobalOrder, validation_batches
 from sora import causal_lm_loss
 
@@ -21,11 +23,15 @@ pytestmark = [pytest.mark.distributed]
 
 
 def metrics(store, run):
-    return [json.loads(line) for line in store.read(f"runs/{run}/metrics.jsonl").decode().splitlines()]
+    return read_rows(store, RunKeys(run).metrics)
 
 
 def samples(store, run):
-    return [json.loads(line) for line in store.read(f"runs/{run}/samples.jsonl").decode().splitlines()]
+    return read_rows(store, RunKeys(run).samples)
+
+
+def committed(store, run):
+    return ckpt.inventory(store, RunKeys(run)).sound
 
 
 def exported_state(store, run, tmp_path):
@@ -60,7 +66,7 @@ def test_zero3_trains_checkpoints_and_exports(dataset_root, tmp_path):
     assert [r["step"] for r in rows] == list(range(1, 17))
     assert np.mean([r["loss"] for r in rows[-4:]]) < np.mean([r["loss"] for r in rows[:4]]) - 0.3
     assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 for r in rows)
-    assert ckpt.committed_steps(store, "zero3-basic") == [16, 12]  # keep_last 2
+    assert committed(store, "zero3-basic") == [16, 12]  # keep_last 2
     state = json.loads(store.read("runs/zero3-basic/checkpoints/step-00000016/trainer_state.json"))
     assert state["loader"]["consumed"] == 16 * 8 and state["dataset_version"] == 1
     # The HF export reloads with transformers and reproduces the trained model's validation loss.
@@ -73,7 +79,7 @@ def test_exact_resume_same_losses_parameters_and_samples(dataset_root, tmp_path)
     store = open_store(dataset_root.storage.root)
     pretrain(train_config(dataset_root, "straight", record_sample_ids=True), quiet=True)
     pretrain(train_config(dataset_root, "resumed", record_sample_ids=True, stop_after_steps=6), quiet=True)
-    assert ckpt.committed_steps(store, "resumed")[0] == 6
+    assert committed(store, "resumed")[0] == 6
     pretrain(train_config(dataset_root, "resumed", record_sample_ids=True), quiet=True)
 
     straight, resumed = metrics(store, "straight"), metrics(store, "resumed")
@@ -126,7 +132,7 @@ def test_killed_worker_is_restarted_from_last_committed_checkpoint(dataset_root,
     assert [r["step"] for r in metrics(store, "killed")] == list(range(1, 13))
     rows = samples(store, "killed")
     assert [r["step"] for r in rows] == list(range(1, 13))  # steps 5-6 redone once, not twice
-    straight = samples(store, "straight") if store.exists("runs/straight/samples.jsonl") else None
+    straight = samples(store, "straight") or None
     if straight:
         assert [r["ids"] for r in rows] == [r["ids"] for r in straight]
     assert store.exists("runs/killed/hf/model.safetensors")
@@ -158,7 +164,7 @@ def test_checkpoints_and_export_on_s3(tmp_path, s3_bucket, ray_session):
     )
     pretrain(config, quiet=True)  # resumes from the step-2 checkpoint on S3
     store = open_store(config.storage.root, settings)
-    assert ckpt.committed_steps(store, "on-s3") == [4, 2]
+    assert committed(store, "on-s3") == [4, 2]
     assert [r["step"] for r in samples(store, "on-s3")] == [1, 2, 3, 4]
     path = exported_state(store, "on-s3", tmp_path)
     assert abs(hf_val_loss(path, store, config) - metrics(store, "on-s3")[-1]["val_loss"]) < 1e-4
