@@ -15,8 +15,8 @@ from pipeline.keys import RunKeys
 from pipeline.storage import open_store
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.launch import pretrain
-from pipeline.train.metrics import read_rows
 from pipeline.train.loader import BlockStore, GlobalOrder, validation_batches
+from pipeline.train.metrics import read_rows
 from sora import causal_lm_loss
 
 pytestmark = [pytest.mark.distributed]
