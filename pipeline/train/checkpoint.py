@@ -191,10 +191,24 @@ def check_compatible(saved: dict, current: dict) -> None:
         )
 
 
+# The model settings that shape parameters and so the checkpoint's tensors.
+_ARCHITECTURE = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "norm",
+    "adn_rank",
+    "tie_word_embeddings",
+)
+
+
 def compatibility_fields(train, model_config: dict, bf16: bool) -> dict:
     """The settings a checkpoint can only be resumed under (see `check_compatible`)."""
     return {
-        "model": model_config,
+        **{f"model.{name}": model_config.get(name) for name in _ARCHITECTURE},
         "strategy": train.strategy,
         "zero_stage": train.effective_zero_stage,
         "offload": train.offload,

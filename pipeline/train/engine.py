@@ -104,6 +104,12 @@ class Engine:
         model.config.use_cache = False
         return model
 
+    def local_parameter_count(self) -> int:
+        """Parameter elements stored on this rank (its ZeRO-3 partition when partitioned)."""
+        return sum(
+            p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in self.engine.module.parameters()
+        )
+
     # -- training ----------------------------------------------------------------------------
     def train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
         """One optimizer step over this rank's micro-batches; returns the loss averaged over all ranks."""

@@ -91,6 +91,11 @@ class Trainer:
         )
         ds_config = deepspeed_config(self.train, self.bf16, load_universal=self.universal)
         self.engine = Engine(self.train, self.model_config, ds_config, device)
+        # Parameters this rank holds after construction: ~total/world under ZeRO-3 (partitioned
+        # while built), the whole model otherwise. Logged once, for the memory contract.
+        held = [None] * self.world
+        dist.all_gather_object(held, self.engine.local_parameter_count())
+        self.held_parameters = held
         self.dp_rank = self.engine.engine.grid.data_parallel_id if self.engine.pipeline else self.rank
         blocks = BlockStore(self.store, self.manifest.split("train"))
         self.loader = TrainLoader(
@@ -190,6 +195,9 @@ class Trainer:
             "tokens": self.loader.consumed * seq_len,
             "peak": self.peak_label,
         }
+        if self.held_parameters is not None:
+            row["parameters_per_rank"] = self.held_parameters
+            self.held_parameters = None
         if self.resume_bytes is not None:
             row["resume_download_bytes"] = self.resume_bytes  # per rank, first step after a resume
             self.resume_bytes = None

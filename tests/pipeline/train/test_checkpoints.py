@@ -142,7 +142,7 @@ def test_commit_and_gc_are_fenced_by_the_run_lease(tmp_path):
 
 
 def test_resume_with_changed_settings_names_them():
-    saved = {"model": {"hidden_size": 64}, "strategy": "zero3", "zero_stage": 3, "offload": False, "bf16": False}
+    saved = {"model.hidden_size": 64, "strategy": "zero3", "zero_stage": 3, "offload": False, "bf16": False}
     current = dict(saved, strategy="zero1", zero_stage=1)
     with pytest.raises(ckpt.ResumeError, match="strategy: 'zero3' -> 'zero1'; zero_stage: 3 -> 1"):
         ckpt.check_compatible(saved, current)

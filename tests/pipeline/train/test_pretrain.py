@@ -84,6 +84,10 @@ def test_exact_resume_same_losses_parameters_and_samples(dataset_root, tmp_path)
 
     straight, resumed = metrics(store, "straight"), metrics(store, "resumed")
     assert [r["step"] for r in resumed] == list(range(1, 13))
+    # Per-rank resume I/O: each rank fetched its own ZeRO partition; rank 1 found the shared files
+    # already on the node (rank 0 fetched them), so it downloaded less. Before: both fetched all.
+    rank0, rank1 = resumed[6]["resume_download_bytes"]
+    assert 0 < rank1 < rank0
     np.testing.assert_allclose([r["loss"] for r in resumed], [r["loss"] for r in straight], rtol=0, atol=1e-6)
     a = load_file(exported_state(store, "straight", tmp_path) / "model.safetensors")
     b = load_file(exported_state(store, "resumed", tmp_path) / "model.safetensors")
