@@ -15,6 +15,8 @@ from sora import SoraConfig, SoraForCausalLM
 from ..data.tokenizer_step import load_stored_tokenizer
 from ..storage import ObjectStore
 
+EXPORT_SHARD_SIZE = "2GB"
+
 
 def hf_tokenizer(tokenizer: Tokenizer, eos_id: int, pad_id: int) -> PreTrainedTokenizerFast:
     eos, pad = tokenizer.id_to_token(eos_id), tokenizer.id_to_token(pad_id)
@@ -40,9 +42,11 @@ def export_hf(
     tokenizer = hf_tokenizer(load_stored_tokenizer(dataset_store, block), block["eos_id"], block["pad_id"])
     prefix = f"runs/{run}/hf"
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        # Sharded safetensors (+ index) so no single object approaches S3's limits; every file
+        # streams up (multipart when large) instead of being read into memory.
+        model.save_pretrained(tmp, safe_serialization=True, max_shard_size=EXPORT_SHARD_SIZE)
         tokenizer.save_pretrained(tmp)
         Path(tmp, "sora_export.json").write_text(json.dumps(info, indent=1, sort_keys=True))
         for path in sorted(Path(tmp).iterdir()):
-            store.write(f"{prefix}/{path.name}", path.read_bytes())
+            store.upload_file(f"{prefix}/{path.name}", path)
     return store.uri(prefix)
