@@ -9,14 +9,16 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import UserError
+from ..resources import config_names, packaged_config
 from .run import RunConfig
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read `path` (YAML); `overrides` maps dotted keys (`data.seq_len`) to values."""
-    path = Path(path)
+    """Read `path` (YAML): a file, or else the name of a config shipped in the package (`default`,
+    `cluster-pretrain.yaml`); `overrides` maps dotted keys (`data.seq_len`) to values."""
+    path = Path(path) if Path(path).is_file() else (packaged_config(str(path)) or Path(path))
     if not path.is_file():
-        raise UserError(f"config file {path} not found")
+        raise UserError(f"config file {path} not found (packaged configs: {', '.join(config_names())})")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:

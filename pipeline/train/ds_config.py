@@ -1,4 +1,5 @@
-"""DeepSpeed configs: `ds_configs/<strategy>.json` with every "auto" field filled from the run config.
+"""DeepSpeed configs: `ds_configs/<strategy>.json` (shipped in `pipeline/resources/`) with every "auto"
+field filled from the run config.
 
 Users may edit the JSON files (bucket sizes, offload details...); the fields that must agree with
 the run config (batch sizes, clipping, precision, ZeRO stage, offload device) are "auto" there and
@@ -12,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config.train import TrainConfig
+from ..resources import DS_CONFIGS
 
-DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+DS_CONFIG_DIR = DS_CONFIGS
 
 
 def _fill(node: Any, values: dict[str, Any], path: str = "") -> Any:
