@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     _with_config(sub.add_parser("run", help="the main job: all stages of the config in order")).set_defaults(
         func=cmd_run
     )
+    from .ops.commands import register as register_ops
+
+    register_ops(sub, _with_config)  # plan, submit, jobs
     return parser
 
 
@@ -131,15 +134,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 0
+    from .ops.job_env import install as install_job_credentials
+
+    install_job_credentials()  # inside a submitted job: its AWS credentials file, if it carries one
     try:
-        func(args)
+        status = func(args)
     except UserError as error:
         print(f"sora {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sora {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

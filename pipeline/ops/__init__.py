@@ -1,0 +1,1 @@
+"""Operations: memory planning (`sora plan`), job submission to a Ray cluster (`sora submit`, `sora jobs`)."""
