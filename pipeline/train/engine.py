@@ -55,6 +55,24 @@ def _optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.95), eps=1e-8)
 
 
+def build_flat_model(model_config: SoraConfig, ds_config: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
+    """The flat model; under ZeRO-3 partitioned while it is built (`deepspeed.zero.Init` through
+    transformers' `HfDeepSpeedConfig`), so a rank never holds more than its share of a model
+    that does not fit one device. Returns the model and the `HfDeepSpeedConfig`, which must stay
+    alive as long as the model (transformers finds the ZeRO-3 setting through it)."""
+    context = None
+    if ds_config["zero_optimization"]["stage"] == 3:
+        from transformers import AutoModelForCausalLM
+        from transformers.integrations import HfDeepSpeedConfig
+
+        context = HfDeepSpeedConfig(ds_config)
+        model = AutoModelForCausalLM.from_config(model_config)
+    else:
+        model = SoraForCausalLM(model_config)
+    model.config.use_cache = False
+    return model, context
+
+
 class Engine:
     """A DeepSpeed engine plus how to run a step, evaluate and export for one strategy."""
 
@@ -81,28 +99,13 @@ class Engine:
                 seed_layers=False,
             )
         else:
-            model = self._build_flat(model_config, ds_config)
+            model, self._construction_context = build_flat_model(model_config, ds_config)
         optimizer = _optimizer(model, train)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train))
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
         )
         self.dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
-
-    def _build_flat(self, model_config: SoraConfig, ds_config: dict[str, Any]) -> torch.nn.Module:
-        """The flat model; under ZeRO-3 partitioned while it is built (`deepspeed.zero.Init` through
-        transformers' `HfDeepSpeedConfig`), so a rank never holds more than its share of a model
-        that does not fit one device. The config object must stay alive while the engine exists."""
-        if ds_config["zero_optimization"]["stage"] == 3:
-            from transformers import AutoModelForCausalLM
-            from transformers.integrations import HfDeepSpeedConfig
-
-            self._hf_deepspeed_config = HfDeepSpeedConfig(ds_config)
-            model = AutoModelForCausalLM.from_config(model_config)
-        else:
-            model = SoraForCausalLM(model_config)
-        model.config.use_cache = False
-        return model
 
     def local_parameter_count(self) -> int:
         """Parameter elements stored on this rank (its ZeRO-3 partition when partitioned)."""
