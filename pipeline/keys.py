@@ -42,6 +42,10 @@ class DatasetKeys:
     def manifest(self, version: int) -> str:
         return f"{self.manifests}/v{version:06d}.json"
 
+    def suites(self, version: int) -> str:
+        """Downstream suites built from version `version`'s held-out documents (pipeline/evaluation/suites.py)."""
+        return f"{self.prefix}/suites/v{version:06d}"
+
 
 @dataclass(frozen=True)
 class RunKeys:
@@ -91,6 +95,11 @@ class RunKeys:
     @property
     def ray(self) -> str:
         return f"{self.prefix}/ray"
+
+    @property
+    def eval(self) -> str:
+        """`eval/<name>/results.json` + `samples_<task>.jsonl` per evaluated checkpoint."""
+        return f"{self.prefix}/eval"
 
 
 def checkpoint_tag(step: int) -> str:

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from ..storage import StorageSettings
 from .base import Section
 from .data import DataConfig
+from .evaluate import EvalConfig
 from .train import TrainConfig
 
 
@@ -46,6 +47,7 @@ class RunConfig(Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
     def _pipeline_fits_model(self) -> RunConfig:

@@ -1,0 +1,99 @@
+"""Configuration of the evaluation stage (`eval:`): downstream suites and lm-eval settings.
+
+The suites (`heldout-ppl`, `cloze`, `classify`) are built from a dataset version's held-out
+documents (pipeline/evaluation/suites.py); every size below is a cap, and the builder fails with a
+clear message when the held-out split cannot give `min_test_examples`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .base import Section
+
+SuiteName = Literal["heldout_ppl", "cloze", "classify"]
+
+
+class SuiteConfig(Section):
+    enabled: list[SuiteName] = Field(
+        default_factory=lambda: ["heldout_ppl", "cloze", "classify"],
+        min_length=1,
+        description="Built-in suites to build and evaluate (drop classify for a corpus without labels).",
+    )
+    salt: str = Field(
+        default="sora-suites",
+        description="Salt of the document hashes that select and split suite documents; change it to draw others.",
+    )
+    min_test_examples: int = Field(
+        default=400,
+        ge=1,
+        description="Fewest cloze examples and classify test examples accepted: enough to separate a "
+        "10-point difference. Building fails (naming data.split.heldout_fraction) below it.",
+    )
+    ppl_max_docs: int = Field(default=40, ge=1, description="Held-out documents scored by heldout-ppl.")
+    ppl_max_chars: int = Field(
+        default=2000, ge=16, description="heldout-ppl scores the first this many characters of each document."
+    )
+    cloze_context_chars: int = Field(
+        default=400, ge=16, description="Cloze context: about this many characters of whole lines."
+    )
+    cloze_ending_chars: int = Field(
+        default=100, ge=8, description="Cloze endings (true and distractors) have exactly this many characters."
+    )
+    cloze_per_doc: int = Field(
+        default=8, ge=1, description="Cloze examples per held-out document, at evenly spread offsets."
+    )
+    cloze_max_examples: int = Field(default=600, ge=1, description="Cap on cloze examples (chosen by hash).")
+    classify_snippet_chars: int = Field(
+        default=400, ge=16, description="Classify examples are windows of this many characters of a document."
+    )
+    classify_snippets_per_doc: int = Field(
+        default=16, ge=1, description="Most windows (non-overlapping, evenly spread) taken from one document."
+    )
+    classify_max_classes: int = Field(
+        default=8, ge=2, description="Keep at most this many classes (those with the most held-out documents)."
+    )
+    classify_min_docs_per_class: int = Field(
+        default=6, ge=3, description="Drop classes with fewer held-out documents than this."
+    )
+    classify_validation_fraction: float = Field(
+        default=0.15, gt=0, lt=1, description="Held-out documents (by hash) whose windows form classify-validation."
+    )
+    classify_test_fraction: float = Field(
+        default=0.4, gt=0, lt=1, description="Held-out documents (by hash) whose windows form classify-test."
+    )
+    classify_max_per_class: int = Field(
+        default=80, ge=1, description="Cap on examples per class in classify-validation and classify-test."
+    )
+    classify_train_max_per_class: int = Field(
+        default=400, ge=1, description="Cap on examples per class in classify-train."
+    )
+    classify_min_snippet_chars: int = Field(
+        default=64, ge=1, description="Skip windows with fewer non-blank characters than this."
+    )
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SuiteConfig:
+        if self.classify_validation_fraction + self.classify_test_fraction >= 1:
+            raise ValueError("classify_validation_fraction + classify_test_fraction must be below 1")
+        return self
+
+
+class EvalConfig(Section):
+    suites: SuiteConfig = Field(default_factory=SuiteConfig)
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="Extra lm-eval task or group names (hellaswag, arc_easy, ... when their datasets are cached, "
+        "or tasks from include_paths).",
+    )
+    include_paths: list[str] = Field(
+        default_factory=list, description="Local folders of lm-eval task YAML files (user tasks)."
+    )
+    limit: int | None = Field(default=None, ge=1, description="Score at most this many documents per task (None: all).")
+    batch_size: int = Field(default=16, ge=1, description="lm-eval batch size.")
+    num_fewshot: int | None = Field(
+        default=None, ge=0, description="Few-shot examples (None: each task's own default; the suites use 0)."
+    )
+    device: str = Field(default="auto", description="Torch device for evaluation; auto: cuda when available.")
