@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -83,6 +84,9 @@ def job_client(url: str):
     """A `JobSubmissionClient` for the resolved Jobs API `url`, with the token when one is configured."""
     from ray.job_submission import JobSubmissionClient
 
+    # The SDK logs every package upload and websocket close at INFO; sora prints what matters.
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk", "ray._private.runtime_env"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     with api_errors(url):
         return JobSubmissionClient(url, headers=_headers())
 
