@@ -26,6 +26,12 @@ class TrainConfig(Section):
     dataset_version: int | Literal["LATEST"] = Field(
         default="LATEST", description="Manifest version; LATEST is resolved at launch and pinned into the run."
     )
+    init_from: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Run name whose newest committed checkpoint initialises the weights (warm start, e.g. "
+        "on a newer dataset version after a refresh).",
+    )
     global_batch: int = Field(default=16, ge=1, description="Samples (seq_len tokens each) per optimizer step.")
     micro_batch: int = Field(default=4, ge=1, description="Samples per worker per forward/backward.")
     lr: float = Field(default=1e-3, gt=0, description="Peak learning rate.")
