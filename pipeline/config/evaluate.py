@@ -47,10 +47,10 @@ class SuiteConfig(Section):
     )
     cloze_max_examples: int = Field(default=600, ge=1, description="Cap on cloze examples (chosen by hash).")
     classify_snippet_chars: int = Field(
-        default=400, ge=16, description="Classify examples are windows of this many characters of a document."
+        default=300, ge=16, description="Classify examples are windows of this many characters of a document."
     )
     classify_snippets_per_doc: int = Field(
-        default=16, ge=1, description="Most windows (non-overlapping, evenly spread) taken from one document."
+        default=24, ge=1, description="Most windows (non-overlapping, evenly spread) taken from one document."
     )
     classify_max_classes: int = Field(
         default=8, ge=2, description="Keep at most this many classes (those with the most held-out documents)."

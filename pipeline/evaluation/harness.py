@@ -8,6 +8,9 @@ stock `HFLM` with that registration done. Everything `hf` accepts (`pretrained=`
 
     lm_eval --include_path my_tasks --model sora --model_args pretrained=runs/x/hf --tasks my_task
     (with `import pipeline.evaluation.harness` done first, e.g. through `sora eval`)
+
+Importing this module also registers `sora-classifier` (classifier_lm.py), the lm-eval model of a
+fine-tuned `SoraForSequenceClassification`. `run_lm_eval` is what the evaluation stage calls.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
 import sora  # noqa: F401  (registers SoraConfig / SoraForCausalLM with the Auto classes)
+
+from . import classifier_lm  # noqa: F401  (registers the lm-eval model `sora-classifier`)
 
 
 @register_model("sora")
@@ -49,6 +54,52 @@ def evaluate_checkpoint(
         limit=limit,
         num_fewshot=num_fewshot,
         log_samples=False,
+    )
+    if results is None:  # only non-zero ranks of a distributed lm-eval run return None
+        raise RuntimeError("lm-eval returned no results")
+    return results
+
+
+def task_manager(include_paths: list[str | Path], defaults: bool = True) -> TaskManager:
+    """lm-eval's task index over `include_paths` (+ lm-eval's own tasks when `defaults`; indexing
+    them costs seconds, so callers that need only local task folders leave them out)."""
+    return TaskManager(include_path=[str(p) for p in include_paths] or None, include_defaults=defaults)
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_lm_eval(
+    checkpoint: str | Path,
+    model: str,
+    tasks: list[str],
+    task_manager: TaskManager,
+    batch_size: int = 8,
+    device: str = "auto",
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+) -> dict[str, Any]:
+    """`simple_evaluate` of a local HF checkpoint with lm-eval model `model` (`sora` or
+    `sora-classifier`), per-document samples logged; returns lm-eval's results dict."""
+    device = resolve_device(device)
+    model_args: dict[str, Any] = {"pretrained": str(checkpoint)}
+    if model == "sora":
+        model_args["dtype"] = "float32" if device == "cpu" else "auto"
+    results = simple_evaluate(
+        model=model,
+        model_args=model_args,
+        tasks=tasks,
+        task_manager=task_manager,
+        batch_size=batch_size,
+        device=device,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        log_samples=True,
     )
     if results is None:  # only non-zero ranks of a distributed lm-eval run return None
         raise RuntimeError("lm-eval returned no results")

@@ -1,0 +1,172 @@
+"""Evaluation stage: score one HF checkpoint with lm-evaluation-harness and store the results.
+
+`evaluate_checkpoint_to_store` writes `runs/<run>/eval/<name>/`:
+
+    samples_<task>.jsonl   lm-eval's per-document log (written first)
+    results.json           lm-eval results (every metric with its stderr) + lineage + chance levels,
+                           created last and create-if-absent: it exists whole or not at all
+
+A `results.json` that already exists is the stage's commit marker: evaluating the same name again
+returns it and does no work. Everything the user can get wrong (unknown task names, missing task
+folders, a missing checkpoint, a classifier asked for other tasks) fails before any evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from ..config.run import RunConfig
+from ..data.manifest import read_version
+from ..errors import UserError
+from ..keys import RunKeys, safe_relative
+from ..storage import ObjectStore
+from .suites import TASK_NAMES, build_suites, materialize_suites
+
+Kind = Literal["causal_lm", "classifier"]
+MODELS = {"causal_lm": "sora", "classifier": "sora-classifier"}
+
+
+def results_key(run: str, name: str) -> str:
+    return f"{RunKeys(run).eval}/{safe_relative(name)}/results.json"
+
+
+def evaluate_checkpoint_to_store(
+    config: RunConfig,
+    store: ObjectStore,
+    run: str,
+    name: str,
+    checkpoint_uri: str,
+    kind: Kind,
+    lineage: dict[str, Any],
+) -> dict[str, Any]:
+    """Evaluate `checkpoint_uri` (an HF directory under the store root, or a local directory) on the
+    built-in suites of the lineage's dataset version plus `config.eval.tasks`; returns results.json.
+
+    `lineage` must name `dataset` and `dataset_version` (the version the suites come from); it is
+    stored with the results together with the checkpoint URI, run, kind and tokenizer sha256.
+    A `classifier` (SoraForSequenceClassification) runs `sora_classify` only.
+    """
+    if kind not in MODELS:
+        raise UserError(f"unknown checkpoint kind {kind!r}: use causal_lm or classifier")
+    key = results_key(run, name)
+    try:
+        return json.loads(store.read(key))
+    except FileNotFoundError:
+        pass
+    eval_cfg = config.eval
+    manifest = read_version(store, lineage["dataset"], lineage.get("dataset_version", "LATEST"))
+    index = build_suites(store, manifest, eval_cfg)
+    builtin = [TASK_NAMES[s] for s in TASK_NAMES if s in eval_cfg.suites.enabled]
+    if kind == "classifier":
+        if "sora_classify" not in builtin:
+            raise UserError("a classifier is evaluated on sora_classify: add classify to eval.suites.enabled")
+        if eval_cfg.num_fewshot:
+            raise UserError("a classifier is evaluated zero-shot: set eval.num_fewshot to 0 or null")
+        tasks = ["sora_classify"]
+    else:
+        tasks = builtin + [t for t in eval_cfg.tasks if t not in builtin]
+    for path in eval_cfg.include_paths:
+        if not Path(path).is_dir():
+            raise UserError(f"eval.include_paths: {path} is not a directory of lm-eval task YAML files")
+
+    from .harness import run_lm_eval, task_manager
+
+    with tempfile.TemporaryDirectory(prefix="sora-eval-") as tmp:
+        suites_dir = materialize_suites(store, manifest, Path(tmp) / "suites", eval_cfg)
+        manager = task_manager([suites_dir, *eval_cfg.include_paths], defaults=bool(eval_cfg.tasks))
+        unknown = [t for t in tasks if t not in manager.all_tasks]
+        if unknown:
+            raise UserError(
+                f"lm-eval does not know the task(s) {', '.join(unknown)} (eval.tasks); check the names "
+                "(`lm_eval --tasks list`) or add the folder holding their YAML to eval.include_paths"
+            )
+        checkpoint = fetch_checkpoint(store, checkpoint_uri, Path(tmp) / "checkpoint")
+        results = run_lm_eval(
+            checkpoint,
+            model=MODELS[kind],
+            tasks=tasks,
+            task_manager=manager,
+            batch_size=eval_cfg.batch_size,
+            device=eval_cfg.device,
+            limit=eval_cfg.limit,
+            num_fewshot=eval_cfg.num_fewshot,
+        )
+    return _store_results(store, run, name, results, index, manifest, checkpoint_uri, kind, lineage)
+
+
+def fetch_checkpoint(store: ObjectStore, uri: str, local: Path) -> Path:
+    """A local copy of the HF checkpoint at `uri` (or `uri` itself when it is a local directory)."""
+    if Path(uri).is_dir():
+        directory = Path(uri)
+    else:
+        prefix = store.key_of(uri.rstrip("/")) if "://" in uri else uri.strip("/")
+        keys = store.list(prefix)
+        if not keys:
+            raise UserError(f"checkpoint {uri} is missing: nothing under {store.uri(prefix)}")
+        for key in keys:
+            relative = safe_relative(key[len(prefix) + 1 :])
+            store.download_file(key, local / relative)
+        directory = local
+    if not (directory / "config.json").exists():
+        raise UserError(f"checkpoint {uri} is incomplete: no config.json (an HF export writes it)")
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        missing = sorted(
+            set(json.loads(index.read_text())["weight_map"].values()) - {p.name for p in directory.iterdir()}
+        )
+    else:
+        missing = [] if (directory / "model.safetensors").exists() else ["model.safetensors"]
+    if missing:
+        raise UserError(f"checkpoint {uri} is incomplete: missing {', '.join(missing)}")
+    return directory
+
+
+def _store_results(store, run, name, results, index, manifest, checkpoint_uri, kind, lineage) -> dict[str, Any]:
+    from lm_eval.utils import handle_non_serializable
+
+    prefix = f"{RunKeys(run).eval}/{safe_relative(name)}"
+    for task, samples in sorted((results.get("samples") or {}).items()):
+        body = "".join(json.dumps(s, default=handle_non_serializable, ensure_ascii=False) + "\n" for s in samples)
+        store.write(f"{prefix}/samples_{safe_relative(task)}.jsonl", body.encode())
+    tasks = index["tasks"]
+    document = {
+        "name": name,
+        "kind": kind,
+        "results": results["results"],
+        "groups": results.get("groups", {}),
+        "n-samples": results.get("n-samples", {}),
+        "n-shot": results.get("n-shot", {}),
+        "versions": results.get("versions", {}),
+        "higher_is_better": results.get("higher_is_better", {}),
+        "configs": results.get("configs", {}),
+        "chance": {task: tasks[task]["chance"] for task in results["results"] if task in tasks},
+        "suites": {
+            "uri": index["uri"],
+            "settings_id": index["settings_id"],
+            "counts": {task: entry["counts"] for task, entry in tasks.items()},
+            "classes": tasks.get("sora_classify", {}).get("classes"),
+        },
+        "lineage": {
+            **lineage,
+            "checkpoint_uri": checkpoint_uri,
+            "run": run,
+            "kind": kind,
+            "dataset": manifest["dataset"],
+            "dataset_version": int(manifest["version"]),
+            "tokenizer_sha256": manifest["tokenizer"]["sha256"],
+        },
+        "lm_eval": {"limit": results.get("config", {}).get("limit"), "version": _lm_eval_version()},
+    }
+    body = json.dumps(document, indent=1, sort_keys=True, default=handle_non_serializable).encode()
+    if not store.create(f"{prefix}/results.json", body):  # another evaluator of the same name finished first
+        return json.loads(store.read(f"{prefix}/results.json"))
+    return json.loads(body)
+
+
+def _lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")

@@ -1,0 +1,216 @@
+"""Downstream suites built offline from a dataset version's held-out documents (DESIGN.md s.3).
+
+`build_suites` writes, under `datasets/<name>/suites/v<N>/<settings id>/`:
+
+    heldout_ppl/test.jsonl           {"text", "doc_hash"}                    lm-eval loglikelihood_rolling
+    cloze/test.jsonl                 {"context", "endings", "label", "doc_hash", "offset"}   4-way choice
+    classify/{train,validation,test}.jsonl   {"text", "label", "label_id", "doc_hash", "offset"}
+    <task>/<lm-eval task>.yaml       one lm-eval task per suite, tag `sora_suites`
+    suites.json                      the index: counts, classes, chance levels, doc hashes, files + sha256
+
+The settings id is a hash of the suite settings, so changed settings build a new folder instead of
+overwriting one. Every file is written create-if-absent and `suites.json` last: two concurrent
+builders write identical bytes (the build is deterministic), and a reader trusts a folder only
+once its index exists. Bad input raises before anything is written.
+
+The stored YAML files name their data files relative to the suites folder; lm-eval needs local
+absolute paths, so `materialize_suites` downloads a folder (verified) and rewrites them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config.evaluate import EvalConfig, SuiteConfig
+from ..errors import UserError
+from ..keys import DatasetKeys
+from ..storage import ObjectStore
+from .heldout import read_heldout
+from .suite_rows import check_cloze, classify_rows, cloze_rows, ppl_rows
+
+SUITES_FORMAT = 1
+TAG = "sora_suites"
+TASK_NAMES = {"heldout_ppl": "sora_heldout_ppl", "cloze": "sora_cloze", "classify": "sora_classify"}
+CLASSIFY_DELIMITER = "\nLabel: "  # between a snippet and its class name (sora-classifier strips it)
+INDEX = "suites.json"
+
+
+def settings_id(cfg: SuiteConfig) -> str:
+    blob = json.dumps({"format": SUITES_FORMAT, **cfg.model_dump(mode="json")}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def suites_prefix(manifest: dict, cfg: SuiteConfig) -> str:
+    return f"{DatasetKeys(manifest['dataset']).suites(int(manifest['version']))}/{settings_id(cfg)}"
+
+
+def _suite_config(eval_config: EvalConfig | SuiteConfig) -> SuiteConfig:
+    return eval_config.suites if isinstance(eval_config, EvalConfig) else eval_config
+
+
+def read_index(store: ObjectStore, manifest: dict, eval_config: EvalConfig | SuiteConfig) -> dict | None:
+    """The suites index of this version and settings, or None when they were never built."""
+    try:
+        return json.loads(store.read(f"{suites_prefix(manifest, _suite_config(eval_config))}/{INDEX}"))
+    except FileNotFoundError:
+        return None
+
+
+def build_suites(store: ObjectStore, manifest: dict, eval_config: EvalConfig | SuiteConfig) -> dict[str, Any]:
+    """Build (or reuse) the enabled suites of `manifest`'s version; returns the index (suites.json)."""
+    cfg = _suite_config(eval_config)
+    prefix = suites_prefix(manifest, cfg)
+    existing = read_index(store, manifest, cfg)
+    if existing is not None:
+        return existing
+    docs = read_heldout(store, manifest)
+    files: dict[str, bytes] = {}
+    tasks: dict[str, dict] = {}
+    if "heldout_ppl" in cfg.enabled:
+        rows = ppl_rows(docs, cfg)
+        files["heldout_ppl/test.jsonl"] = _jsonl(rows)
+        tasks["sora_heldout_ppl"] = _task_entry("heldout_ppl", {"test": rows}, chance=None)
+    if "cloze" in cfg.enabled:
+        rows = cloze_rows(docs, cfg)
+        check_cloze(rows, docs, cfg)
+        files["cloze/test.jsonl"] = _jsonl(rows)
+        tasks["sora_cloze"] = _task_entry(
+            "cloze", {"test": rows}, chance={"uniform": 0.25, "majority": _majority(rows)}
+        )
+    if "classify" in cfg.enabled:
+        splits, info = classify_rows(docs, cfg)
+        for split, rows in splits.items():
+            files[f"classify/{split}.jsonl"] = _jsonl(rows)
+        entry = _task_entry("classify", splits, chance=info.pop("chance"))
+        tasks["sora_classify"] = {**entry, **info}
+    for suite, name in TASK_NAMES.items():
+        if suite in cfg.enabled:
+            files[f"{suite}/{name}.yaml"] = task_yaml(suite, tasks[name]).encode()
+    index = {
+        "format": SUITES_FORMAT,
+        "dataset": manifest["dataset"],
+        "version": int(manifest["version"]),
+        "tokenizer_sha256": manifest.get("tokenizer", {}).get("sha256"),
+        "heldout_docs": len(docs),
+        "prefix": prefix,
+        "uri": store.uri(prefix),
+        "settings_id": settings_id(cfg),
+        "settings": cfg.model_dump(mode="json"),
+        "tag": TAG,
+        "tasks": tasks,
+        "files": {
+            name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in files.items()
+        },
+    }
+    for name, data in sorted(files.items()):
+        _create(store, f"{prefix}/{name}", data)
+    if not store.create(f"{prefix}/{INDEX}", json.dumps(index, indent=1, sort_keys=True).encode()):
+        return json.loads(store.read(f"{prefix}/{INDEX}"))  # a concurrent builder published first
+    return index
+
+
+def _jsonl(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
+
+
+def _majority(rows: list[dict]) -> float:
+    counts = [sum(r["label"] == k for r in rows) for k in range(4)]
+    return max(counts) / len(rows) if rows else 0.0
+
+
+def _task_entry(suite: str, splits: dict[str, list[dict]], chance: dict | None) -> dict:
+    return {
+        "suite": suite,
+        "counts": {split: len(rows) for split, rows in splits.items()},
+        "doc_hashes": {split: sorted({r["doc_hash"] for r in rows}) for split, rows in splits.items()},
+        "chance": chance,
+    }
+
+
+def _create(store: ObjectStore, key: str, data: bytes) -> None:
+    """Create-if-absent; an existing object must hold the same bytes (a concurrent identical build)."""
+    if not store.create(key, data) and hashlib.sha256(store.read(key)).digest() != hashlib.sha256(data).digest():
+        raise RuntimeError(f"{store.uri(key)} exists with other content; suites are immutable per settings id")
+
+
+def task_yaml(suite: str, task: dict) -> str:
+    """lm-eval task YAML of one suite, its data files named relative to the suites folder."""
+    splits = list(task["counts"])
+    spec: dict[str, Any] = {
+        "task": TASK_NAMES[suite],
+        "tag": [TAG],
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {split: f"{suite}/{split}.jsonl" for split in splits}},
+        "test_split": "test",
+    }
+    if suite == "heldout_ppl":
+        spec |= {
+            "output_type": "loglikelihood_rolling",
+            "doc_to_text": "",
+            "doc_to_target": "{{text}}",
+            "metric_list": [
+                {"metric": m, "aggregation": m, "higher_is_better": False}
+                for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")
+            ],
+        }
+    else:
+        acc = [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("acc", "acc_norm")]
+        spec |= {"output_type": "multiple_choice", "metric_list": acc}
+    if suite == "cloze":
+        spec |= {
+            "doc_to_text": "{{context}}",
+            "doc_to_choice": "{{endings}}",
+            "doc_to_target": "{{label}}",
+            "target_delimiter": "",
+        }
+    if suite == "classify":
+        spec |= {
+            "training_split": "train",
+            "validation_split": "validation",
+            "fewshot_split": "train",
+            "doc_to_text": "{{text}}",
+            "doc_to_choice": list(task["classes"]),
+            "doc_to_target": "{{label_id}}",
+            "target_delimiter": CLASSIFY_DELIMITER,
+        }
+    spec["metadata"] = {"version": SUITES_FORMAT}
+    return yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
+
+
+def materialize_suites(
+    store: ObjectStore, manifest: dict, local_dir: str | Path, eval_config: EvalConfig | SuiteConfig | None = None
+) -> Path:
+    """Download the built suites of `manifest`'s version into `local_dir` (sha256-verified) and write
+    their task YAMLs with absolute local data paths; returns the folder to pass as lm-eval include_path.
+
+    Raises UserError when the suites were not built (run `build_suites` first).
+    """
+    cfg = _suite_config(eval_config or EvalConfig())
+    index = read_index(store, manifest, cfg)
+    if index is None:
+        raise UserError(
+            f"no suites for dataset {manifest['dataset']!r} v{manifest['version']} with these eval.suites "
+            f"settings under {store.uri(suites_prefix(manifest, cfg))}: build them first"
+        )
+    local = Path(local_dir).resolve()
+    local.mkdir(parents=True, exist_ok=True)
+    for name, meta in sorted(index["files"].items()):
+        path = local / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            store.download_file(f"{index['prefix']}/{name}", path, meta["sha256"], meta["bytes"])
+        except (FileNotFoundError, ValueError) as error:
+            uri = store.uri(f"{index['prefix']}/{name}")
+            raise UserError(f"suite file {uri} is missing or corrupt: {error}") from None
+        if name.endswith(".yaml"):  # data files relative to the suites folder -> absolute local paths
+            spec = yaml.safe_load(path.read_text())
+            files = spec["dataset_kwargs"]["data_files"]
+            spec["dataset_kwargs"]["data_files"] = {split: str(local / rel) for split, rel in files.items()}
+            path.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    (local / INDEX).write_text(json.dumps(index, indent=1, sort_keys=True))
+    return local
