@@ -10,6 +10,7 @@ from ..storage import StorageSettings
 from .base import Section
 from .data import DataConfig
 from .evaluate import EvalConfig
+from .finetune import FinetuneConfig
 from .train import TrainConfig
 
 
@@ -47,6 +48,7 @@ class RunConfig(Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")

@@ -1,6 +1,7 @@
 """The one place where parallelism is applied: wrap a Sora model in a DeepSpeed engine.
 
-`zero1/2/3`: the flat `SoraForCausalLM`, data parallel with ZeRO sharding. `pipeline`: a
+`zero1/2/3`: the flat model of the run's objective (`objective.py`: `SoraForCausalLM` for
+pretraining, `SoraForSequenceClassification` for fine-tuning), data parallel with ZeRO sharding. `pipeline`: a
 `PipelineModule` built from `sora.pipeline_view` (tied embeddings via `TiedLayerSpec`), trained
 with `train_batch`, data parallel across pipeline replicas with ZeRO-0/1. Both expose the same
 small interface to the training loop.
@@ -77,9 +78,14 @@ class Engine:
     """A DeepSpeed engine plus how to run a step, evaluate and export for one strategy."""
 
     def __init__(
-        self, train: TrainConfig, model_config: SoraConfig, ds_config: dict[str, Any], device: torch.device
+        self,
+        train: TrainConfig,
+        model_config: SoraConfig,
+        ds_config: dict[str, Any],
+        device: torch.device,
+        objective: Any,
     ) -> None:
-        self.train, self.model_config, self.device = train, model_config, device
+        self.train, self.model_config, self.device, self.objective = train, model_config, device, objective
         self.pipeline = train.strategy == "pipeline"
         torch.manual_seed(train.seed)  # identical initialization on every rank
         if self.pipeline:
@@ -99,7 +105,7 @@ class Engine:
                 seed_layers=False,
             )
         else:
-            model, self._construction_context = build_flat_model(model_config, ds_config)
+            model, self._construction_context = objective.build_model(model_config, ds_config)
         optimizer = _optimizer(model, train)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train))
         self.engine, _, _, _ = deepspeed.initialize(
@@ -114,15 +120,14 @@ class Engine:
         )
 
     # -- training ----------------------------------------------------------------------------
-    def train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    def train_step(self, micro_batches: list[tuple[torch.Tensor, ...]]) -> float:
         """One optimizer step over this rank's micro-batches; returns the loss averaged over all ranks."""
         if self.pipeline:
             loss = self.engine.train_batch(data_iter=iter(self._to_device(micro_batches)))
             return float(loss)
         total = torch.zeros((), device=self.device)
-        for inputs, labels in self._to_device(micro_batches):
-            logits = self.engine(input_ids=inputs, use_cache=False).logits
-            loss = causal_lm_loss(logits, labels)
+        for batch in self._to_device(micro_batches):
+            loss = self.objective.loss(self.engine, batch)
             self.engine.backward(loss)
             self.engine.step()
             total += loss.detach()
@@ -131,26 +136,28 @@ class Engine:
         return float(total)
 
     @torch.no_grad()
-    def eval_loss(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        """Mean validation loss (per token) over every rank's batches."""
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+    def evaluate(self, batches: list[tuple[torch.Tensor, ...]]) -> dict[str, float]:
+        """Validation loss per target over every rank's batches (and accuracy where the objective
+        counts correct predictions)."""
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         if self.pipeline:
             for batch in self._to_device(batches):
                 loss = self.engine.eval_batch(iter([batch]), num_micro_batches=1)
                 tokens = (batch[1] != -100).sum()
-                sums += torch.stack([loss.double().reshape(()).to(self.device) * tokens, tokens.double()])
+                sums[:2] += torch.stack([loss.double().reshape(()).to(self.device) * tokens, tokens.double()])
         else:
             self.engine.eval()
-            for inputs, labels in self._to_device(batches):
-                logits = self.engine(input_ids=inputs, use_cache=False).logits
-                tokens = (labels != -100).sum()
-                sums += torch.stack([causal_lm_loss(logits, labels).double() * tokens, tokens.double()])
+            for batch in self._to_device(batches):
+                sums += self.objective.eval_sums(self.engine, batch).to(self.device)
             self.engine.train()
         dist.all_reduce(sums)
-        return float(sums[0] / sums[1])
+        result = {"loss": float(sums[0] / sums[1])}
+        if self.objective.name != "causal_lm":
+            result["accuracy"] = float(sums[2] / sums[1])
+        return result
 
     def _to_device(self, batches):
-        return [(i.to(self.device), lab.to(self.device)) for i, lab in batches]
+        return [tuple(t.to(self.device) for t in batch) for batch in batches]
 
     @property
     def lr(self) -> float:
@@ -185,7 +192,7 @@ class Engine:
                     state[name] = param.detach().float().cpu().clone()
         if dist.get_rank() != 0:
             return None
-        if self.model_config.tie_word_embeddings:
+        if self.objective.name == "causal_lm" and self.model_config.tie_word_embeddings:
             state["lm_head.weight"] = state["model.embed_tokens.weight"]
         return state
 

@@ -92,6 +92,7 @@ class Progress:
         step_s = row["data_wait_s"] + row["compute_s"]
         eta = (self.max_steps - row["step"]) * step_s
         val = f" val {row['val_loss']:.3f}" if "val_loss" in row else ""
+        val += f" acc {row['val_accuracy']:.1%}" if "val_accuracy" in row else ""
         self.console.print(
             f"step {row['step']}/{self.max_steps} loss {row['loss']:.4f}{val} lr {row['lr']:.2e} "
             f"{row['tokens_per_s']:,.0f} tok/s MFU {row['mfu']:.1%} ETA {eta:.0f}s"
@@ -118,11 +119,48 @@ def preflight_resume(store: ObjectStore, config: RunConfig, model_config: SoraCo
     return step
 
 
+def finished_export(store: ObjectStore, keys: RunKeys, max_steps: int) -> dict | None:
+    """The export's lineage if the run already finished (last step, or early stopping), else None."""
+    if not store.exists(f"{keys.export}/config.json"):
+        return None
+    try:
+        info = json.loads(store.read(f"{keys.export}/sora_export.json"))
+    except FileNotFoundError:
+        return None
+    return info if info.get("step", 0) >= max_steps or info.get("early_stopped") else None
+
+
 def pretrain(config: RunConfig, quiet: bool = False, restart: bool = False) -> dict[str, Any]:
     """Train (or resume) `config.train.run`; returns the final metrics row and the export URI.
 
-    Holds the run lease for the whole job (one writer per run); `restart` trains from step 0 even
-    though the run has committed checkpoints that cannot be resumed from.
+    A run whose export already holds its last step does no work (a repeated `sora run`).
+    `restart` trains from step 0 even though the run has committed checkpoints that cannot be
+    resumed from.
+    """
+    store = open_store(config.storage.root, config.storage.settings())
+    store.check()
+    keys = RunKeys(config.train.run)
+    if not restart and finished_export(store, keys, config.train.max_steps):
+        rows = read_rows(store, keys.metrics)
+        return {"final": rows[-1] if rows else {}, "export": store.uri(keys.export), "skipped": True}
+    manifest = pin_dataset(store, config)
+    model_config = model_config_for(config, manifest)
+    return run_training(config, store, manifest, model_config, "pretrain", quiet=quiet, restart=restart)
+
+
+def run_training(
+    config: RunConfig,
+    store: ObjectStore,
+    manifest: dict,
+    model_config: SoraConfig,
+    stage: str,
+    task: dict | None = None,
+    quiet: bool = False,
+    restart: bool = False,
+) -> dict[str, Any]:
+    """One Ray Train + DeepSpeed job of `config.train.run` (pretraining, or fine-tuning with `task`).
+
+    Holds the run lease for the whole job (one writer per run).
     """
     import ray
     import ray.train
@@ -130,11 +168,7 @@ def pretrain(config: RunConfig, quiet: bool = False, restart: bool = False) -> d
 
     train = config.train
     keys = RunKeys(train.run)
-    store = open_store(config.storage.root, config.storage.settings())
-    store.check()
-    manifest = pin_dataset(store, config)
-    model_config = model_config_for(config, manifest)
-    lease = acquire_lease(store, keys.lease, train.lease_seconds, what=f"pretrain of run {train.run!r}")
+    lease = acquire_lease(store, keys.lease, train.lease_seconds, what=f"{stage} of run {train.run!r}")
     try:
         with lease.keep_alive(train.lease_seconds) as heartbeat:
             resume_step = preflight_resume(store, config, model_config, restart)
@@ -154,6 +188,7 @@ def pretrain(config: RunConfig, quiet: bool = False, restart: bool = False) -> d
                 # Fault injection for reliability tests only: SORA_KILL_WORKER="RANK:STEP".
                 kill_worker=os.environ.get("SORA_KILL_WORKER"),
                 fault_dir=os.environ.get("SORA_FAULT_DIR"),
+                task=task,
             )
             trainer = TorchTrainer(
                 _entry,
@@ -171,7 +206,7 @@ def pretrain(config: RunConfig, quiet: bool = False, restart: bool = False) -> d
             )
             console = Console(stderr=True, quiet=quiet)
             console.print(
-                f"[bold]pretrain {train.run}[/bold]: {train.model} ({train.strategy}, {train.workers} workers, "
+                f"[bold]{stage} {train.run}[/bold]: {train.model} ({train.strategy}, {train.workers} workers, "
                 f"{'GPU' if use_gpu else 'CPU'}, precision {train.precision}) on {manifest['dataset']} "
                 f"v{manifest['version']}" + (f", resuming at step {resume_step}" if resume_step else "")
             )

@@ -82,6 +82,10 @@ class BlockStore:
         valid = [self.batches[b][1][i - self.starts[b]] for b, i in zip(which, sample_ids, strict=True)]
         return np.stack(rows).astype(np.int64), np.asarray(valid)
 
+    def batch(self, sample_ids: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """The model inputs of these samples: (inputs, labels) of causal language modelling."""
+        return to_tensors(*self.get(sample_ids))
+
 
 class GlobalOrder:
     """The infinite, seeded, epoch-by-epoch shuffled sequence of sample ids."""
@@ -119,7 +123,7 @@ def to_tensors(blocks: np.ndarray, valid: np.ndarray) -> tuple[torch.Tensor, tor
 class TrainLoader:
     """The slice of each global batch that belongs to one data-parallel rank, micro-batch by micro-batch."""
 
-    blocks: BlockStore
+    blocks: BlockStore  # or any sample source with `len()` and `batch(ids)` (fine-tuning examples)
     order: GlobalOrder
     global_batch: int
     micro_batch: int
@@ -137,13 +141,13 @@ class TrainLoader:
         per_rank = self.global_batch // self.dp_size
         return ids[self.dp_rank * per_rank : (self.dp_rank + 1) * per_rank]
 
-    def next_step(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], np.ndarray]:
+    def next_step(self) -> tuple[list[tuple[torch.Tensor, ...]], np.ndarray]:
         """Micro-batches of the next step and their sample ids; advances the state."""
         ids = self.step_ids()
         micro = []
         for k in range(self.grad_accum):
             chunk = ids[k * self.micro_batch : (k + 1) * self.micro_batch]
-            micro.append(to_tensors(*self.blocks.get(chunk)))
+            micro.append(self.blocks.batch(chunk))
         self.consumed += self.global_batch
         return micro, ids
 
@@ -156,7 +160,7 @@ class TrainLoader:
 
 def validation_batches(
     blocks: BlockStore, batches: int, global_batch: int, micro_batch: int, dp_rank: int, dp_size: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+) -> list[tuple[torch.Tensor, ...]]:
     """A fixed validation set (the first samples in shard order), split across ranks in micro-batches.
 
     Every rank gets the same number of full micro-batches (the set is cut to a multiple of
@@ -166,4 +170,4 @@ def validation_batches(
     unit = dp_size * micro_batch
     count = min(len(blocks), batches * global_batch) // unit * unit
     ids = np.arange(count)[dp_rank::dp_size]
-    return [to_tensors(*blocks.get(ids[i : i + micro_batch])) for i in range(0, len(ids), micro_batch)]
+    return [blocks.batch(ids[i : i + micro_batch]) for i in range(0, len(ids), micro_batch)]

@@ -50,6 +50,17 @@ class WorkerSpec:
     restart: bool = False  # train from step 0 even though unusable checkpoints exist
     kill_worker: str | None = None  # fault injection for tests: "RANK:STEP"
     fault_dir: str | None = None
+    task: dict | None = None  # fine-tuning task (pipeline.finetune.task.FinetuneTask as JSON); None: pretraining
+
+    def objective(self, store: ObjectStore, node_dir):
+        """What this run optimizes (see `objective.py`)."""
+        if self.task is None:
+            from .objective import LanguageModeling
+
+            return LanguageModeling()
+        from ..finetune.objective import Classification
+
+        return Classification(self.task, store, node_dir, self.manifest)
 
     @property
     def run_config(self) -> RunConfig:

@@ -34,8 +34,7 @@ from ..storage import open_store
 from . import checkpoint as ckpt
 from .ds_config import deepspeed_config
 from .engine import Engine
-from .export import export_hf
-from .loader import BlockStore, GlobalOrder, TrainLoader, cache_directory, validation_batches
+from .loader import GlobalOrder, TrainLoader, cache_directory, validation_batches
 from .metrics import MetricsLog, mfu
 from .spec import WorkerSpec
 
@@ -72,6 +71,12 @@ class Trainer:
         self.last_val: float | None = None
         self.stall = 0.0
         self.resume_bytes: list[int] | None = None
+        self.objective = spec.objective(self.store, self.node_dir)
+        # Early stopping (objectives with a patience): identical on every rank, because the
+        # validation loss it compares is all-reduced.
+        self.best_val: float | None = None
+        self.evals_since_best = 0
+        self.stopped_early = False
 
     # -- build -------------------------------------------------------------------------------------
     def build(self, device: torch.device) -> None:
@@ -90,33 +95,33 @@ class Trainer:
             self.train.pipeline_stages,
         )
         ds_config = deepspeed_config(self.train, self.bf16, load_universal=self.universal)
-        self.engine = Engine(self.train, self.model_config, ds_config, device)
+        self.engine = Engine(self.train, self.model_config, ds_config, device, self.objective)
         # Parameters this rank holds after construction: ~total/world under ZeRO-3 (partitioned
         # while built), the whole model otherwise. Logged once, for the memory contract.
         held = [None] * self.world
         dist.all_gather_object(held, self.engine.local_parameter_count())
         self.held_parameters = held
         self.dp_rank = self.engine.engine.grid.data_parallel_id if self.engine.pipeline else self.rank
-        blocks = BlockStore(self.store, self.manifest.split("train"))
+        samples = self.objective.samples(self.store, self.manifest, "train")
         self.loader = TrainLoader(
-            blocks,
-            GlobalOrder(len(blocks), self.train.seed),
+            samples,
+            GlobalOrder(len(samples), self.train.seed),
             self.train.global_batch,
             self.train.micro_batch,
             self.dp_rank,
             self.train.data_parallel,
         )
-        val = self.manifest.split("val")
+        val = self.objective.samples(self.store, self.manifest, "validation")
         self.val_batches = (
             validation_batches(
-                BlockStore(self.store, val),
+                val,
                 self.train.eval_batches,
                 self.train.global_batch,
                 self.train.micro_batch,
                 self.dp_rank,
                 self.train.data_parallel,
             )
-            if val
+            if val is not None
             else []
         )
 
@@ -154,6 +159,10 @@ class Trainer:
         self.loader.load_state_dict(state["loader"])
         ckpt.restore_rng(state["rng"])
         self.step = step
+        early = state.get("early_stopping") or {}
+        self.best_val, self.evals_since_best = early.get("best_val"), early.get("evals_since_best", 0)
+        if early.get("stopped"):
+            self.stopped_early, self.stop_at = True, step
         sizes = [None] * self.world
         dist.all_gather_object(sizes, downloaded)
         self.resume_bytes = sizes
@@ -179,7 +188,7 @@ class Trainer:
                 self.metrics.log_samples(self.step, [i for d in sorted(by_dp) for i in by_dp[d]])
         if self.rank != 0:
             return None
-        seq_len = self.manifest.seq_len
+        seq_len = self.objective.tokens_per_sample(self.manifest)
         tokens_per_s = self.train.global_batch * seq_len / (finished - started)
         row = {
             "step": self.step,
@@ -205,7 +214,7 @@ class Trainer:
         return row
 
     def prepare_metrics(self) -> None:
-        self.flops_per_token = flops_per_token(self.model_config, self.manifest.seq_len)
+        self.flops_per_token = flops_per_token(self.model_config, self.objective.tokens_per_sample(self.manifest))
         peak, self.peak_label = peak_flops(self.device) if self.rank == 0 else (0.0, "")
         self.peak_total = peak * self.world
 
@@ -213,11 +222,29 @@ class Trainer:
     def maybe_evaluate(self, row: dict | None) -> None:
         """Every rank decides identically (same step, same number of batches everywhere)."""
         if self.val_batches and (self.step % self.train.eval_interval == 0 or self.step == self.stop_at):
-            self.last_val = self.engine.eval_loss(self.val_batches)
+            result = self.engine.evaluate(self.val_batches)
+            self.last_val = result["loss"]
             if row is not None:
                 row.update(val_loss=self.last_val, val_ppl=float(np.exp(min(self.last_val, 50))))
+                if "accuracy" in result:
+                    row["val_accuracy"] = result["accuracy"]
+            self._early_stopping(row)
         if self.rank == 0:
             self.metrics.log(row)
+
+    def _early_stopping(self, row: dict | None) -> None:
+        """Stop after `patience` evaluations without a better validation loss (checkpoint + export there)."""
+        patience = self.objective.patience
+        if patience is None:
+            return
+        if self.best_val is None or self.last_val < self.best_val:
+            self.best_val, self.evals_since_best = self.last_val, 0
+        else:
+            self.evals_since_best += 1
+        if self.evals_since_best >= patience and self.step < self.stop_at:
+            self.stopped_early, self.stop_at = True, self.step
+            if row is not None:
+                row["early_stopped"] = True
 
     # -- checkpoint --------------------------------------------------------------------------------
     def maybe_checkpoint(self) -> bool:
@@ -258,16 +285,21 @@ class Trainer:
             "pp": self.train.pipeline_stages,
             "world_size": self.world,
             "rng": ckpt.rng_state(),
-            "tokens": self.loader.consumed * self.manifest.seq_len,
+            "tokens": self.loader.consumed * self.objective.tokens_per_sample(self.manifest),
             "dataset": self.manifest.dataset,
             "dataset_version": self.manifest.version,
             "compatibility": self.compatibility,
+            "early_stopping": {
+                "best_val": self.best_val,
+                "evals_since_best": self.evals_since_best,
+                "stopped": self.stopped_early,
+            },
             "config": self.spec.config,
         }
 
     # -- export ------------------------------------------------------------------------------------
     def export(self) -> None:
-        if self.train.export and self.step >= self.train.max_steps:
+        if self.train.export and (self.step >= self.train.max_steps or self.stopped_early):
             state_dict = self.engine.full_state_dict()
             if self.rank == 0:
                 info = {
@@ -276,10 +308,11 @@ class Trainer:
                     "dataset": self.manifest.dataset,
                     "dataset_version": self.manifest.version,
                     "run": self.train.run,
+                    "early_stopped": self.stopped_early,
+                    "tokenizer_sha256": self.manifest.tokenizer.sha256,
                 }
-                export_hf(
-                    self.store, self.store, self.train.run, self.model_config, state_dict, self.manifest.raw, info
-                )
+                run, raw = self.train.run, self.manifest.raw
+                self.objective.export(self.store, run, self.model_config, state_dict, raw, info)
         if self.rank == 0:
             self.metrics.flush()
             self.metrics.publish_tensorboard(self.step)

@@ -1,0 +1,1 @@
+"""Fine-tune stage: classify-suite fine-tuning on the pretrain stage's training loop."""

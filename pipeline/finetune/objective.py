@@ -1,0 +1,141 @@
+"""Fine-tuning objective: `SoraForSequenceClassification` on the classify suite (see
+`pipeline/train/objective.py` for the interface the shared training loop calls).
+
+`init: pretrained` loads the pretrain run's HF export (downloaded once per node; under ZeRO-3
+`from_pretrained` partitions it while loading) and adds a fresh classifier head; `init: scratch`
+builds the same architecture from random weights with the same seed. `method: lora` wraps either
+with `peft` LoRA adapters on the attention/MLP projections (the head trains fully); the export
+merges the adapters, so every export is a plain HF `SoraForSequenceClassification`.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from sora import SoraConfig, SoraForSequenceClassification
+
+from ..data.manifest_types import Manifest
+from ..data.tokenizer_step import load_stored_tokenizer
+from ..storage import ObjectStore
+from ..train.checkpoint import node_lock
+from ..train.export import upload_hf_model
+from .examples import ExampleSet
+from .task import FinetuneTask
+
+SPLIT_FILES = {"train": "train.jsonl", "validation": "validation.jsonl"}
+
+
+class Classification:
+    name = "classify"
+
+    def __init__(self, task: dict, store: ObjectStore, node_dir: Path, manifest: dict) -> None:
+        self.task = FinetuneTask(**task)
+        self.store, self.node_dir, self.manifest = store, node_dir, manifest
+        self.patience = self.task.patience
+
+    # -- model -----------------------------------------------------------------------------------
+    def classifier_config(self, model_config: SoraConfig) -> SoraConfig:
+        config = copy.deepcopy(model_config)
+        config.num_labels = len(self.task.classes)
+        config.id2label = dict(enumerate(self.task.classes))
+        config.label2id = {name: i for i, name in enumerate(self.task.classes)}
+        config.use_cache = False
+        return config
+
+    def build_model(self, model_config: SoraConfig, ds_config: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
+        config = self.classifier_config(model_config)
+        context = None
+        if ds_config["zero_optimization"]["stage"] == 3:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            context = HfDeepSpeedConfig(ds_config)  # from_pretrained / from_config partition while building
+        torch.manual_seed(self.task.seed)  # the head (and scratch weights) start identically on every rank
+        if self.task.init == "pretrained":
+            model = SoraForSequenceClassification.from_pretrained(
+                self._pretrained_directory(), config=config, dtype=torch.float32
+            )
+        elif context is not None:
+            from transformers import AutoModelForSequenceClassification
+
+            model = AutoModelForSequenceClassification.from_config(config)
+        else:
+            model = SoraForSequenceClassification(config)
+        if self.task.method == "lora":
+            model = self._with_lora(model)
+        return model, context
+
+    def _with_lora(self, model: torch.nn.Module) -> torch.nn.Module:
+        from peft import LoraConfig, get_peft_model
+
+        lora = self.task.lora
+        torch.manual_seed(self.task.seed + 1)
+        config = LoraConfig(
+            r=lora["rank"],
+            lora_alpha=lora["alpha"],
+            lora_dropout=lora["dropout"],
+            target_modules=lora["targets"],
+            modules_to_save=["score"],
+        )
+        return get_peft_model(model, config)
+
+    def _pretrained_directory(self) -> Path:
+        """The pretrained export, downloaded once per node (verified against its listing sizes)."""
+        target = self.node_dir / "init-pretrained"
+        with node_lock(self.node_dir / "init-pretrained.lock"):
+            done = target / ".complete"
+            if not done.exists():
+                for key in self.store.list(self.task.init_from):
+                    name = key.rsplit("/", 1)[-1]
+                    self.store.download_file(key, target / name, None, None)
+                done.touch()
+        return target
+
+    # -- data ------------------------------------------------------------------------------------
+    def samples(self, store: ObjectStore, manifest: Manifest, split: str) -> ExampleSet | None:
+        tokenizer = load_stored_tokenizer(store, manifest.raw["tokenizer"])
+        key = f"{self.task.suite_prefix}/{SPLIT_FILES[split]}"
+        return ExampleSet(store, key, tokenizer, self.task.max_length, manifest.tokenizer.pad_id)
+
+    def tokens_per_sample(self, manifest: Manifest) -> int:
+        return self.task.max_length
+
+    # -- loss ------------------------------------------------------------------------------------
+    @staticmethod
+    def _logits(module: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        inputs, mask, _ = batch
+        return module(input_ids=inputs, attention_mask=mask).logits.float()
+
+    def loss(self, module: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return F.cross_entropy(self._logits(module, batch), batch[2])
+
+    def eval_sums(self, module: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        logits, labels = self._logits(module, batch), batch[2]
+        loss = F.cross_entropy(logits, labels, reduction="sum")
+        correct = (logits.argmax(-1) == labels).sum()
+        return torch.stack([loss.double(), torch.tensor(float(len(labels)), dtype=torch.float64), correct.double()])
+
+    # -- export ----------------------------------------------------------------------------------
+    def export(
+        self,
+        store: ObjectStore,
+        run: str,
+        model_config: SoraConfig,
+        state: dict[str, torch.Tensor],
+        manifest: dict,
+        info: dict,
+    ) -> str:
+        """A plain `SoraForSequenceClassification` (LoRA merged into the weights)."""
+        model = SoraForSequenceClassification(self.classifier_config(model_config))
+        if self.task.method == "lora":
+            model = self._with_lora(model)
+        model.load_state_dict(state, strict=True)
+        if self.task.method == "lora":
+            model = model.merge_and_unload()
+        info = {**info, "task": "classify", "method": self.task.method, "init": self.task.init}
+        info["init_from"] = store.uri(self.task.init_from) if self.task.init_from else None
+        return upload_hf_model(store, store, run, model, manifest, info)

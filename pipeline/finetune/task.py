@@ -1,0 +1,21 @@
+"""What a fine-tune worker needs beyond the run config: one typed, picklable task description."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class FinetuneTask:
+    method: str  # full | lora
+    init: str  # pretrained | scratch
+    init_from: str | None  # store key of the pretrained HF export (None for scratch)
+    classes: list[str]  # class names; label_id indexes this list
+    suite_prefix: str  # store prefix of the classify suite (train/validation/test jsonl)
+    max_length: int
+    patience: int | None
+    seed: int
+    lora: dict = field(default_factory=dict)  # rank, alpha, dropout, targets
+
+    def to_dict(self) -> dict:
+        return asdict(self)
