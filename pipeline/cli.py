@@ -96,7 +96,7 @@ def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sora",
-        description="Pretrain Sora language models: preprocess -> pretrain -> evaluate.",
+        description="Pretrain Sora language models: preprocess -> pretrain -> finetune -> evaluate -> report.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .ops.commands import register as register_ops
 
     register_ops(sub, _with_config)  # plan, submit, jobs
+    from .stage_commands import register as register_stages
+
+    register_stages(sub, _with_config)  # finetune, evaluate, report
     return parser
 
 

@@ -61,6 +61,11 @@ class RunKeys:
         return f"{self.prefix}/run.json"
 
     @property
+    def config(self) -> str:
+        """`config.json`: the run config of the last launch (what the report shows)."""
+        return f"{self.prefix}/config.json"
+
+    @property
     def lease(self) -> str:
         """One writer per run (same lease + fencing epoch as datasets)."""
         return f"{self.prefix}/_lease"

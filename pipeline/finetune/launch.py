@@ -38,7 +38,7 @@ def pretrained_export(store: ObjectStore, run: str) -> tuple[str, dict, SoraConf
 
 def finetune(config: RunConfig, quiet: bool = False, restart: bool = False) -> dict[str, Any]:
     """Fine-tune from the pretrained export and from scratch; returns per-init outcome and export URI."""
-    from ..evaluation.suites import build_suites, classify_classes
+    from ..evaluation.suites import build_suites
 
     store = open_store(config.storage.root, config.storage.settings())
     store.check()
@@ -47,7 +47,10 @@ def finetune(config: RunConfig, quiet: bool = False, restart: bool = False) -> d
     export_key, info, model_config = pretrained_export(store, source)
     manifest = read_version(store, info["dataset"], info["dataset_version"])
     suites = build_suites(store, manifest, config.eval)
-    classes = classify_classes(suites)
+    classify = suites["tasks"].get("sora_classify")
+    if classify is None:
+        raise UserError("fine-tuning needs the classify suite: add classify to eval.suites.enabled")
+    classes = classify["classes"]
     outcome: dict[str, Any] = {}
     for init in INITS:
         train = ft.train_config(config.train, init, info["dataset"], info["dataset_version"])
@@ -61,7 +64,7 @@ def finetune(config: RunConfig, quiet: bool = False, restart: bool = False) -> d
             init=init,
             init_from=export_key if init == "pretrained" else None,
             classes=classes,
-            suite_prefix=suites["classify"]["prefix"],
+            suite_prefix=f"{suites['prefix']}/classify",
             max_length=ft.max_length,
             patience=ft.patience,
             seed=ft.seed,

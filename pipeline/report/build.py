@@ -1,0 +1,115 @@
+"""Build `runs/<run>/report.md` + `report.html` from what the stages stored, nothing else.
+
+Sections: config, data (manifest stats), pretraining curves, fine-tuning curves, the eval table
+(pretrained vs scratch vs chance, with stderr), lineage, and wall time per stage. A stage that has
+not run yet is reported as such, so the report is useful at any point of a run.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import yaml
+from markdown_it import MarkdownIt
+
+from ..config.finetune import INITS
+from ..data.manifest import read_version
+from ..keys import RunKeys
+from ..storage import ObjectStore
+from ..train.metrics import read_rows
+from .curves import finetune_curves, pretrain_curves
+from .tables import data_table, eval_markdown, lineage_table, timing_table
+
+
+def _json(store: ObjectStore, key: str) -> dict | None:
+    try:
+        return json.loads(store.read(key))
+    except FileNotFoundError:
+        return None
+
+
+def finetune_runs(config: dict, run: str) -> dict[str, str]:
+    """init -> fine-tune run name, from the stored run config (see FinetuneConfig.run_name)."""
+    finetune = config.get("finetune") or {}
+    source = finetune.get("from_run") or run
+    return {init: f"{source}-ft-{finetune.get('method', 'full')}-{init}" for init in INITS}
+
+
+def build_report(store: ObjectStore, run: str) -> dict[str, str]:
+    """Write the report of `run`; returns the URIs of report.md and report.html."""
+    keys = RunKeys(run)
+    config = _json(store, keys.config) or {}
+    pin = _json(store, keys.pin)
+    manifest = read_version(store, pin["dataset"], pin["dataset_version"]) if pin else None
+    images: dict[str, bytes] = {}
+    parts = [f"# Sora run report: {run}\n"]
+
+    parts.append("## Config\n")
+    parts.append("```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```\n" if config else "_no stored config_\n")
+
+    parts.append("## Data\n")
+    parts.append(data_table(manifest) if manifest else "_the run has not pinned a dataset yet_\n")
+
+    parts.append("## Pretraining\n")
+    rows = read_rows(store, keys.metrics)
+    if rows:
+        images["pretrain.png"] = pretrain_curves(rows)
+        last = rows[-1]
+        val = [r for r in rows if "val_loss" in r]
+        parts.append(
+            f"{last['step']} steps, {last['tokens']:,} tokens, final loss {last['loss']:.3f}"
+            + (f", validation loss {val[-1]['val_loss']:.3f}" if val else "")
+            + f", median {sorted(r['tokens_per_s'] for r in rows)[len(rows) // 2]:,.0f} tokens/s.\n\n"
+            "![pretraining curves](report/pretrain.png)\n"
+        )
+    else:
+        parts.append("_not run yet_\n")
+
+    parts.append("## Fine-tuning\n")
+    ft_rows = {init: read_rows(store, RunKeys(name).metrics) for init, name in finetune_runs(config, run).items()}
+    ft_rows = {init: r for init, r in ft_rows.items() if r}
+    if ft_rows:
+        images["finetune.png"] = finetune_curves(ft_rows)
+        for init, r in ft_rows.items():
+            val = [x for x in r if "val_accuracy" in x]
+            best = max((x["val_accuracy"] for x in val), default=None)
+            stop = " (early stopped)" if any(x.get("early_stopped") for x in r) else ""
+            parts.append(
+                f"- from {init}: {r[-1]['step']} steps{stop}"
+                + (f", best validation accuracy {best:.1%}" if best is not None else "")
+                + "\n"
+            )
+        parts.append("\n![fine-tuning curves](report/finetune.png)\n")
+    else:
+        parts.append("_not run yet_\n")
+
+    parts.append("## Evaluation\n")
+    parts.append(eval_markdown(store, run, (config.get("finetune") or {}).get("method", "full")))
+
+    parts.append("## Lineage\n")
+    parts.append(lineage_table(store, run, finetune_runs(config, run), manifest))
+
+    parts.append("## Wall time per stage\n")
+    parts.append(timing_table(store, run))
+
+    markdown = "\n".join(parts)
+    for name, png in images.items():
+        store.write(f"{keys.prefix}/report/{name}", png)
+    store.write(f"{keys.prefix}/report.md", markdown.encode())
+    store.write(f"{keys.prefix}/report.html", _html(run, markdown, images).encode())
+    return {"md": store.uri(f"{keys.prefix}/report.md"), "html": store.uri(f"{keys.prefix}/report.html")}
+
+
+def _html(run: str, markdown: str, images: dict[str, bytes]) -> str:
+    """Self-contained HTML: the same text, images inlined as data URIs."""
+    for name, png in images.items():
+        markdown = markdown.replace(f"(report/{name})", f"(data:image/png;base64,{base64.b64encode(png).decode()})")
+    body = MarkdownIt("commonmark").enable("table").render(markdown)
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}"
+        "pre{background:#f6f6f6;padding:.5rem;overflow:auto}img{max-width:100%}"
+    )
+    head = f"<meta charset='utf-8'><title>Sora run {run}</title><style>{style}</style>"
+    return f"<!doctype html><html><head>{head}</head><body>{body}</body></html>"

@@ -1,0 +1,121 @@
+"""Markdown tables of the run report: data stats, the eval table, lineage, wall time per stage."""
+
+from __future__ import annotations
+
+import json
+
+from ..evaluation.table import eval_table
+from ..keys import RunKeys
+from ..storage import ObjectStore
+from .timings import read_timings
+
+
+def _columns(method: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Evaluated names that fill the "pretrained" and "scratch" columns: the language models for
+    the LM suites, the fine-tuned classifiers for classify (names: pipeline/evaluation/checkpoints.py)."""
+    return ("pretrained", f"ft-{method}-pretrained"), ("scratch", f"ft-{method}-scratch")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def data_table(manifest: dict) -> str:
+    stats = manifest.get("stats", {}).get("run", {})
+    rows = [
+        ["dataset", f"{manifest['dataset']} v{manifest['version']} (parent {manifest.get('parent_version')})"],
+        ["tokenizer", f"vocab {manifest['tokenizer']['vocab_size']}, sha256 {manifest['tokenizer']['sha256'][:12]}"],
+        ["sequence length", str(manifest["seq_len"])],
+    ]
+    if stats:
+        rows += [
+            ["documents read / kept", f"{stats['docs_read']:,} / {stats['docs_kept']:,}"],
+            ["duplicates exact / near", f"{stats['duplicates']['exact']:,} / {stats['duplicates']['near']:,}"],
+            ["rejected", ", ".join(f"{k} {v:,}" for k, v in stats["rejected"].items()) or "none"],
+            ["tokens " + " / ".join(stats["tokens"]), " / ".join(f"{v:,}" for v in stats["tokens"].values())],
+            ["source bytes", f"{stats['source_bytes']:,}"],
+        ]
+    return _table(["", ""], rows)
+
+
+def _score(cell: dict | None) -> str:
+    if not cell:
+        return "-"
+    value, stderr = cell["value"], cell.get("stderr")
+    scale, unit = (100, "") if abs(value) <= 1 else (1, "")
+    text = f"{value * scale:.1f}{unit}" if scale == 100 else f"{value:.3f}"
+    if stderr is not None:
+        text += f" ± {stderr * scale:.1f}" if scale == 100 else f" ± {stderr:.3f}"
+    return text
+
+
+def eval_markdown(store: ObjectStore, run: str, method: str) -> str:
+    rows = eval_table(store, run)
+    if not rows:
+        return "_not run yet_\n"
+    body = []
+    pretrained_names, scratch_names = _columns(method)
+    for row in rows:
+        pretrained = next((row["scores"][n] for n in pretrained_names if n in row["scores"]), None)
+        scratch = next((row["scores"][n] for n in scratch_names if n in row["scores"]), None)
+        chance = row.get("chance") or {}
+        gain = (
+            f"{(pretrained['value'] - scratch['value']) * 100:+.1f} pts"
+            if pretrained and scratch and row["metric"] in ("acc", "acc_norm")
+            else "-"
+        )
+        body.append(
+            [
+                row["task"],
+                row["metric"],
+                _score(pretrained),
+                _score(scratch),
+                gain,
+                f"{chance['uniform'] * 100:.1f}" if chance.get("uniform") is not None else "-",
+                f"{chance['majority'] * 100:.1f}" if chance.get("majority") is not None else "-",
+            ]
+        )
+    note = (
+        "\nAccuracies in %, ± one standard error (lm-eval). For `sora_classify` the columns are the "
+        "classifiers fine-tuned from the pretrained model and from random initialization with the same "
+        "budget; for the other suites, the pretrained language model and a randomly initialized one.\n"
+    )
+    header = ["task", "metric", "pretrained", "scratch", "gain", "chance (uniform)", "chance (majority)"]
+    return _table(header, body) + note
+
+
+def eval_rows_for_console(store: ObjectStore, run: str, method: str) -> list[list[str]]:
+    """The same table as lists of strings (for the end of `sora run`)."""
+    text = eval_markdown(store, run, method)
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("|") and not line.startswith("|---")
+    ]
+
+
+def lineage_table(store: ObjectStore, run: str, finetune_runs: dict[str, str], manifest: dict | None) -> str:
+    rows = []
+    if manifest:
+        rows.append(["dataset", f"{manifest['dataset']} v{manifest['version']}", manifest["tokenizer"]["sha256"][:16]])
+    for label, name in [("pretrain", run), *((f"fine-tune from {i}", n) for i, n in finetune_runs.items())]:
+        try:
+            info = json.loads(store.read(f"{RunKeys(name).export}/sora_export.json"))
+        except FileNotFoundError:
+            continue
+        detail = f"step {info['step']}, dataset v{info['dataset_version']}"
+        if info.get("init_from"):
+            detail += f", initialized from {info['init_from']}"
+        rows.append([label, store.uri(RunKeys(name).export), detail])
+    return _table(["what", "where", "details"], rows) if rows else "_nothing exported yet_\n"
+
+
+def timing_table(store: ObjectStore, run: str) -> str:
+    timings = read_timings(store, run)
+    if not timings:
+        return "_no stage timings recorded (stages run one by one record theirs too)_\n"
+    rows = [[stage, f"{t['wall_s']:.1f}"] for stage, t in timings.items()]
+    rows.append(["total", f"{sum(t['wall_s'] for t in timings.values()):.1f}"])
+    return _table(["stage", "wall time (s)"], rows)
