@@ -54,7 +54,7 @@ def _stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)  # `ray start --block` stops its node's processes
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
     try:  # anything of this node left in its process group (only processes this fixture started)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import yaml
-from datagen import make_corpus
+from datagen import make_documents, write_jsonl
 
 from pipeline.cli import main
 
@@ -39,8 +39,11 @@ def write_config(path, root: str, source: str, name: str = "jobdata", **storage)
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
+    """Two small jsonl files: the jobs test submission, not the data stage (tested elsewhere)."""
     directory = tmp_path_factory.mktemp("corpus")
-    make_corpus(directory)
+    docs = make_documents(n=80)
+    write_jsonl(directory / "part-0.jsonl", docs[:40])
+    write_jsonl(directory / "part-1.jsonl", docs[40:])
     return directory
 
 
