@@ -68,7 +68,7 @@ class SuiteConfig(Section):
         default=80, ge=1, description="Cap on examples per class in classify-validation and classify-test."
     )
     classify_train_max_per_class: int = Field(
-        default=400, ge=1, description="Cap on examples per class in classify-train."
+        default=200, ge=1, description="Cap on examples per class in classify-train."
     )
     classify_min_snippet_chars: int = Field(
         default=64, ge=1, description="Skip windows with fewer non-blank characters than this."

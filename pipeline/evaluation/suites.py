@@ -153,10 +153,8 @@ def task_yaml(suite: str, task: dict) -> str:
             "output_type": "loglikelihood_rolling",
             "doc_to_text": "",
             "doc_to_target": "{{text}}",
-            "metric_list": [
-                {"metric": m, "aggregation": m, "higher_is_better": False}
-                for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")
-            ],
+            # lm-eval's own aggregations for these (weighted perplexity, bits per byte) apply by default.
+            "metric_list": [{"metric": m} for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")],
         }
     else:
         acc = [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("acc", "acc_norm")]
