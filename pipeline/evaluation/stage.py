@@ -53,9 +53,17 @@ def evaluate_checkpoint_to_store(
         raise UserError(f"unknown checkpoint kind {kind!r}: use causal_lm or classifier")
     key = results_key(run, name)
     try:
-        return json.loads(store.read(key))
+        existing = json.loads(store.read(key))
     except FileNotFoundError:
-        pass
+        existing = None
+    if existing is not None:
+        stored = existing["lineage"]
+        if (stored["checkpoint_uri"], stored["kind"]) != (checkpoint_uri, kind):
+            raise UserError(
+                f"{store.uri(key)} already holds results of {stored['kind']} {stored['checkpoint_uri']}; "
+                f"evaluate {checkpoint_uri} under another name"
+            )
+        return existing  # evaluated before: no work
     eval_cfg = config.eval
     manifest = read_version(store, lineage["dataset"], lineage.get("dataset_version", "LATEST"))
     index = build_suites(store, manifest, eval_cfg)
@@ -76,7 +84,10 @@ def evaluate_checkpoint_to_store(
 
     with tempfile.TemporaryDirectory(prefix="sora-eval-") as tmp:
         suites_dir = materialize_suites(store, manifest, Path(tmp) / "suites", eval_cfg)
-        manager = task_manager([suites_dir, *eval_cfg.include_paths], defaults=bool(eval_cfg.tasks))
+        # lm-eval's own task index costs seconds: build it only for names the local folders lack.
+        manager = task_manager([suites_dir, *eval_cfg.include_paths], defaults=False)
+        if any(t not in manager.all_tasks for t in tasks):
+            manager = task_manager([suites_dir, *eval_cfg.include_paths], defaults=True)
         unknown = [t for t in tasks if t not in manager.all_tasks]
         if unknown:
             raise UserError(

@@ -46,7 +46,7 @@ def test_lm_and_classifier_through_lm_eval(small_dataset, tmp_path):
     config = config.model_copy(deep=True)
     config.eval.tasks = [USER_TASK]
     config.eval.include_paths = [str(tasks_dir)]
-    config.eval.limit = 24  # documents per task: seconds on a tiny model
+    config.eval.limit = 12  # documents per task: seconds on a tiny model
     lm_uri = upload(store, export_tiny(tmp_path / "lm", manifest, store), "runs/evalrun/hf")
 
     results = evaluate_checkpoint_to_store(
@@ -61,7 +61,7 @@ def test_lm_and_classifier_through_lm_eval(small_dataset, tmp_path):
     assert ppl["bits_per_byte,none"] > 0
     for task in ("sora_cloze", "sora_classify", USER_TASK):
         assert 0 <= scores[task]["acc,none"] <= 1 and scores[task]["acc_stderr,none"] >= 0
-    assert results["n-samples"]["sora_cloze"]["effective"] == 24
+    assert results["n-samples"]["sora_cloze"]["effective"] == 12
     assert results["chance"]["sora_cloze"]["uniform"] == 0.25
     assert results["chance"]["sora_classify"]["uniform"] == 0.25
     assert results["lineage"] | lineage(manifest) == results["lineage"]
@@ -72,8 +72,11 @@ def test_lm_and_classifier_through_lm_eval(small_dataset, tmp_path):
         assert len(samples) == results["n-samples"][task]["effective"]
     # Stored whole; evaluating the same name again does no work and returns the stored results.
     assert json.loads(store.read(results_key("evalrun", "pretrained"))) == results
-    again = evaluate_checkpoint_to_store(config, store, "evalrun", "pretrained", "s3://nowhere/x", "causal_lm", {})
+    store.delete("runs/evalrun/hf/config.json")  # would fail if it evaluated again
+    again = evaluate_checkpoint_to_store(config, store, "evalrun", "pretrained", lm_uri, "causal_lm", {})
     assert again == results
+    with pytest.raises(UserError, match=r"already holds results of causal_lm .*evaluate .* under another name"):
+        evaluate_checkpoint_to_store(config, store, "evalrun", "pretrained", store.uri("runs/x/hf"), "causal_lm", {})
 
     classes = results["suites"]["classes"]
     clf_dir = export_tiny(tmp_path / "clf", manifest, store, head="classifier", classes=classes)
