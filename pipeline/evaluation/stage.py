@@ -65,6 +65,8 @@ def evaluate_checkpoint_to_store(
             )
         return existing  # evaluated before: no work
     eval_cfg = config.eval
+    if "dataset" not in lineage:
+        raise ValueError("lineage must name the dataset (and dataset_version) whose suites to evaluate on")
     manifest = read_version(store, lineage["dataset"], lineage.get("dataset_version", "LATEST"))
     index = build_suites(store, manifest, eval_cfg)
     builtin = [TASK_NAMES[s] for s in TASK_NAMES if s in eval_cfg.suites.enabled]
