@@ -78,6 +78,10 @@ class SuiteConfig(Section):
     def _fractions(self) -> SuiteConfig:
         if self.classify_validation_fraction + self.classify_test_fraction >= 1:
             raise ValueError("classify_validation_fraction + classify_test_fraction must be below 1")
+        if self.cloze_max_examples < self.min_test_examples:
+            raise ValueError(
+                f"cloze_max_examples ({self.cloze_max_examples}) is below min_test_examples ({self.min_test_examples})"
+            )
         return self
 
 

@@ -14,7 +14,16 @@ from ..config.evaluate import SuiteConfig
 from ..errors import UserError
 from .heldout import HeldoutDoc, draw, unit
 
-HELDOUT_HINT = "raise data.split.heldout_fraction (and rerun the data stage) or lower eval.suites.min_test_examples"
+
+def heldout_hint(got: int, need: int, fraction: float | None) -> str:
+    """How to get more held-out examples; with the current fraction known, a suggested value."""
+    suggestion = ""
+    if fraction and got:
+        suggestion = f" (now {fraction:g}; about {min(0.9, fraction * need / got * 1.2):.2g} should do)"
+    return (
+        f"raise data.split.heldout_fraction{suggestion} and rerun the data stage, "
+        "or lower eval.suites.min_test_examples"
+    )
 
 
 def ppl_rows(docs: list[HeldoutDoc], cfg: SuiteConfig) -> list[dict]:
@@ -93,12 +102,13 @@ def _distractors(docs: list[HeldoutDoc], doc: HeldoutDoc, point: int, true: str,
     return chosen if len(chosen) == 3 else None
 
 
-def check_cloze(rows: list[dict], docs: list[HeldoutDoc], cfg: SuiteConfig) -> None:
+def check_cloze(rows: list[dict], docs: list[HeldoutDoc], cfg: SuiteConfig, fraction: float | None = None) -> None:
     if len(rows) < cfg.min_test_examples:
         raise UserError(
             f"held-out split too small for cloze: {len(rows)} examples from {len(docs)} held-out documents, "
             f"need at least {cfg.min_test_examples} (about {cfg.cloze_per_doc} per document, so about "
-            f"{-(-cfg.min_test_examples // cfg.cloze_per_doc)} documents): {HELDOUT_HINT}"
+            f"{-(-cfg.min_test_examples // cfg.cloze_per_doc)} documents): "
+            + heldout_hint(len(rows), cfg.min_test_examples, fraction)
         )
 
 
@@ -114,7 +124,9 @@ def snippets(doc: HeldoutDoc, cfg: SuiteConfig) -> list[tuple[int, str]]:
     return _evenly(windows, cfg.classify_snippets_per_doc)
 
 
-def classify_rows(docs: list[HeldoutDoc], cfg: SuiteConfig) -> tuple[dict[str, list[dict]], dict]:
+def classify_rows(
+    docs: list[HeldoutDoc], cfg: SuiteConfig, fraction: float | None = None
+) -> tuple[dict[str, list[dict]], dict]:
     """(rows per split, class info). Documents are split per class by hash, so none feeds two splits."""
     labelled = [d for d in docs if d.label not in (None, "")]
     if not labelled:
@@ -173,7 +185,8 @@ def classify_rows(docs: list[HeldoutDoc], cfg: SuiteConfig) -> tuple[dict[str, l
         raise UserError(
             f"held-out split too small for classify: {len(rows['test'])} test examples from {test_docs} test "
             f"documents ({len(labelled)} labelled held-out documents, {len(classes)} classes), need at least "
-            f"{cfg.min_test_examples}: {HELDOUT_HINT}, or raise eval.suites.classify_snippets_per_doc"
+            f"{cfg.min_test_examples}: {heldout_hint(len(rows['test']), cfg.min_test_examples, fraction)}, "
+            "or raise eval.suites.classify_snippets_per_doc / classify_max_per_class"
         )
     return rows, info
 

@@ -69,6 +69,7 @@ def build_suites(store: ObjectStore, manifest: dict, eval_config: EvalConfig | S
     if existing is not None:
         return existing
     docs = read_heldout(store, manifest)
+    fraction = manifest.get("config", {}).get("split", {}).get("heldout_fraction")  # for error messages
     files: dict[str, bytes] = {}
     tasks: dict[str, dict] = {}
     if "heldout_ppl" in cfg.enabled:
@@ -77,13 +78,13 @@ def build_suites(store: ObjectStore, manifest: dict, eval_config: EvalConfig | S
         tasks["sora_heldout_ppl"] = _task_entry("heldout_ppl", {"test": rows}, chance=None)
     if "cloze" in cfg.enabled:
         rows = cloze_rows(docs, cfg)
-        check_cloze(rows, docs, cfg)
+        check_cloze(rows, docs, cfg, fraction)
         files["cloze/test.jsonl"] = _jsonl(rows)
         tasks["sora_cloze"] = _task_entry(
             "cloze", {"test": rows}, chance={"uniform": 0.25, "majority": _majority(rows)}
         )
     if "classify" in cfg.enabled:
-        splits, info = classify_rows(docs, cfg)
+        splits, info = classify_rows(docs, cfg, fraction)
         for split, rows in splits.items():
             files[f"classify/{split}.jsonl"] = _jsonl(rows)
         entry = _task_entry("classify", splits, chance=info.pop("chance"))
