@@ -8,6 +8,7 @@ results), so a second `sora run` on the same config redoes nothing and ends with
 from __future__ import annotations
 
 import json
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -31,7 +32,8 @@ def run_all(config: RunConfig, console: Console | None = None) -> dict:
     from .report.timings import timed
     from .train.launch import pretrain
 
-    console = console or Console(stderr=True)
+    # Logs and CI capture stderr without a terminal: do not squeeze the table into 80 columns.
+    console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     store = open_store(config.storage.root, config.storage.settings())
     store.check()
     run = config.train.run
@@ -49,7 +51,7 @@ def run_all(config: RunConfig, console: Console | None = None) -> dict:
     with timed(store, run, "report"):
         report = build_report(store, run)
     print_eval_table(store, config, console)
-    console.print(f"report: {report['md']} ({report['html']})")
+    console.print(f"report: {report['md']} ({report['html']})", soft_wrap=True)
     return {"dataset": manifest, "pretrain": pretrained, "finetune": tuned, "evaluate": evaluated, "report": report}
 
 

@@ -1,5 +1,5 @@
-"""The main job through the CLI, as the README runs it: `sora run CONFIG` (preprocess + pretrain),
-then again (both stages resume: no new data, training already complete)."""
+"""The main job through the CLI, as the README runs it: `sora run CONFIG` (data -> pretrain ->
+finetune -> evaluate -> report), then again: every stage finds its work done and redoes nothing."""
 
 import json
 import subprocess
@@ -7,27 +7,91 @@ import sys
 
 import pytest
 import yaml
-from datagen import data_config, make_corpus
+from evalgen import labelled_documents, suite_settings
 from traingen import train_config
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from pipeline.config.run import RunConfig
+
+
+def _config(tmp_path) -> RunConfig:
+    corpus = tmp_path / "corpus" / "docs.jsonl"
+    corpus.parent.mkdir()
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in labelled_documents()))
+    data = RunConfig.model_validate(
+        {
+            "storage": {"root": f"file://{tmp_path}/root"},
+            "ray": {"num_cpus": 2},
+            "data": {
+                "name": "labelled",
+                "sources": [{"kind": "jsonl", "uri": str(corpus), "label_field": "topic"}],
+                "seq_len": 32,
+                "tokenizer": {"vocab_size": 400, "sample_bytes": 1 << 20},
+                "split": {"val_fraction": 0.1, "heldout_fraction": 0.4},
+                "filters": {"max_doc_bytes": 20000, "min_chars": 8},
+                "shard_bytes": 1 << 16,
+            },
+        }
+    )
+    raw = train_config(data, "e2e", max_steps=8).model_dump(mode="json")
+    raw["eval"] = {"suites": suite_settings(), "batch_size": 16}
+    raw["finetune"] = {
+        "global_batch": 8,
+        "micro_batch": 2,
+        "max_length": 48,
+        "max_steps": 6,
+        "eval_interval": 3,
+        "eval_batches": 1,
+        "checkpoint_interval": 6,
+        "warmup_steps": 2,
+        "lr": 3e-3,
+        "min_lr": 3e-4,
+    }
+    return RunConfig.model_validate(raw)
 
 
 @pytest.mark.e2e
 def test_sora_run_end_to_end_and_rerun_is_a_noop(tmp_path):
-    make_corpus(tmp_path / "corpus")
-    config = train_config(data_config(f"file://{tmp_path}/root", str(tmp_path / "corpus")), "e2e", max_steps=8)
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    path.write_text(yaml.safe_dump(_config(tmp_path).model_dump(mode="json")))
+    root, runs = tmp_path / "root", tmp_path / "root" / "runs"
     command = [sys.executable, "-m", "pipeline.cli", "run", str(path)]
-    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    first = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "dataset test v1 published" in first.stderr and "step 8/8" in first.stderr
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "root" / "runs" / "e2e" / "hf")
-    assert model.config.model_type == "sora"
+    assert "dataset labelled v1 published" in first.stderr and "step 8/8" in first.stderr
+    assert AutoModelForCausalLM.from_pretrained(runs / "e2e" / "hf").config.model_type == "sora"
+    for init in ("pretrained", "scratch"):
+        classifier = AutoModelForSequenceClassification.from_pretrained(runs / f"e2e-ft-full-{init}" / "hf")
+        assert classifier.config.num_labels == 4
+        results = json.loads((runs / "e2e" / "eval" / f"ft-full-{init}" / "results.json").read_text())
+        assert 0 <= results["results"]["sora_classify"]["acc,none"] <= 1
+    for name in ("pretrained", "scratch"):
+        results = json.loads((runs / "e2e" / "eval" / name / "results.json").read_text())
+        assert {"sora_heldout_ppl", "sora_cloze", "sora_classify"} <= set(results["results"])
+    assert "evaluation (pretrained vs scratch vs chance)" in first.stderr and "sora_cloze" in first.stderr
+    first_report = (runs / "e2e" / "report.md").read_text()
+    assert "| sora_classify | acc |" in first_report
+    assert "![pretraining curves](report/pretrain.png)" in first_report
+    html = (runs / "e2e" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<table>" in html
 
-    second = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file() and "report" not in p.parts}
+    second = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "no new or changed sources; v1 is current" in second.stderr
-    segments = sorted((tmp_path / "root" / "runs" / "e2e" / "metrics").glob("part-*.jsonl"))
-    rows = [line for segment in segments for line in segment.read_text().splitlines()]
-    assert [json.loads(r)["step"] for r in rows] == list(range(1, 9))  # nothing retrained
+    assert "step " not in second.stderr  # no training job started
+    changed = [p for p, stamp in stamps.items() if p.stat().st_mtime_ns != stamp and p.parent.name != "timings"]
+    assert changed == [p for p in changed if p.name == "config.json" and p.parent.name == "e2e"]
+
+    # The report is rebuilt from stored files alone, identical to the one `sora run` wrote.
+    report = (runs / "e2e" / "report.md").read_text()
+    (runs / "e2e" / "report.md").unlink()
+    rebuilt = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "report", "e2e", "--root", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    assert (runs / "e2e" / "report.md").read_text() == report
