@@ -87,6 +87,11 @@ class SuiteConfig(Section):
 
 class EvalConfig(Section):
     suites: SuiteConfig = Field(default_factory=SuiteConfig)
+    lm_classify: bool = Field(
+        default=False,
+        description="Also score causal LMs zero-shot on sora_classify (one request per class per example: "
+        "8x the cost of the classifier's pass). Off by default: classify compares the fine-tuned classifiers.",
+    )
     tasks: list[str] = Field(
         default_factory=list,
         description="Extra lm-eval task or group names (hellaswag, arc_easy, ... when their datasets are cached, "

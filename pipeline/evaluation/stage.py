@@ -43,7 +43,8 @@ def evaluate_checkpoint_to_store(
     lineage: dict[str, Any],
 ) -> dict[str, Any]:
     """Evaluate `checkpoint_uri` (an HF directory under the store root, or a local directory) on the
-    built-in suites of the lineage's dataset version plus `config.eval.tasks`; returns results.json.
+    built-in suites of the lineage's dataset version (sora_classify only with `eval.lm_classify`) plus
+    `config.eval.tasks`; returns results.json.
 
     `lineage` must name `dataset` and `dataset_version` (the version the suites come from); it is
     stored with the results together with the checkpoint URI, run, kind and tokenizer sha256.
@@ -77,6 +78,8 @@ def evaluate_checkpoint_to_store(
             raise UserError("a classifier is evaluated zero-shot: set eval.num_fewshot to 0 or null")
         tasks = ["sora_classify"]
     else:
+        if not eval_cfg.lm_classify:
+            builtin = [t for t in builtin if t != "sora_classify"]
         tasks = builtin + [t for t in eval_cfg.tasks if t not in builtin]
     for path in eval_cfg.include_paths:
         if not Path(path).is_dir():

@@ -46,6 +46,7 @@ def test_lm_and_classifier_through_lm_eval(small_dataset, tmp_path):
     config = config.model_copy(deep=True)
     config.eval.tasks = [USER_TASK]
     config.eval.include_paths = [str(tasks_dir)]
+    config.eval.lm_classify = True  # every built-in suite through the LM too
     config.eval.limit = 12  # documents per task: seconds on a tiny model
     lm_uri = upload(store, export_tiny(tmp_path / "lm", manifest, store), "runs/evalrun/hf")
 
