@@ -180,15 +180,18 @@ def read_state(store: ObjectStore, keys: RunKeys, step: int) -> dict:
 def check_compatible(saved: dict, current: dict) -> None:
     """Resuming with another model, strategy or precision would end in a DeepSpeed traceback; say
     which setting changed instead. Worker count and pipeline layout may change (universal format)."""
-    changed = [
-        f"{name}: {saved.get(name)!r} -> {current[name]!r}" for name in current if saved.get(name) != current[name]
-    ]
+    changed = changed_settings(saved, current)
     if changed:
         raise ResumeError(
             "this run's checkpoints were written with other settings ("
             + "; ".join(changed)
             + "); resume with the original settings or use another run name"
         )
+
+
+def changed_settings(saved: dict, current: dict) -> list[str]:
+    """`"name: saved -> current"` for each compatibility setting that differs."""
+    return [f"{name}: {saved.get(name)!r} -> {current[name]!r}" for name in current if saved.get(name) != current[name]]
 
 
 # The model settings that shape parameters and so the checkpoint's tensors.

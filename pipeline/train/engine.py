@@ -172,12 +172,23 @@ class Engine:
     def save(self, directory: str, tag: str) -> None:
         self.engine.save_checkpoint(directory, tag=tag, save_latest=False)
 
-    def load(self, directory: str, tag: str) -> None:
+    def load(self, directory: str, tag: str, warm_start: bool = False) -> None:
+        """Resume everything; or, for a warm start (`warm_start.py`), weights and optimizer moments
+        under this run's own hyperparameters, schedule and step counters."""
+        fresh = [
+            {k: v for k, v in g.items() if k not in ("params", "step")} for g in self.engine.optimizer.param_groups
+        ]
         path, _ = self.engine.load_checkpoint(
-            directory, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+            directory, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=not warm_start
         )
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {tag} from {directory}")
+        if warm_start:
+            # The loaded param groups carry the parent's last LR and its weight decay/betas; the
+            # moments (and Adam's per-parameter step, which their bias correction needs) stay.
+            for group, own in zip(self.engine.optimizer.param_groups, fresh, strict=True):
+                group.update(own)
+            self.engine.global_steps = self.engine.global_samples = self.engine.skipped_steps = 0
 
     # -- export --------------------------------------------------------------------------------
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:

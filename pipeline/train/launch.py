@@ -20,6 +20,7 @@ from ..ray_runtime import ensure_ray
 from ..storage import ObjectStore, open_store
 from ..storage.lease import acquire_lease
 from . import checkpoint as ckpt
+from . import warm_start
 from .metrics import read_rows
 from .spec import LeaseToken, WorkerSpec
 
@@ -172,6 +173,7 @@ def run_training(
     try:
         with lease.keep_alive(train.lease_seconds) as heartbeat:
             resume_step = preflight_resume(store, config, model_config, restart)
+            init_from = None if task else warm_start.plan(store, config, manifest, model_config, resume_step)
             ensure_ray(config.ray)
             gpus = ray.cluster_resources().get("GPU", 0)
             use_gpu = gpus >= train.workers if train.use_gpu == "auto" else bool(train.use_gpu)
@@ -189,6 +191,7 @@ def run_training(
                 kill_worker=os.environ.get("SORA_KILL_WORKER"),
                 fault_dir=os.environ.get("SORA_FAULT_DIR"),
                 task=task,
+                init_from=init_from,
             )
             trainer = TorchTrainer(
                 _entry,
@@ -208,7 +211,13 @@ def run_training(
             console.print(
                 f"[bold]{stage} {train.run}[/bold]: {train.model} ({train.strategy}, {train.workers} workers, "
                 f"{'GPU' if use_gpu else 'CPU'}, precision {train.precision}) on {manifest['dataset']} "
-                f"v{manifest['version']}" + (f", resuming at step {resume_step}" if resume_step else "")
+                f"v{manifest['version']}"
+                + (f", resuming at step {resume_step}" if resume_step else "")
+                + (
+                    f", warm start from {init_from['run']} step {init_from['step']}"
+                    if init_from and not resume_step
+                    else ""
+                )
             )
             with Progress(store, train.run, train.max_steps, console):
                 result = trainer.fit()

@@ -51,6 +51,9 @@ class WorkerSpec:
     kill_worker: str | None = None  # fault injection for tests: "RANK:STEP"
     fault_dir: str | None = None
     task: dict | None = None  # fine-tuning task (pipeline.finetune.task.FinetuneTask as JSON); None: pretraining
+    # Warm-start lineage decided on the driver (`warm_start.plan`): {run, step, dataset,
+    # dataset_version, checkpoint}. Loaded only while the run has no checkpoint of its own.
+    init_from: dict | None = None
 
     def objective(self, store: ObjectStore, node_dir):
         """What this run optimizes (see `objective.py`)."""

@@ -30,8 +30,10 @@ from sora import SoraConfig, flops_per_token
 from sora.flops import peak_flops
 
 from ..faults import kill_once
+from ..keys import RunKeys
 from ..storage import open_store
 from . import checkpoint as ckpt
+from . import warm_start
 from .ds_config import deepspeed_config
 from .engine import Engine
 from .loader import GlobalOrder, TrainLoader, cache_directory, validation_batches
@@ -126,16 +128,22 @@ class Trainer:
         )
 
     def _find_resume(self) -> dict | ckpt.ResumeError | None:
-        """Rank 0: the checkpoint to resume from and the settings it was written with."""
+        """Rank 0: the checkpoint to resume from (this run's own, else the warm-start parent's,
+        see `warm_start.py`) and the settings it was written with."""
         try:
             step, _ = ckpt.find_resume(self.store, self.keys, restart=self.spec.restart)
-            if step is None:
+            if step is not None:
+                state = ckpt.read_state(self.store, self.keys, step)
+                ckpt.check_compatible(state.get("compatibility", {}), self.compatibility)
+                return {"step": step, "run": self.keys.run, "warm": False, "layout": (state["dp_size"], state["pp"])}
+            if self.spec.init_from is None:
                 return None
-            state = ckpt.read_state(self.store, self.keys, step)
-            ckpt.check_compatible(state.get("compatibility", {}), self.compatibility)
+            parent = self.spec.init_from
+            state = warm_start.parent_state(self.store, parent)
+            warm_start.check_parent(state.get("compatibility", {}), self.compatibility, parent["run"])
         except ckpt.ResumeError as error:
             return error
-        return {"step": step, "layout": (state["dp_size"], state["pp"])}
+        return {"step": parent["step"], "run": parent["run"], "warm": True, "layout": (state["dp_size"], state["pp"])}
 
     @property
     def compatibility(self) -> dict:
@@ -146,30 +154,34 @@ class Trainer:
         if not self.found:
             self.metrics = MetricsLog(self.store, self.keys, self.local, 0) if self.rank == 0 else None
             return
-        step = self.found["step"]
+        step, source, warm = self.found["step"], RunKeys(self.found["run"]), self.found["warm"]
         tag = ckpt.tag_for(step)
         downloaded = ckpt.download_for_rank(
-            self.store, self.keys, step, self.node_dir, self.dp_rank, everything=self.universal
+            self.store, source, step, self.node_dir, self.dp_rank, everything=self.universal
         )
         if self.universal:
             with ckpt.node_lock(self.node_dir / f"{tag}.convert.lock"):
                 tag = _to_universal(self.node_dir, tag)
-        self.engine.load(str(self.node_dir), tag)
-        state = ckpt.read_state(self.store, self.keys, step)
-        self.loader.load_state_dict(state["loader"])
-        ckpt.restore_rng(state["rng"])
-        self.step = step
-        early = state.get("early_stopping") or {}
-        self.best_val, self.evals_since_best = early.get("best_val"), early.get("evals_since_best", 0)
-        if early.get("stopped"):
-            self.stopped_early, self.stop_at = True, step
+        self.engine.load(str(self.node_dir), tag, warm_start=warm)
+        if not warm:  # a warm start takes weights + optimizer moments only (see warm_start.py)
+            self._restore_progress(ckpt.read_state(self.store, source, step))
         sizes = [None] * self.world
         dist.all_gather_object(sizes, downloaded)
         self.resume_bytes = sizes
         dist.barrier()  # every rank of the node has loaded: the node copy can go
         if self.local_rank == 0:
             ckpt.remove_node_copy(self.node_dir)
-        self.metrics = MetricsLog(self.store, self.keys, self.local, step) if self.rank == 0 else None
+        self.metrics = MetricsLog(self.store, self.keys, self.local, self.step) if self.rank == 0 else None
+
+    def _restore_progress(self, state: dict) -> None:
+        """Where a resumed run stands: step, data order position, RNG, early stopping."""
+        self.loader.load_state_dict(state["loader"])
+        ckpt.restore_rng(state["rng"])
+        self.step = state["step"]
+        early = state.get("early_stopping") or {}
+        self.best_val, self.evals_since_best = early.get("best_val"), early.get("evals_since_best", 0)
+        if early.get("stopped"):
+            self.stopped_early, self.stop_at = True, self.step
 
     # -- step --------------------------------------------------------------------------------------
     def train_step(self) -> dict | None:
@@ -311,6 +323,9 @@ class Trainer:
                     "early_stopped": self.stopped_early,
                     "tokenizer_sha256": self.manifest.tokenizer.sha256,
                 }
+                if self.spec.init_from:  # warm start: the same object as run.json's `init_from`
+                    info["warm_start"] = self.spec.init_from
+                    info["init_from"] = self.spec.init_from["checkpoint"]
                 run, raw = self.train.run, self.manifest.raw
                 self.objective.export(self.store, run, self.model_config, state_dict, raw, info)
         if self.rank == 0:
