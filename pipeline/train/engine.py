@@ -43,7 +43,10 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             # Under ZeRO-3 construction a parameter is an empty placeholder; `ds_shape` is its real shape.
             shape = getattr(param, "ds_shape", param.shape)
             (decay if len(shape) >= 2 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # No empty groups: ZeRO drops them, and the LR scheduler (built on the groups given here) would
+    # then disagree with the optimizer on their number (LoRA trains matrices only).
+    return [group for group in groups if group["params"]]
 
 
 def _optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
