@@ -33,7 +33,7 @@ from ..storage import ObjectStore
 from .heldout import read_heldout
 from .suite_rows import check_cloze, classify_rows, cloze_rows, ppl_rows
 
-SUITES_FORMAT = 1
+SUITES_FORMAT = 2
 TAG = "sora_suites"
 TASK_NAMES = {"heldout_ppl": "sora_heldout_ppl", "cloze": "sora_cloze", "classify": "sora_classify"}
 CLASSIFY_DELIMITER = "\nLabel: "  # between a snippet and its class name (sora-classifier strips it)
@@ -154,8 +154,14 @@ def task_yaml(suite: str, task: dict) -> str:
             "output_type": "loglikelihood_rolling",
             "doc_to_text": "",
             "doc_to_target": "{{text}}",
-            # lm-eval's own aggregations for these (weighted perplexity, bits per byte) apply by default.
-            "metric_list": [{"metric": m} for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")],
+            "metric_list": [
+                {"metric": metric, "aggregation": aggregation, "higher_is_better": False}
+                for metric, aggregation in (
+                    ("word_perplexity", "weighted_perplexity"),
+                    ("byte_perplexity", "weighted_perplexity"),
+                    ("bits_per_byte", "bits_per_byte"),
+                )
+            ],
         }
     else:
         acc = [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("acc", "acc_norm")]

@@ -40,8 +40,9 @@ def eval_table(store: ObjectStore, run: str) -> list[dict[str, Any]]:
         higher = document.get("higher_is_better", {})
         for task, metrics in document["results"].items():
             for field, value in metrics.items():
-                metric, _, filter_name = field.partition(",")
-                if metric == "alias" or metric.endswith("_stderr") or not isinstance(value, int | float):
+                metric, comma, filter_name = field.partition(",")
+                # lm-eval names metrics "<metric>,<filter>"; "alias" and "sample_len" are bookkeeping.
+                if not comma or metric.endswith("_stderr") or not isinstance(value, int | float):
                     continue
                 stderr = metrics.get(f"{metric}_stderr,{filter_name}")
                 row = rows.setdefault(

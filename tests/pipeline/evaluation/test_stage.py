@@ -94,6 +94,7 @@ def test_lm_and_classifier_through_lm_eval(small_dataset, tmp_path):
     assert acc["scores"]["classifier"]["value"] == accuracy and acc["scores"]["classifier"]["stderr"] > 0
     assert acc["chance"]["uniform"] == 0.25 and 0.25 <= acc["chance"]["majority"] <= 1
     assert rows["sora_heldout_ppl", "bits_per_byte"]["chance"] is None
+    assert {metric for _, metric in rows} == {"acc", "acc_norm", "word_perplexity", "byte_perplexity", "bits_per_byte"}
     assert rows[USER_TASK, "acc"]["scores"]["pretrained"]["value"] == scores[USER_TASK]["acc,none"]
 
 
