@@ -1,17 +1,22 @@
-"""Benchmark of the data stage against raw tokenizer throughput, measured in the same run.
+"""Benchmark of the data stage against raw tokenizer throughput and against a peer, measured in
+the same run.
 
 For each corpus: run the whole Ray Data stage (read, clean, dedup, train tokenizer, tokenize, pack,
-write shards, publish) into a fresh local store and measure end-to-end tokens/s; then, in this
-process on one core, time HF `tokenizers` `encode_batch` on the same documents with the same
-tokenizer. Prints one JSON line per measurement and the ratio
+write shards, publish) into a fresh local store and measure end-to-end tokens/s and the driver's
+peak RSS during the run; then, in this process on one core, time HF `tokenizers` `encode_batch` on
+the same documents with the same tokenizer, and time the peer: what a user would write instead,
+HF `datasets` `map(batched=True, num_proc=cores)` with the same tokenizer plus numpy packing (no
+dedup, no shards on storage). Prints one JSON line per measurement with
 
-    stage tokens/s / (cores x single-core tokenizer tokens/s)
+    ratio = stage tokens/s / (cores x single-core tokenizer tokens/s)
+    stage_vs_peer = peer wall / stage wall
 
-i.e. the fraction of the machine's pure-tokenization capacity the full stage achieves.
-`--scales` also measures wall time at several input sizes (prefixes of site-packages .py files).
+`--scales` measures wall time at several input sizes (prefixes of site-packages .py files as
+jsonl, 8 MB files) plus a tiny corpus whose wall time is the fixed start-up cost, and reports
+how much faster than the input the wall time (fixed cost excluded) grows.
 
-    python bench/preprocess.py                          # stdlib + scaling 1x/4x/16x of 4 MB
-    python bench/preprocess.py --corpora stdlib,site-packages --unit-mb 8
+    python bench/preprocess.py                          # stdlib + scaling 1x/4x/12x of 8 MB
+    python bench/preprocess.py --corpora stdlib,site-packages --scales ""
 """
 
 from __future__ import annotations
@@ -52,7 +57,30 @@ def write_prefix_corpus(directory: Path, limit_bytes: int) -> int:
     return total
 
 
-def run_stage(root: str, sources: list[dict], name: str):
+class PeakRSS:
+    """Peak resident memory of this (driver) process while the block runs, sampled every 20 ms."""
+
+    def __enter__(self):
+        import threading
+
+        import psutil
+
+        self.process, self.peak, self.done = psutil.Process(), 0, threading.Event()
+        self.peak = self.process.memory_info().rss
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.done.wait(0.02):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+
+
+def run_stage(root: str, sources: list[dict], name: str, quiet: bool = True):
     from pipeline.config.run import RunConfig
     from pipeline.data.stage import preprocess
     from pipeline.data.summary import Reporter
@@ -61,18 +89,47 @@ def run_stage(root: str, sources: list[dict], name: str):
         {"storage": {"root": root}, "data": {"name": name, "sources": sources, "max_error_rate": 0.05}}
     )
     start = time.perf_counter()
-    manifest = preprocess(config, Reporter(quiet=True))
-    return manifest, time.perf_counter() - start, config
+    with PeakRSS() as rss:
+        manifest = preprocess(config, Reporter(quiet=quiet))
+    return manifest, time.perf_counter() - start, config, rss.peak
 
 
-def tokenizer_baseline(manifest: dict, config) -> dict:
-    """Single-core encode_batch on the kept documents of this run (read back from the shards' text)."""
-    from pipeline.data.tokenizer_step import load_stored_tokenizer
-    from pipeline.storage import open_store
+def peer(texts: list[str], tokenizer_json: str, eos_id: int, seq_len: int, cores: int) -> dict:
+    """HF datasets map(batched, num_proc) with the same tokenizer + numpy packing; no dedup."""
+    import datasets
+    import numpy as np
 
-    store = open_store(config.storage.root)
-    tokenizer = load_stored_tokenizer(store, manifest["tokenizer"])
-    texts = _kept_texts(config)
+    datasets.disable_progress_bars()
+    start = time.perf_counter()
+    dataset = datasets.Dataset.from_dict({"text": texts})
+    encode = _PeerEncoder(tokenizer_json)
+    tokenized = dataset.map(encode, batched=True, batch_size=1000, num_proc=cores, remove_columns=["text"])
+    ids = tokenized.with_format("numpy")["input_ids"]
+    stream = np.concatenate([np.append(np.asarray(d, np.uint32), eos_id) for d in ids])
+    block = seq_len + 1
+    blocks = stream[: len(stream) // block * block].reshape(-1, block)
+    elapsed = time.perf_counter() - start
+    return {"seconds": elapsed, "tokens": int(len(stream)), "blocks": int(len(blocks))}
+
+
+class _PeerEncoder:
+    def __init__(self, tokenizer_json: str) -> None:
+        self.tokenizer_json, self.tokenizer = tokenizer_json, None
+
+    def __call__(self, batch):
+        from tokenizers import Tokenizer
+
+        if self.tokenizer is None:
+            self.tokenizer = Tokenizer.from_str(self.tokenizer_json)
+        encodings = self.tokenizer.encode_batch_fast(batch["text"], add_special_tokens=False)
+        return {"input_ids": [e.ids for e in encodings]}
+
+    def __getstate__(self):
+        return {"tokenizer_json": self.tokenizer_json, "tokenizer": None}
+
+
+def tokenizer_baseline(tokenizer, texts: list[str]) -> dict:
+    """Single-core encode_batch on the documents of this run."""
     start = time.perf_counter()
     tokens = 0
     for i in range(0, len(texts), 256):
@@ -81,24 +138,35 @@ def tokenizer_baseline(manifest: dict, config) -> dict:
     return {"tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed}
 
 
-def _kept_texts(config) -> list[str]:
+def _texts(config) -> list[str]:
     """The same documents the stage read (normalization aside), read again on the driver."""
-    from pipeline.data.readers import UnitReader
+    from pipeline.data.readers import read_unit
     from pipeline.data.sources import list_all_units
 
-    reader = UnitReader(config.data, config.storage.settings())
+    settings = config.storage.settings()
     texts = []
-    for unit in list_all_units(config.data.sources, config.storage.settings()):
-        texts.extend(r["text"] for r in reader(unit) if r["text"])
+    for index, unit in enumerate(list_all_units(config.data.sources, settings)):
+        table, _ = read_unit({**unit, "index": index, "pid": 0, "part": None}, config.data, settings)
+        texts.extend(t for t in table["text"].to_pylist() if t)
     return texts
 
 
-def measure(label: str, sources: list[dict], cores: int) -> dict:
+def measure(label: str, sources: list[dict], cores: int, with_peer: bool = True) -> dict:
+    from pipeline.data.tokenizer_step import load_stored_tokenizer
+    from pipeline.storage import open_store
+
     with tempfile.TemporaryDirectory() as tmp:
-        manifest, wall, config = run_stage(f"file://{tmp}/store", sources, label)
+        manifest, wall, config, peak_rss = run_stage(f"file://{tmp}/store", sources, label)
         stats = manifest["stats"]["run"]
         stage_tokens = sum(stats["tokens"].values())
-        baseline = tokenizer_baseline(manifest, config)
+        tokenizer = load_stored_tokenizer(open_store(config.storage.root), manifest["tokenizer"])
+        texts = _texts(config)
+        baseline = tokenizer_baseline(tokenizer, texts)
+        peer_run = (
+            peer(texts, tokenizer.to_str(), manifest["tokenizer"]["eos_id"], config.data.seq_len, cores)
+            if with_peer
+            else None
+        )
     stage_tps = stage_tokens / wall
     result = {
         "bench": "preprocess",
@@ -113,7 +181,12 @@ def measure(label: str, sources: list[dict], cores: int) -> dict:
         "tokenizer_1core_tokens_per_s": round(baseline["tokens_per_s"]),
         "cores": cores,
         "ratio_stage_vs_cores_x_tokenizer": round(stage_tps / (cores * baseline["tokens_per_s"]), 4),
+        "driver_peak_rss_mb": round(peak_rss / 2**20, 1),
     }
+    if peer_run is not None:
+        result["peer_wall_s"] = round(peer_run["seconds"], 2)
+        result["peer_tokens_per_s"] = round(peer_run["tokens"] / peer_run["seconds"])
+        result["stage_vs_peer"] = round(peer_run["seconds"] / wall, 3)
     print(json.dumps(result), flush=True)
     return result
 
@@ -121,8 +194,9 @@ def measure(label: str, sources: list[dict], cores: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpora", default="stdlib", help="comma list of: stdlib, site-packages")
-    parser.add_argument("--scales", default="1,4,16", help="input-size multiples for the scaling run ('' to skip)")
-    parser.add_argument("--unit-mb", type=float, default=4.0, help="size of the 1x scaling input, MB")
+    parser.add_argument("--scales", default="1,4,12", help="input-size multiples for the scaling run ('' to skip)")
+    parser.add_argument("--unit-mb", type=float, default=8.0, help="size of the 1x scaling input, MB")
+    parser.add_argument("--no-peer", action="store_true", help="skip the datasets.map peer")
     args = parser.parse_args()
 
     from pipeline.config.run import RayConfig
@@ -134,32 +208,41 @@ def main() -> None:
     cores = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
     for corpus in filter(None, args.corpora.split(",")):
         if corpus == "stdlib":
-            measure("stdlib", [{"kind": "python-stdlib"}], cores)
+            measure("stdlib", [{"kind": "python-stdlib"}], cores, not args.no_peer)
         elif corpus == "site-packages":
-            measure("site-packages", [{"kind": "text", "uri": str(site_packages())}], cores)
+            measure("site-packages", [{"kind": "text", "uri": str(site_packages())}], cores, not args.no_peer)
         else:
             sys.exit(f"unknown corpus {corpus}")
 
+    scales = [float(s) for s in args.scales.split(",") if s]
+    if not scales:
+        return
+    with tempfile.TemporaryDirectory() as tmp:  # fixed start-up cost: the stage on a 0.1 MB corpus
+        write_prefix_corpus(Path(tmp) / "corpus", int(0.1e6))
+        fixed = run_stage(f"file://{tmp}/store", [{"kind": "jsonl", "uri": f"{tmp}/corpus"}], "tiny")[1]
     scaling = []
-    for scale in [int(s) for s in args.scales.split(",") if s]:
+    for scale in scales:
         with tempfile.TemporaryDirectory() as tmp:
             write_prefix_corpus(Path(tmp) / "corpus", int(scale * args.unit_mb * 1e6))
-            result = measure(f"site-packages-prefix-{scale}x", [{"kind": "jsonl", "uri": f"{tmp}/corpus"}], cores)
-            scaling.append((scale, result["stage_wall_s"]))
-    if scaling:
-        base_scale, base_wall = scaling[0]
-        print(
-            json.dumps(
-                {
-                    "bench": "preprocess-scaling",
-                    "unit_mb": args.unit_mb,
-                    "wall_s": {f"{s}x": w for s, w in scaling},
-                    "wall_ratio_vs_1x": {f"{s}x": round(w / base_wall, 2) for s, w in scaling},
-                    "ideal_ratio": {f"{s}x": s / base_scale for s, _ in scaling},
-                }
-            ),
-            flush=True,
-        )
+            result = measure(
+                f"site-packages-prefix-{scale:g}x", [{"kind": "jsonl", "uri": f"{tmp}/corpus"}], cores, not args.no_peer
+            )
+            scaling.append((scale, result["stage_wall_s"], result["source_mb"]))
+    (_, w0, mb0), (_, w1, mb1) = scaling[0], scaling[-1]
+    print(
+        json.dumps(
+            {
+                "bench": "preprocess-scaling",
+                "fixed_startup_s": round(fixed, 2),
+                "mb": {f"{s:g}x": mb for s, _, mb in scaling},
+                "wall_s": {f"{s:g}x": w for s, w, _ in scaling},
+                "input_ratio": round(mb1 / mb0, 2),
+                "wall_ratio_minus_fixed": round((w1 - fixed) / max(1e-9, w0 - fixed), 2),
+                "growth_vs_input": round(((w1 - fixed) / max(1e-9, w0 - fixed)) / (mb1 / mb0), 3),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

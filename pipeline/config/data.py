@@ -115,6 +115,13 @@ class DataConfig(Section):
         le=1,
         description="Fail (publishing nothing) when a source file has more than this fraction of malformed records.",
     )
+    read_blocks: int | None = Field(
+        default=None,
+        ge=1,
+        description="Read tasks (blocks) the input is split into: many small files per task, large "
+        "jsonl/parquet files split into byte ranges / row groups. Default: 3 per CPU of the Ray "
+        "cluster (pieces of at most 64 MB). Does not change the output.",
+    )
     lease_seconds: float = Field(
         default=120,
         gt=0,

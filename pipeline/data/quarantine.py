@@ -1,60 +1,120 @@
 """Bad input (DESIGN.md s.6): per-file error-rate check and the rejects file.
 
-Every record that is not kept (malformed, invalid UTF-8, empty, oversized, filtered) is written
-with its reason and original bytes to `<dataset>/rejects/<run-id>/rejects.arrow`, so nothing is
-lost silently, and counted in the manifest stats.
+Every record that is not kept (malformed, invalid UTF-8, empty, oversized, filtered, exact or near
+duplicate) is written with its reason and original bytes to
+`<dataset>/rejects/<run-id>/rejects.arrow`, so nothing is lost silently, and counted in the
+manifest stats. A duplicate's record names the kept document it matched (`match_doc_key`) and,
+for a near duplicate, the estimated Jaccard similarity of the two.
 """
 
 from __future__ import annotations
 
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import UserError
-from .readers import MALFORMED_REASONS
 from .shards import to_ipc_bytes
 
+REJECTS_SCHEMA = pa.schema(
+    [
+        ("doc_key", pa.string()),
+        ("unit", pa.string()),
+        ("reason", pa.string()),
+        ("raw", pa.binary()),
+        ("text", pa.string()),
+        ("match_doc_key", pa.string()),
+        ("jaccard", pa.float32()),
+    ]
+)
+DUPLICATE_REASONS = {"exact": "exact_duplicate", "near": "near_duplicate"}
 
-def check_error_rates(records: pd.DataFrame, max_error_rate: float, single_doc_sources: set[int]) -> None:
+
+def check_error_rates(
+    per_unit: dict[int, dict], units: list[dict], max_error_rate: float, single_doc_sources: set[int]
+) -> None:
     """Fail, naming the file(s), when malformed records exceed `max_error_rate`.
 
     The rate is per file for files of many records (jsonl, parquet), and per source for sources
     whose files are single documents (text, python-stdlib), where one bad file is one bad record.
+    Works on per-file counts (one entry per file), not on per-document rows.
     """
-    if records.empty:
+    scopes: dict[str, dict] = {}
+    for index, counts in per_unit.items():
+        unit = units[index]
+        single = unit["source_index"] in single_doc_sources
+        name = f"source #{unit['source_index']}" if single else unit["uri"]
+        scope = scopes.setdefault(name, {"bad": 0, "count": 0, "files": set(), "reasons": {}})
+        scope["bad"] += counts["malformed"]
+        scope["count"] += counts["records"]
+        if counts["malformed"]:
+            scope["files"].add(unit["uri"])
+            for reason, n in counts["reasons"].items():
+                if reason in _malformed():
+                    scope["reasons"][reason] = scope["reasons"].get(reason, 0) + n
+    failing = sorted(
+        (
+            (s["bad"] / s["count"], name)
+            for name, s in scopes.items()
+            if s["count"] and s["bad"] / s["count"] > max_error_rate
+        ),
+        key=lambda pair: (-pair[0], pair[1]),
+    )
+    if not failing:
         return
-    malformed = records["reject"].isin(MALFORMED_REASONS)
-    single = records["source_index"].isin(single_doc_sources)
-    scope = records["unit"].where(~single, "source #" + records["source_index"].astype(str))
-    frame = pd.DataFrame({"scope": scope, "unit": records["unit"], "reject": records["reject"], "bad": malformed})
-    per_scope = frame.groupby("scope")["bad"].agg(["sum", "count"])
-    per_scope["rate"] = per_scope["sum"] / per_scope["count"]
-    failing = per_scope[per_scope["rate"] > max_error_rate].sort_values("rate", ascending=False)
-    if failing.empty:
-        return
-    scope_name, row = failing.index[0], failing.iloc[0]
-    bad = frame[(frame["scope"] == scope_name) & frame["bad"]]
-    reasons = bad["reject"].value_counts().to_dict()
-    files = sorted(set(bad["unit"]))
-    where = files[0] if len(files) == 1 else f"{scope_name} ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''})"
+    rate, name = failing[0]
+    scope = scopes[name]
+    reasons = dict(sorted(scope["reasons"].items(), key=lambda kv: (-kv[1], kv[0])))
+    files = sorted(scope["files"])
+    where = files[0] if len(files) == 1 else f"{name} ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''})"
     more = f" (and {len(failing) - 1} more)" if len(failing) > 1 else ""
     raise UserError(
-        f"{where}: {int(row['sum'])} of {int(row['count'])} records malformed ({row['rate']:.1%} > "
+        f"{where}: {scope['bad']} of {scope['count']} records malformed ({rate:.1%} > "
         f"max_error_rate {max_error_rate:.1%}; {reasons}){more}. Nothing was published."
     )
 
 
-def rejects_table(rejects: pd.DataFrame) -> pa.Table:
+def _malformed():
+    from .readers import MALFORMED_REASONS
+
+    return MALFORMED_REASONS
+
+
+def reject_rows(batch: pa.Table, removed: pa.Table, uris: pa.Array) -> pa.Table:
+    """map_batches: the records of a block that are not kept, as rejects rows."""
+    dup_index = pc.index_in(batch["order"], value_set=removed["order"])
+    keep = pc.or_(pc.is_valid(batch["reject"]), pc.is_valid(dup_index))
+    batch, dup_index = batch.filter(keep), dup_index.filter(keep)
+    dup_reason = pc.take(removed["reason"], dup_index)
+    reason = pc.coalesce(batch["reject"], pc.replace_substring_regex(dup_reason, "^(exact|near)$", r"\1_duplicate"))
     return pa.table(
         {
-            "doc_key": pa.array(rejects["doc_key"].tolist(), pa.string()),
-            "unit": pa.array(rejects["unit"].tolist(), pa.string()),
-            "reason": pa.array(rejects["reject"].tolist(), pa.string()),
-            "raw": pa.array([r if isinstance(r, bytes) else None for r in rejects["raw"]], pa.binary()),
-            "text": pa.array([t if isinstance(t, str) else None for t in rejects["text"]], pa.string()),
-        }
+            "doc_key": batch["doc_key"],
+            "unit": pc.take(uris, batch["unit_index"]),
+            "reason": reason,
+            "raw": batch["raw"],
+            "text": batch["text"],
+            "match_doc_key": pc.take(removed["match_doc_key"], dup_index),
+            "jaccard": pc.take(removed["jaccard"], dup_index),
+        },
+        schema=REJECTS_SCHEMA,
     )
 
 
-def rejects_bytes(rejects: pd.DataFrame) -> bytes:
-    return to_ipc_bytes(rejects_table(rejects.sort_values("doc_key")))
+def _write(store_root: str, settings, key: str, *tables: pa.Table) -> int:
+    from .readers import _store
+
+    table = pa.concat_tables([REJECTS_SCHEMA.empty_table(), *tables])
+    if table.num_rows:
+        table = table.take(pc.sort_indices(table["doc_key"]))
+        _store(store_root, settings).write(key, to_ipc_bytes(table))
+    return table.num_rows
+
+
+def write_rejects(records, removed: pa.Table, units: list[dict], store, key: str, settings=None) -> int:
+    """Write the rejects file on a worker (the driver holds only block references); returns rows."""
+    import ray
+
+    uris = pa.array([u["uri"] for u in units], pa.string())
+    rejects = records.map_batches(reject_rows, fn_args=(removed, uris), batch_format="pyarrow", batch_size=None)
+    refs = rejects.to_arrow_refs()
+    return ray.get(ray.remote(_write).remote(store.root_uri, settings, key, *refs))

@@ -40,11 +40,18 @@ def block_schema(block_len: int, dtype: np.dtype) -> pa.Schema:
 
 def pack(token_lists: list[np.ndarray], eos_id: int, pad_id: int, block_len: int, dtype: np.dtype):
     """Concatenate documents (EOS after each) and cut into blocks; returns (blocks, valid)."""
-    pieces = []
-    for tokens in token_lists:
-        pieces.append(np.asarray(tokens, dtype=np.int64))
-        pieces.append(np.array([eos_id], dtype=np.int64))
-    stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    lengths = np.array([len(t) for t in token_lists], np.int64)
+    flat = np.concatenate([np.asarray(t, np.int64) for t in token_lists]) if token_lists else np.zeros(0, np.int64)
+    return pack_flat(flat, lengths, eos_id, pad_id, block_len, dtype)
+
+
+def pack_flat(flat: np.ndarray, lengths: np.ndarray, eos_id: int, pad_id: int, block_len: int, dtype: np.dtype):
+    """`pack` on documents given as one flat id array and their lengths (no per-document loop)."""
+    ends = np.cumsum(np.asarray(lengths, np.int64) + 1) - 1  # where each document's EOS goes
+    stream = np.full(len(flat) + len(ends), eos_id, dtype=np.int64)
+    is_token = np.ones(len(stream), bool)
+    is_token[ends] = False
+    stream[is_token] = flat
     if len(stream) % block_len == 1:
         # A tail row holding one token (always the closing EOS) has no target: every label would be
         # masked. Such a row is never written; the token was no target of any other row either.

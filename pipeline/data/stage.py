@@ -15,7 +15,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-import pandas as pd
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -25,14 +25,13 @@ from ..faults import fail_point
 from ..ray_runtime import ensure_ray
 from ..storage import open_store
 from ..storage.lease import acquire_lease
-from .dedup import DedupIndex
+from .dedup_stage import deduplicate, write_index
 from .manifest import SCHEMA_VERSION, dataset_prefix, next_version, publish, read_latest
-from .quarantine import check_error_rates, rejects_bytes
-from .readers import UnitReader
+from .quarantine import check_error_rates, write_rejects
+from .read_stage import kept_split_bytes, read_records, tokenizer_sample
 from .sources import fingerprint, list_all_units
-from .steps import CleanBatch
 from .summary import Reporter
-from .tokenize_pack import SPLITS, PackWriteGroup, TokenizeBatch, assign_split
+from .tokenize_pack import SPLITS, PackWriteGroup, TokenizeBatch
 from .tokenizer_step import given_tokenizer, load_stored_tokenizer, store_tokenizer, train_tokenizer
 
 # Fields whose change makes new shards incompatible with a published version's shards.
@@ -89,68 +88,43 @@ def _refresh(config, store, units, given, heartbeat, reporter) -> dict[str, Any]
 
 
 def _build(config, store, units, new_units, parent, given, run_id, config_sha, reporter) -> dict[str, Any]:
-    import ray.data
+    import ray
 
     data, settings = config.data, config.storage.settings()
     prefix = dataset_prefix(data.name)
     ensure_ray(config.ray)
-    records = (
-        ray.data.from_items(new_units)
-        .flat_map(UnitReader(data, settings))
-        .map_batches(CleanBatch(data), batch_format="pandas", batch_size=256)
-        .materialize()
-    )
-    reporter.phase("read + clean")
-    meta = records.select_columns(["doc_key", "unit", "source_index", "reject"]).to_pandas()
-    single_doc = {i for i, s in enumerate(data.sources) if s.kind in ("text", "python-stdlib")}
-    check_error_rates(meta, data.max_error_rate, single_doc)
-    rejected = records.map_batches(_rejected_rows, batch_format="pyarrow").to_pandas()
-    if len(rejected):
-        store.write(f"{prefix}/rejects/{run_id}/rejects.arrow", rejects_bytes(rejected))
+    cpus = _cpus()
 
-    # Global dedup over compact fingerprints, in doc_key order (deterministic).
-    live = records.map_batches(_live_rows, batch_format="pyarrow")
-    prints = live.select_columns(["doc_key", "hash", "minhash"]).to_pandas().sort_values("doc_key", kind="stable")
-    index = DedupIndex(data.dedup)
-    for key in (parent or {}).get("dedup_index", []):
-        index.load(store.read(key))
-    decisions = [index.decide(h, m) for h, m in zip(prints["hash"], prints["minhash"], strict=True)]
-    prints["decision"] = decisions
-    keep = set(prints.loc[prints["decision"] == "keep", "doc_key"])
-    keep_keys = pa.array(sorted(keep), pa.string())
-    kept = live.map_batches(
-        lambda batch: batch.filter(pc.is_in(batch["doc_key"], value_set=keep_keys)), batch_format="pyarrow"
-    ).materialize()
+    records, counts = read_records(new_units, data, settings, data.read_blocks or 3 * cpus)
+    reporter.phase("read + clean")
+    single_doc = {i for i, s in enumerate(data.sources) if s.kind in ("text", "python-stdlib")}
+    check_error_rates(counts["units"], new_units, data.max_error_rate, single_doc)
+
+    removed, _ = deduplicate(records, store, settings, parent, data.dedup)
     reporter.phase("dedup")
-    if not keep and parent is None:
+    removed_orders = removed["order"].to_numpy()
+    kept = nonempty_blocks(
+        records.map_batches(_kept_rows, fn_args=(removed_orders,), batch_format="pyarrow", batch_size=None)
+    )
+    docs_kept = counts["live"] - len(removed_orders)
+    write_rejects(records, removed, new_units, store, f"{prefix}/rejects/{run_id}/rejects.arrow", settings)
+    if not docs_kept and parent is None:
         raise UserError(f"dataset {data.name!r}: no documents survived filtering and dedup; nothing to publish")
 
-    # Only (hash, size) of kept documents reach the driver: the texts stay in Ray.
-    sizes = kept.map_batches(_sizes, batch_format="pyarrow").to_pandas()
-    if sizes.empty:  # a refresh whose documents were all duplicates
-        sizes = pd.DataFrame({"hash": pd.Series(dtype=object), "n_bytes": pd.Series(dtype="int64")})
-    sizes["split"] = [assign_split(h, data) for h in sizes["hash"]]
+    split_bytes = kept_split_bytes(kept, data)
     if parent is not None:
         tokenizer = load_stored_tokenizer(store, parent["tokenizer"])
         tokenizer_block = parent["tokenizer"]
     else:
         if given is None:
-            given = train_tokenizer(data, _tokenizer_sample(kept, sizes, data))
+            given = train_tokenizer(data, tokenizer_sample(kept, split_bytes["train"], data))
         tokenizer, eos_id, pad_id = given
         tokenizer_block = store_tokenizer(store, prefix, tokenizer, eos_id, pad_id)
     reporter.phase("tokenizer")
 
-    groups = _group_counts(sizes, data, tokenizer_block["vocab_size"])
-    shards = pd.DataFrame()
-    if keep:
-        tokenized = kept.map_batches(
-            TokenizeBatch,
-            fn_constructor_args=(data, tokenizer.to_str(), groups),
-            batch_format="pyarrow",
-            batch_size=256,
-            compute=ray.data.ActorPoolStrategy(size=_cpus()),  # one tokenizer actor per CPU
-        ).materialize()
-        reporter.phase("tokenize")
+    groups = _group_counts(split_bytes, data, tokenizer_block["vocab_size"])
+    entries = []
+    if docs_kept:
         writer = PackWriteGroup(
             data,
             settings,
@@ -160,17 +134,46 @@ def _build(config, store, units, new_units, parent, given, run_id, config_sha, r
             tokenizer_block["eos_id"],
             tokenizer_block["pad_id"],
         )
+        tokenized = kept.map_batches(
+            TokenizeBatch,
+            fn_constructor_args=(data, tokenizer.to_str(), groups),
+            batch_format="pyarrow",
+            batch_size=None,
+            compute=ray.data.ActorPoolStrategy(size=min(cpus, kept.num_blocks())),  # one tokenizer per CPU
+        )
 
-        def write_group(group: pd.DataFrame) -> pd.DataFrame:
+        def write_group(group: pa.Table) -> pa.Table:
             return writer(group)
 
-        shards = tokenized.groupby("group").map_groups(write_group, batch_format="pandas").to_pandas()
-        shards = shards.sort_values("key").reset_index(drop=True)
-    reporter.phase("pack + write")
+        partitions = max(1, min(sum(groups.values()), 4 * cpus))
+        shards = tokenized.groupby("group", num_partitions=partitions).map_groups(write_group, batch_format="pyarrow")
+        entries = sorted(shards.take_all(), key=lambda e: e["key"])
+    reporter.phase("tokenize + pack + write")
 
-    index_key = f"{prefix}/dedup/{run_id}.arrow"
-    store.write(index_key, index.serialize())
-    return _manifest(config, store, units, parent, run_id, config_sha, tokenizer_block, shards, meta, prints, index_key)
+    index_keys = write_index(kept, store, settings, f"{prefix}/dedup/{run_id}", data.dedup)
+    stats = {
+        "docs_read": counts["docs_read"],
+        "docs_kept": int(docs_kept),
+        "rejected": {k: int(v) for k, v in sorted(counts["rejected"].items())},
+        "duplicates": {
+            r: int(np.sum(removed["reason"].to_numpy(zero_copy_only=False) == r)) for r in ("exact", "near")
+        },
+        "source_bytes": int(sum(new_units[i]["size"] for i in counts["units"] if counts["units"][i]["records"])),
+    }
+    return _manifest(config, store, units, parent, run_id, config_sha, tokenizer_block, entries, stats, index_keys)
+
+
+def nonempty_blocks(dataset):
+    """Materialize, dropping empty blocks (a map skips them and would pass their old schema on)."""
+    import ray.data
+
+    refs = [
+        ref
+        for bundle in dataset.iter_internal_ref_bundles()
+        for ref, meta in zip(bundle.block_refs, bundle.metadata, strict=True)
+        if meta.num_rows
+    ]
+    return ray.data.from_arrow_refs(refs).materialize() if refs else dataset.materialize()
 
 
 def _cpus() -> int:
@@ -179,64 +182,33 @@ def _cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def _rejected_rows(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_valid(batch["reject"]))
+def _kept_rows(batch: pa.Table, removed_orders: np.ndarray) -> pa.Table:
+    live = pc.is_null(batch["reject"])
+    if len(removed_orders):
+        live = pc.and_(live, pc.invert(pc.is_in(batch["order"], value_set=pa.array(removed_orders))))
+    return batch.filter(live).drop_columns(["reject", "raw"])
 
 
-def _live_rows(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_null(batch["reject"]))
-
-
-def _sizes(batch: pa.Table) -> pa.Table:
-    return pa.table({"hash": batch["hash"], "n_bytes": pc.binary_length(batch["text"])})
-
-
-def _tokenizer_sample(kept, sizes: pd.DataFrame, data) -> list[tuple[bytes, str]]:
-    """(hash, text) of the tokenizer's training sample: training documents in sha256(hash) order up to
-    `sample_bytes`. Chosen from sizes on the driver; only the chosen texts are fetched from Ray."""
-    train = sizes[sizes["split"] == "train"]
-    order = sorted(zip(train["hash"], train["n_bytes"], strict=True), key=lambda p: hashlib.sha256(p[0]).digest())
-    chosen, total = [], 0
-    for digest, size in order:
-        chosen.append(digest)
-        total += size
-        if total >= data.tokenizer.sample_bytes:
-            break
-    wanted = pa.array(chosen, pa.binary(16))
-    texts = kept.map_batches(
-        lambda b: b.select(["hash", "text"]).filter(pc.is_in(b["hash"], value_set=wanted)), batch_format="pyarrow"
-    ).to_pandas()
-    return list(zip(texts["hash"], texts["text"], strict=True))
-
-
-def _group_counts(sizes: pd.DataFrame, data, vocab_size: int) -> dict[str, int]:
+def _group_counts(split_bytes: dict[str, int], data, vocab_size: int) -> dict[str, int]:
     """Shards per split, from the kept text volume (about 3 bytes of text per token)."""
     itemsize = 2 if vocab_size <= 65536 else 4
-    counts = {}
-    for split in SPLITS:
-        text_bytes = int(sizes.loc[sizes["split"] == split, "n_bytes"].sum())
-        counts[split] = max(1, -(-int(text_bytes / 3 * itemsize) // data.shard_bytes))
-    return counts
+    return {split: max(1, -(-int(split_bytes[split] / 3 * itemsize) // data.shard_bytes)) for split in SPLITS}
 
 
-def _manifest(
-    config, store, units, parent, run_id, config_sha, tokenizer_block, shards, meta, prints, index_key
-) -> dict:
+def _manifest(config, store, units, parent, run_id, config_sha, tokenizer_block, shards, stats, index_keys) -> dict:
     data = config.data
     entries = {split: [] for split in SPLITS}
-    for row in shards.to_dict("records"):
+    for row in shards:
         entries[row["split"]].append({k: row[k] for k in ("uri", "key", "rows", "tokens", "bytes", "sha256", "docs")})
     old = parent["shards"] if parent else {split: [] for split in SPLITS}
-    rejected = meta["reject"].dropna().value_counts().to_dict()
-    decisions = prints["decision"].value_counts().to_dict() if len(prints) else {}
     run_stats = {
-        "docs_read": int(len(meta)),
-        "docs_kept": int(decisions.get("keep", 0)),
-        "rejected": {k: int(v) for k, v in sorted(rejected.items())},
-        "duplicates": {"exact": int(decisions.get("exact", 0)), "near": int(decisions.get("near", 0))},
+        "docs_read": stats["docs_read"],
+        "docs_kept": stats["docs_kept"],
+        "rejected": stats["rejected"],
+        "duplicates": stats["duplicates"],
         "tokens": {s: int(sum(e["tokens"] for e in entries[s])) for s in SPLITS},
         "blocks": {s: int(sum(e["rows"] for e in entries[s])) for s in ("train", "val")},
-        "source_bytes": int(sum(u["size"] for u in units if u["uri"] in set(meta["unit"]))),
+        "source_bytes": stats["source_bytes"],
     }
     totals = _accumulate(parent["stats"]["total"] if parent else None, run_stats)
     return {
@@ -254,7 +226,7 @@ def _manifest(
         ],
         "shards": {split: old.get(split, []) + entries[split] for split in SPLITS},
         "stats": {"run": run_stats, "total": totals},
-        "dedup_index": (parent or {}).get("dedup_index", []) + [index_key],
+        "dedup_index": (parent or {}).get("dedup_index", []) + index_keys,
         "config_sha256": config_sha,
         "config": config.data.model_dump(mode="json"),
         "run_id": run_id,

@@ -1,7 +1,10 @@
-"""Per-document batch steps, each `step(batch: pandas.DataFrame, config) -> DataFrame`.
+"""Per-document batch steps on Arrow tables: normalize -> quality filter -> fingerprint.
 
-Kept apart from the executor (Ray Data `map_batches` runs them; tests call them directly).
-Rejected rows (`reject` set) pass through untouched so they can be quarantined later.
+Each step is `step(table: pa.Table, config) -> pa.Table`, kept apart from the executor (the read
+tasks run them on the records of one read piece; tests call them directly). Rejected rows
+(`reject` set) pass through untouched so they can be quarantined later. Work is done per batch:
+Arrow compute for lengths and CRLF, one pass over each text for its content hash and MinHash
+shingles, and numpy over all shingles of the batch for the MinHash permutations.
 """
 
 from __future__ import annotations
@@ -11,40 +14,47 @@ import re
 import unicodedata
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
-from datasketch import MinHash
+import pyarrow.compute as pc
 
-from ..config.data import DataConfig
+from ..config.data import DataConfig, DedupConfig
+from .minhash import batch_signatures
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
-def normalize(batch: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
-    """Unicode normalization (NFC/NFKC) and CRLF -> LF, for rows not rejected."""
-    live = batch["reject"].isna()
-    form = config.normalize
-
-    def clean(text: str) -> str:
-        text = text.replace("\r\n", "\n")
-        return unicodedata.normalize(form, text) if form != "none" else text
-
-    batch.loc[live, "text"] = batch.loc[live, "text"].map(clean)
-    return batch
+def _live_mask(table: pa.Table) -> np.ndarray:
+    return np.asarray(pc.is_null(table["reject"]).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def quality_filter(batch: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
-    """Mark empty, too short and too long documents."""
-    live = batch["reject"].isna()
-    stripped_len = batch.loc[live, "text"].map(lambda t: len(t.strip()))
-    length = batch.loc[live, "text"].map(len)
-    empty = stripped_len[stripped_len == 0].index
-    short = stripped_len[(stripped_len > 0) & (stripped_len < config.filters.min_chars)].index
-    long = length[length > config.filters.max_chars].index
-    batch.loc[empty, "reject"] = "empty"
-    batch.loc[short, "reject"] = "too_short"
-    batch.loc[long, "reject"] = "too_long"
-    return batch
+def normalize(table: pa.Table, config: DataConfig) -> pa.Table:
+    """CRLF -> LF (Arrow) and Unicode normalization (NFC/NFKC, Python's unicodedata: the reference)."""
+    text = pc.replace_substring(table["text"], "\r\n", "\n")
+    if config.normalize != "none":
+        form = config.normalize
+        text = pa.array([None if t is None else unicodedata.normalize(form, t) for t in text.to_pylist()], pa.string())
+    return table.set_column(table.schema.get_field_index("text"), "text", text)
+
+
+def quality_filter(table: pa.Table, config: DataConfig) -> pa.Table:
+    """Mark empty, too short and too long documents (lengths in code points, like `len(str)`)."""
+    live = _live_mask(table)
+    texts = table["text"].to_pylist()
+    # str.strip's notion of whitespace (Python's), not utf8proc's: the same rows as before.
+    stripped = np.array([len(t.strip()) if t is not None else -1 for t in texts], dtype=np.int64)
+    length = np.asarray(pc.fill_null(pc.utf8_length(table["text"]), -1).to_numpy(zero_copy_only=False))
+    limits = config.filters
+    # Later reasons win, as the previous per-reason assignments did.
+    for reason, mask in (
+        ("empty", stripped == 0),
+        ("too_short", (stripped > 0) & (stripped < limits.min_chars)),
+        ("too_long", length > limits.max_chars),
+    ):
+        mask = mask & live
+        if mask.any():
+            reject = pc.if_else(pa.array(mask), pa.scalar(reason, pa.string()), table["reject"])
+            table = table.set_column(table.schema.get_field_index("reject"), "reject", reject)
+    return table
 
 
 def content_hash(text: str) -> bytes:
@@ -53,75 +63,67 @@ def content_hash(text: str) -> bytes:
 
 
 def shingles(text: str, size: int) -> list[bytes]:
+    """Word n-gram shingles of the lower-cased text (the reference definition; see `shingle_spans`)."""
     words = _WORD.findall(text.lower())
     if len(words) <= size:
         return [" ".join(words).encode()]
     return [" ".join(words[i : i + size]).encode() for i in range(len(words) - size + 1)]
 
 
+def shingle_spans(text: str, size: int) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """The same shingles as `shingles`, as (joined words, start, end) byte spans: one join per text
+    instead of one per shingle."""
+    words = _WORD.findall(text.lower())
+    joined = " ".join(words)
+    data = joined.encode()
+    if len(words) <= size:
+        return data, np.zeros(1, np.int64), np.array([len(data)], np.int64)
+    if len(data) == len(joined):  # ASCII: characters are bytes
+        lengths = np.fromiter(map(len, words), np.int64, len(words))
+    else:
+        lengths = np.fromiter((len(w.encode()) for w in words), np.int64, len(words))
+    starts = np.zeros(len(words), np.int64)
+    np.cumsum(lengths[:-1] + 1, out=starts[1:])
+    ends = starts + lengths
+    return data, starts[: len(words) - size + 1], ends[size - 1 :]
+
+
+def fingerprint_docs(table: pa.Table, config: DataConfig) -> pa.Table:
+    """Add `hash` (16 bytes), `n_bytes` (UTF-8 size) and, when near-dedup is on, `minhash`."""
+    live = _live_mask(table)
+    texts = table["text"].to_pylist()
+    hashes: list[bytes | None] = [None] * len(texts)
+    n_bytes = np.zeros(len(texts), np.int64)
+    spans = []
+    for i in np.flatnonzero(live):
+        encoded = texts[i].encode("utf-8", "surrogatepass")
+        hashes[i] = hashlib.sha256(encoded).digest()[:16]
+        n_bytes[i] = len(encoded)
+        if config.dedup.near:
+            spans.append(shingle_spans(texts[i], config.dedup.shingle))
+    table = table.append_column("hash", pa.array(hashes, pa.binary(16)))
+    table = table.append_column("n_bytes", pa.array(n_bytes))
+    return table.append_column("minhash", _minhash_column(spans, live, config.dedup))
+
+
+def _minhash_column(spans, live: np.ndarray, dedup: DedupConfig) -> pa.Array:
+    list_type = pa.list_(pa.uint32(), dedup.num_perm)
+    if not dedup.near or not live.any():
+        return pa.nulls(len(live), list_type)
+    signatures = batch_signatures(spans, dedup.num_perm)  # (live docs, num_perm) uint32
+    full = np.zeros((len(live), dedup.num_perm), np.uint32)
+    full[live] = signatures
+    values = pa.array(full.reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(values, dedup.num_perm, mask=pa.array(~live))
+
+
 def signature(text: str, num_perm: int, shingle: int) -> np.ndarray:
-    """MinHash signature (uint32 x num_perm) of the document's word shingles."""
-    minhash = MinHash(num_perm=num_perm, seed=1, scheme="affine32")
-    minhash.update_batch(shingles(text, shingle))
-    return minhash.hashvalues.astype(np.uint32)
+    """MinHash signature (uint32 x num_perm) of one document's word shingles."""
+    return batch_signatures([shingle_spans(text, shingle)], num_perm)[0]
 
 
-def fingerprint_docs(batch: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
-    """Add `hash` (16 bytes) and, when near-dedup is on, `minhash` (list of uint32)."""
-    live = batch["reject"].isna()
-    batch["hash"] = None
-    batch.loc[live, "hash"] = batch.loc[live, "text"].map(content_hash)
-    batch["minhash"] = None
-    if config.dedup.near:
-        batch.loc[live, "minhash"] = batch.loc[live, "text"].map(
-            lambda t: signature(t, config.dedup.num_perm, config.dedup.shingle)
-        )
-    return batch
-
-
-# Explicit Arrow types: Ray would otherwise infer per block, and blocks whose optional columns are
-# all null would disagree with the others.
-RECORD_SCHEMA = pa.schema(
-    [
-        ("doc_key", pa.string()),
-        ("unit", pa.string()),
-        ("source_index", pa.int32()),
-        ("label", pa.string()),
-        ("text", pa.string()),
-        ("reject", pa.string()),
-        ("raw", pa.binary()),
-        ("hash", pa.binary(16)),
-        ("minhash", pa.list_(pa.uint32())),
-    ]
-)
-
-
-def _none_if_missing(value):
-    if value is None or isinstance(value, (np.ndarray, bytes, str, list)):
-        return value
-    return None if pd.isna(value) else value
-
-
-def to_record_table(batch: pd.DataFrame) -> pa.Table:
-    columns = {}
-    for field in RECORD_SCHEMA:
-        values = (
-            [_none_if_missing(v) for v in batch[field.name].tolist()] if field.name in batch else [None] * len(batch)
-        )
-        if field.name == "minhash":
-            values = [None if v is None else np.asarray(v, dtype=np.uint32) for v in values]
-        columns[field.name] = pa.array(values, type=field.type)
-    return pa.table(columns, schema=RECORD_SCHEMA)
-
-
-class CleanBatch:
-    """Ray Data `map_batches` callable: normalize -> filter -> fingerprint, as a typed Arrow table."""
-
-    def __init__(self, config: DataConfig) -> None:
-        self.config = config
-
-    def __call__(self, batch: pd.DataFrame) -> pa.Table:
-        batch = batch.reset_index(drop=True)
-        for step in (normalize, quality_filter, fingerprint_docs):
-            batch = step(batch, self.config)
-        return to_record_table(batch)
+def clean(table: pa.Table, config: DataConfig) -> pa.Table:
+    """normalize -> quality_filter -> fingerprint_docs."""
+    for step in (normalize, quality_filter, fingerprint_docs):
+        table = step(table, config)
+    return table

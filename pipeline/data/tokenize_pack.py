@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from tokenizers import Tokenizer
 
 from ..config.data import DataConfig
 from ..storage import StorageSettings, open_store
 from .manifest_types import SPLITS  # noqa: F401  (re-exported: stage.py imports it from here)
-from .shards import blocks_table, pack, token_dtype, write_shard
+from .shards import blocks_table, pack_flat, token_dtype, write_shard
 
 
 def _unit_interval(salt: str, digest: bytes) -> float:
@@ -36,34 +37,89 @@ def copies(digest: bytes, weight: float) -> int:
     return whole + (1 if _unit_interval("weight", digest) < fraction else 0)
 
 
+def _unit_intervals(salt: str, hashes: list[bytes]) -> np.ndarray:
+    prefix = salt.encode()
+    return (
+        np.array([int.from_bytes(hashlib.sha256(prefix + d).digest()[:8], "big") for d in hashes], dtype=np.float64)
+        / 2**64
+    )
+
+
+def split_codes(hashes: list[bytes], config: DataConfig) -> np.ndarray:
+    """`assign_split` for a batch: 0 train, 1 val, 2 heldout (index into SPLITS)."""
+    u = _unit_intervals(config.split.salt, hashes)
+    val, held = config.split.val_fraction, config.split.val_fraction + config.split.heldout_fraction
+    return np.where(u < val, 1, np.where(u < held, 2, 0)).astype(np.int8)
+
+
+def token_lists(encodings, dtype=np.uint32) -> pa.Array:
+    """Token ids of `encode_batch` results as one Arrow list array (one flat buffer, no per-row arrays)."""
+    lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
+    offsets = np.zeros(len(encodings) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype, int(offsets[-1]))
+    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat))
+
+
+TOKENIZED_SCHEMA = pa.schema(
+    [
+        ("doc_key", pa.string()),
+        ("label", pa.string()),
+        ("text", pa.string()),
+        ("split", pa.string()),
+        ("group", pa.string()),
+        ("tokens", pa.large_list(pa.uint32())),
+        ("n_tokens", pa.int64()),
+    ]
+)
+
+
 class TokenizeBatch:
-    """map_batches callable: adds split, group and token ids; replicates rows by source weight."""
+    """map_batches callable: adds split, group and token ids; replicates rows by source weight.
+
+    Each document is tokenized once (`encode_batch_fast`, in Rust); weighted copies share its ids.
+    Only heldout rows keep their text (they are written as text); the others carry token ids.
+    """
 
     def __init__(self, config: DataConfig, tokenizer_json: str, groups: dict[str, int]) -> None:
         self.config = config
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
-        self.groups = groups
+        self.groups = np.array([groups[s] for s in SPLITS], np.int64)
+        self.weights = np.array([s.weight for s in config.sources], np.float64)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = []
-        for row in batch.select(["doc_key", "source_index", "label", "text", "hash"]).to_pylist():
-            digest = row["hash"]
-            weight = self.config.sources[row["source_index"]].weight
-            split = assign_split(digest, self.config)
-            count = copies(digest, weight) if split == "train" else 1  # never duplicate eval data
-            group = int.from_bytes(digest[8:12], "big") % self.groups[split]
-            for k in range(count):
-                rows.append((f"{row['doc_key']}#{k}", row["label"], row["text"], split, f"{split}/{group:05d}"))
-        names = ["doc_key", "label", "text", "split", "group"]
-        columns = {name: [row[i] for row in rows] for i, name in enumerate(names)}
-        encodings = self.tokenizer.encode_batch(columns["text"], add_special_tokens=False) if rows else []
+        hashes = batch["hash"].to_pylist()
+        n = len(hashes)
+        split = split_codes(hashes, self.config)
+        weight = self.weights[batch["source_index"].to_numpy()]
+        whole, fraction = np.floor(weight), weight - np.floor(weight)
+        count = (whole + (_unit_intervals("weight", hashes) < fraction)).astype(np.int64)
+        count = np.where(split == 0, count, 1)  # never duplicate eval data
+        raw = np.frombuffer(batch["hash"].combine_chunks().buffers()[1], np.uint8, n * 16).reshape(n, 16)
+        bucket = raw[:, 8:12].astype(np.int64) @ np.array([1 << 24, 1 << 16, 1 << 8, 1], np.int64)
+        group = bucket % self.groups[split]
+        texts = batch["text"].to_pylist()
+        tokens = token_lists(self.tokenizer.encode_batch_fast(texts, add_special_tokens=False) if n else [])
+        rows = np.repeat(np.arange(n), count)
+        copy = np.arange(len(rows)) - np.repeat(np.cumsum(count) - count, count)
+        split_names = np.array(SPLITS, dtype=object)[split[rows]]
+        group_keys = [f"{s}/{g:05d}" for s, g in zip(split_names.tolist(), group[rows].tolist(), strict=True)]
+        take = pa.array(rows)
+        doc_key = pc.binary_join_element_wise(
+            pc.take(batch["doc_key"], take), pc.cast(pa.array(copy), pa.string()), "#"
+        )
+        heldout = pa.array(split[rows] == 2)
         return pa.table(
             {
-                **{name: pa.array(values, pa.string()) for name, values in columns.items()},
-                "tokens": pa.array([np.asarray(e.ids, dtype=np.uint32) for e in encodings], pa.list_(pa.uint32())),
-                "n_tokens": pa.array([len(e.ids) for e in encodings], pa.int64()),
+                "doc_key": doc_key,
+                "label": pc.take(batch["label"], take),
+                "text": pc.if_else(heldout, pc.take(batch["text"], take), pa.scalar(None, pa.string())),
+                "split": pa.array(split_names.tolist(), pa.string()),
+                "group": pa.array(group_keys, pa.string()),
+                "tokens": pc.take(tokens, take),
+                "n_tokens": pc.list_value_length(pc.take(tokens, take)).cast(pa.int64()),
             }
-        )
+        ).cast(TOKENIZED_SCHEMA)
 
 
 class PackWriteGroup:
@@ -84,19 +140,27 @@ class PackWriteGroup:
         self.dtype = token_dtype(vocab_size)
         self.eos_id, self.pad_id = eos_id, pad_id
 
-    def __call__(self, group: pd.DataFrame) -> pd.DataFrame:
+    def __call__(self, group: pa.Table) -> pa.Table:
         store = open_store(self.root, self.settings)
-        group = group.sort_values("doc_key", kind="stable").reset_index(drop=True)
-        split, index = group["group"].iloc[0].split("/")
+        group = group.take(pc.sort_indices(group["doc_key"]))  # doc_keys are unique: a stable order
+        split, index = group["group"][0].as_py().split("/")
         entries = []
         if split == "heldout":
             table = pa.table({"doc_key": group["doc_key"], "label": group["label"], "text": group["text"]})
             key = f"{self.shard_prefix}/heldout/part-{index}.arrow"
-            entry = write_shard(store, key, table, tokens=int(group["n_tokens"].sum()))
-            entries.append({**entry, "split": split, "docs": len(group)})
+            entry = write_shard(store, key, table, tokens=int(pc.sum(group["n_tokens"]).as_py()))
+            entries.append({**entry, "split": split, "docs": group.num_rows})
         else:
             block_len = self.config.seq_len + 1
-            blocks, valid = pack(list(group["tokens"]), self.eos_id, self.pad_id, block_len, self.dtype)
+            tokens = group["tokens"].combine_chunks()
+            blocks, valid = pack_flat(
+                tokens.values.to_numpy(),
+                tokens.value_lengths().to_numpy(),
+                self.eos_id,
+                self.pad_id,
+                block_len,
+                self.dtype,
+            )
             rows_per_shard = max(1, self.config.shard_bytes // (block_len * self.dtype.itemsize))
             parts = max(1, -(-len(blocks) // rows_per_shard))
             for part in range(parts):
@@ -104,5 +168,19 @@ class PackWriteGroup:
                 suffix = f"-{part:03d}" if parts > 1 else ""
                 key = f"{self.shard_prefix}/{split}/part-{index}{suffix}.arrow"
                 entry = write_shard(store, key, blocks_table(blocks[sl], valid[sl]), tokens=int(valid[sl].sum()))
-                entries.append({**entry, "split": split, "docs": len(group) if part == 0 else 0})
-        return pd.DataFrame(entries)
+                entries.append({**entry, "split": split, "docs": group.num_rows if part == 0 else 0})
+        return pa.Table.from_pylist(entries, schema=ENTRY_SCHEMA)
+
+
+ENTRY_SCHEMA = pa.schema(
+    [
+        ("uri", pa.string()),
+        ("key", pa.string()),
+        ("rows", pa.int64()),
+        ("tokens", pa.int64()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("split", pa.string()),
+        ("docs", pa.int64()),
+    ]
+)
