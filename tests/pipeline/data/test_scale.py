@@ -38,11 +38,13 @@ def _outputs(manifest, store):
 
 
 def test_output_is_independent_of_block_count(tmp_path, corpus):
-    outputs = []
+    outputs, run_ids = [], set()
     for blocks in (1, 2, 8):
         config = data_config(f"file://{tmp_path}/root-{blocks}", str(corpus["dir"]), read_blocks=blocks)
         manifest = preprocess(config, Reporter(quiet=True))
         outputs.append(_outputs(manifest, open_store(config.storage.root)))
+        run_ids.add(manifest["run_id"])
+    assert len(run_ids) == 3  # three separate runs, one output
     assert outputs[0] == outputs[1] == outputs[2]
     stats = outputs[0]["stats"]["run"]
     assert stats["duplicates"] == {"exact": EXACT_DUPLICATES, "near": NEAR_DUPLICATES}
