@@ -31,7 +31,7 @@ from .quarantine import check_error_rates, write_rejects
 from .read_stage import kept_split_bytes, read_records, tokenizer_sample
 from .sources import fingerprint, list_all_units
 from .summary import Reporter
-from .tokenize_pack import SPLITS, PackWriteGroup, TokenizeBatch
+from .tokenize_pack import SPLITS, PackWriteGroup, tokenize_batch
 from .tokenizer_step import given_tokenizer, load_stored_tokenizer, store_tokenizer, train_tokenizer
 
 # Fields whose change makes new shards incompatible with a published version's shards.
@@ -88,8 +88,19 @@ def _refresh(config, store, units, given, heartbeat, reporter) -> dict[str, Any]
 
 
 def _build(config, store, units, new_units, parent, given, run_id, config_sha, reporter) -> dict[str, Any]:
-    import ray
+    from ray.data.context import DataContext, ShuffleStrategy
 
+    # Sort-based shuffles run as tasks on the pooled workers; the hash shuffle starts aggregator
+    # actors (a Python process each), seconds of fixed cost per groupby on a small machine.
+    context = DataContext.get_current()
+    previous, context.shuffle_strategy = context.shuffle_strategy, ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    try:
+        return _build_datasets(config, store, units, new_units, parent, given, run_id, config_sha, reporter)
+    finally:
+        context.shuffle_strategy = previous
+
+
+def _build_datasets(config, store, units, new_units, parent, given, run_id, config_sha, reporter) -> dict[str, Any]:
     data, settings = config.data, config.storage.settings()
     prefix = dataset_prefix(data.name)
     ensure_ray(config.ray)
@@ -135,11 +146,10 @@ def _build(config, store, units, new_units, parent, given, run_id, config_sha, r
             tokenizer_block["pad_id"],
         )
         tokenized = kept.map_batches(
-            TokenizeBatch,
-            fn_constructor_args=(data, tokenizer.to_str(), groups),
+            tokenize_batch,
+            fn_args=(data, tokenizer.to_str(), groups),
             batch_format="pyarrow",
             batch_size=None,
-            compute=ray.data.ActorPoolStrategy(size=min(cpus, kept.num_blocks())),  # one tokenizer per CPU
         )
 
         def write_group(group: pa.Table) -> pa.Table:

@@ -122,6 +122,19 @@ class TokenizeBatch:
         ).cast(TOKENIZED_SCHEMA)
 
 
+_TOKENIZERS: dict[str, TokenizeBatch] = {}
+
+
+def tokenize_batch(batch: pa.Table, config: DataConfig, tokenizer_json: str, groups: dict[str, int]) -> pa.Table:
+    """`TokenizeBatch` as a plain task function: Ray reuses its task workers, so the tokenizer is
+    built once per worker process (cached by content) without starting dedicated actors."""
+    key = hashlib.sha256((tokenizer_json + repr(sorted(groups.items())) + config.model_dump_json()).encode()).digest()
+    if key not in _TOKENIZERS:
+        _TOKENIZERS.clear()
+        _TOKENIZERS[key] = TokenizeBatch(config, tokenizer_json, groups)
+    return _TOKENIZERS[key](batch)
+
+
 class PackWriteGroup:
     """map_groups callable: one group -> its shard(s) written to storage -> one row per shard."""
 
