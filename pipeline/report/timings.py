@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from ..keys import RunKeys
 from ..storage import ObjectStore
 
-STAGES = ("data", "pretrain", "finetune", "evaluate", "report")
+STAGES = ("data", "pretrain", "finetune", "evaluate")
 
 
 def _key(run: str, stage: str) -> str:
