@@ -31,7 +31,7 @@ def build_dataset(root: str):
     return config, preprocess(config, Reporter(quiet=True))
 
 
-def ray_job(config, steps: int, workers: int, global_batch: int, micro_batch: int) -> dict:
+def ray_job(config, steps: int, workers: int, global_batch: int, micro_batch: int, strategy: str = "zero3") -> dict:
     from pipeline.config.run import RunConfig
     from pipeline.keys import RunKeys
     from pipeline.storage import open_store
@@ -40,7 +40,8 @@ def ray_job(config, steps: int, workers: int, global_batch: int, micro_batch: in
 
     raw = config.model_dump(mode="json")
     raw["train"] = {
-        "run": "bench",
+        "run": f"bench-{strategy}",
+        "strategy": strategy,
         "workers": workers,
         "global_batch": global_batch,
         "micro_batch": micro_batch,
@@ -55,7 +56,7 @@ def ray_job(config, steps: int, workers: int, global_batch: int, micro_batch: in
     pretrain(run_config, quiet=True)
     wall = time.perf_counter() - started
     store = open_store(run_config.storage.root)
-    rows = read_rows(store, RunKeys("bench").metrics)
+    rows = read_rows(store, RunKeys(f"bench-{strategy}").metrics)
     steady = rows[2:] or rows
     data = sum(r["data_wait_s"] for r in rows)
     compute = sum(r["compute_s"] for r in rows)
@@ -115,10 +116,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--global-batch", type=int, default=16)
     parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument(
+        "--strategy", default="zero3", help="the job's strategy (zero1/zero2 isolate ZeRO-3's own cost)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         config, manifest = build_dataset(f"file://{tmp}/store")
-        job = ray_job(config, args.steps, args.workers, args.global_batch, args.micro_batch)
+        job = ray_job(config, args.steps, args.workers, args.global_batch, args.micro_batch, args.strategy)
         plain = plain_loop(config, manifest, args.steps, args.global_batch, args.micro_batch)
     print(
         json.dumps(
@@ -128,7 +132,7 @@ def main() -> None:
                 "seq_len": manifest["seq_len"],
                 "global_batch": args.global_batch,
                 "steps": args.steps,
-                "ray_deepspeed_zero3": {
+                f"ray_deepspeed_{args.strategy}": {
                     "workers": args.workers,
                     **{k: job[k] for k in ("tokens_per_s", "mfu", "peak", "split")},
                 },
