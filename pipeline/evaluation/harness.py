@@ -43,21 +43,8 @@ def evaluate_checkpoint(
     num_fewshot: int | None = None,
 ) -> dict[str, Any]:
     """Score an HF-format Sora checkpoint on lm-eval tasks; returns lm-eval's results dict."""
-    task_manager = TaskManager(include_path=str(include_path)) if include_path else TaskManager()
-    results = simple_evaluate(
-        model="sora",
-        model_args={"pretrained": str(checkpoint), "dtype": "float32"},
-        tasks=tasks,
-        task_manager=task_manager,
-        batch_size=batch_size,
-        device=device,
-        limit=limit,
-        num_fewshot=num_fewshot,
-        log_samples=False,
-    )
-    if results is None:  # only non-zero ranks of a distributed lm-eval run return None
-        raise RuntimeError("lm-eval returned no results")
-    return results
+    manager = task_manager([include_path] if include_path else [], defaults=True)
+    return run_lm_eval(checkpoint, "sora", tasks, manager, batch_size, device, limit, num_fewshot)
 
 
 def task_manager(include_paths: list[str | Path], defaults: bool = True) -> TaskManager:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import yaml
-from evalgen import labelled_documents, suite_settings
+from evalgen import finetune_settings, labelled_config
 from traingen import train_config
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -15,38 +15,9 @@ from pipeline.config.run import RunConfig
 
 
 def _config(tmp_path) -> RunConfig:
-    corpus = tmp_path / "corpus" / "docs.jsonl"
-    corpus.parent.mkdir()
-    corpus.write_text("".join(json.dumps(d) + "\n" for d in labelled_documents()))
-    data = RunConfig.model_validate(
-        {
-            "storage": {"root": f"file://{tmp_path}/root"},
-            "ray": {"num_cpus": 2},
-            "data": {
-                "name": "labelled",
-                "sources": [{"kind": "jsonl", "uri": str(corpus), "label_field": "topic"}],
-                "seq_len": 32,
-                "tokenizer": {"vocab_size": 400, "sample_bytes": 1 << 20},
-                "split": {"val_fraction": 0.1, "heldout_fraction": 0.4},
-                "filters": {"max_doc_bytes": 20000, "min_chars": 8},
-                "shard_bytes": 1 << 16,
-            },
-        }
-    )
+    data = labelled_config(tmp_path, root=f"file://{tmp_path}/root")
     raw = train_config(data, "e2e", max_steps=8).model_dump(mode="json")
-    raw["eval"] = {"suites": suite_settings(), "batch_size": 16}
-    raw["finetune"] = {
-        "global_batch": 8,
-        "micro_batch": 2,
-        "max_length": 48,
-        "max_steps": 6,
-        "eval_interval": 3,
-        "eval_batches": 1,
-        "checkpoint_interval": 6,
-        "warmup_steps": 2,
-        "lr": 3e-3,
-        "min_lr": 3e-4,
-    }
+    raw["finetune"] = finetune_settings(max_steps=6, eval_interval=3, checkpoint_interval=6)
     return RunConfig.model_validate(raw)
 
 

@@ -5,6 +5,7 @@ import random
 import torch
 
 from pipeline.config.evaluate import EvalConfig
+from pipeline.config.run import RunConfig
 
 CLASSES = ["alpha", "beta", "gamma", "delta"]
 DOCS_PER_CLASS = 60
@@ -130,3 +131,46 @@ def publish_in_process(root: str, docs: list[dict], config) -> dict:
     publish(store, manifest, None, lease)
     lease.release()
     return manifest
+
+
+def labelled_config(base, root: str | None = None) -> RunConfig:
+    """Write the labelled corpus under `base` and return a run config (data + eval sections) on it."""
+    import json
+
+    corpus = base / "corpus" / "docs.jsonl"
+    corpus.parent.mkdir(parents=True, exist_ok=True)
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in labelled_documents()))
+    return RunConfig.model_validate(
+        {
+            "storage": {"root": root or str(base / "store")},
+            "ray": {"num_cpus": 2},
+            "data": {
+                "name": "labelled",
+                "sources": [{"kind": "jsonl", "uri": str(corpus), "label_field": "topic"}],
+                "seq_len": 32,
+                "tokenizer": {"vocab_size": 400, "sample_bytes": 1 << 20},
+                "split": {"val_fraction": 0.1, "heldout_fraction": 0.4},
+                "filters": {"max_doc_bytes": 20000, "min_chars": 8},
+                "dedup": {"near": False},
+                "shard_bytes": 1 << 16,
+            },
+            "eval": {"suites": suite_settings(), "batch_size": 16},
+        }
+    )
+
+
+def finetune_settings(**overrides) -> dict:
+    """A fine-tune section sized for the labelled corpus and the test model (seconds per run)."""
+    return {
+        "global_batch": 8,
+        "micro_batch": 2,
+        "max_length": 48,
+        "max_steps": 8,
+        "eval_interval": 4,
+        "eval_batches": 1,
+        "checkpoint_interval": 4,
+        "warmup_steps": 2,
+        "lr": 3e-3,
+        "min_lr": 3e-4,
+        **overrides,
+    }
