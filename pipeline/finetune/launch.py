@@ -56,7 +56,14 @@ def finetune(config: RunConfig, quiet: bool = False, restart: bool = False) -> d
         train = ft.train_config(config.train, init, info["dataset"], info["dataset_version"])
         run_config = config.model_copy(update={"train": train})
         keys = RunKeys(train.run)
-        if finished_export(store, keys, train.max_steps):
+        suite_prefix = f"{suites['prefix']}/classify"
+        done = finished_export(store, keys, train.max_steps)
+        if done and done.get("suite_prefix", suite_prefix) != suite_prefix:
+            raise UserError(
+                f"fine-tune run {train.run!r} was trained on {store.uri(done['suite_prefix'])}, but eval.suites now "
+                f"builds {store.uri(suite_prefix)}: set finetune.from_run / train.run to start new runs"
+            )
+        if done:
             outcome[init] = {"export": store.uri(keys.export), "skipped": True}
             continue
         task = FinetuneTask(
@@ -64,7 +71,7 @@ def finetune(config: RunConfig, quiet: bool = False, restart: bool = False) -> d
             init=init,
             init_from=export_key if init == "pretrained" else None,
             classes=classes,
-            suite_prefix=f"{suites['prefix']}/classify",
+            suite_prefix=suite_prefix,
             max_length=ft.max_length,
             patience=ft.patience,
             seed=ft.seed,

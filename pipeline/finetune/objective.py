@@ -137,5 +137,6 @@ class Classification:
         if self.task.method == "lora":
             model = model.merge_and_unload()
         info = {**info, "task": "classify", "method": self.task.method, "init": self.task.init}
+        info["suite_prefix"] = self.task.suite_prefix  # which suite build it learned from
         info["init_from"] = store.uri(self.task.init_from) if self.task.init_from else None
         return upload_hf_model(store, store, run, model, manifest, info)
