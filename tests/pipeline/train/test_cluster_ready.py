@@ -78,8 +78,8 @@ def test_validation_split_gives_every_rank_the_same_number_of_batches():
         def __len__(self):
             return 13  # not a multiple of dp_size x micro_batch
 
-        def get(self, ids):
-            return np.tile(np.arange(5), (len(ids), 1)), np.full(len(ids), 5)
+        def batch(self, ids):
+            return to_tensors(np.tile(np.arange(5), (len(ids), 1)), np.full(len(ids), 5))
 
     per_rank = [validation_batches(Blocks(), 4, 8, 2, rank, 3) for rank in range(3)]
     assert [len(b) for b in per_rank] == [2, 2, 2]
