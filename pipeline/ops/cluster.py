@@ -87,8 +87,19 @@ def job_client(url: str):
     # The SDK logs every package upload and websocket close at INFO; sora prints what matters.
     for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk", "ray._private.runtime_env"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    _forget_cached_token()
     with api_errors(url):
         return JobSubmissionClient(url, headers=_headers())
+
+
+def _forget_cached_token() -> None:
+    """Ray's SDK adds the token its process-wide loader cached at first use whenever we send none;
+    reset it so a rotated or removed token (environment, token file) is what the next call uses."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader
+    except ImportError:  # Ray without token authentication
+        return
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 @dataclass(frozen=True)
