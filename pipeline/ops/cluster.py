@@ -62,7 +62,10 @@ def api_errors(address: str) -> Iterator[None]:
         yield
     except AuthenticationError as error:
         text = str(error)
-        if "Authentication required" in text or "Missing authentication token" in text:
+        # The server says the token is missing, or Ray's own loader (auth mode on in this process)
+        # found none to send: either way the user has to supply one.
+        missing = ("Authentication required", "Missing authentication token", "couldn't find an authentication token")
+        if any(marker in text for marker in missing):
             raise UserError(
                 f"the Ray cluster at {address} requires a token (token authentication is on): set RAY_AUTH_TOKEN "
                 "or RAY_AUTH_TOKEN_PATH to the cluster's token"
