@@ -61,12 +61,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _spawn_ranks(norm: str, out: Path) -> None:
+    """Run the ranks; one retry, on a fresh port, only when a rank was killed by a signal.
+
+    One CI run saw a rank abort in native code ("terminate called without an active exception",
+    SIGABRT, 4 s in, during the first all-gather) that did not reproduce in 32 local runs, some
+    under load. A Python error in our code raises ProcessRaisedException and is never retried.
+    """
+    for attempt in range(2):
+        try:
+            mp.start_processes(_build_rank, args=(_free_port(), norm, str(out)), nprocs=WORLD, start_method="spawn")
+            return
+        except mp.ProcessExitedException as crash:
+            if crash.signal_name is None or attempt == 1:
+                raise
+            print(f"rank {crash.error_index} killed by {crash.signal_name}; retrying once on a fresh port")
+
+
 @pytest.mark.distributed
 @pytest.mark.parametrize("norm", ["adn"])  # ADN has every init kind: normal, scaled, ones, zeros
 def test_zero3_build_holds_one_share_per_rank_and_matches_plain_init(tmp_path, monkeypatch, norm):
     # Spawned ranks import this module by name (they inherit sys.path): put the repository root on it.
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[3]))
-    mp.start_processes(_build_rank, args=(_free_port(), norm, str(tmp_path)), nprocs=WORLD, start_method="spawn")
+    _spawn_ranks(norm, tmp_path)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
     config = _model_config(norm)
