@@ -25,10 +25,14 @@ import pyarrow.compute as pc
 from datasketch import MinHashLSH
 
 from ..config.data import DedupConfig
+from .minhash import LEGACY_SCHEME, SCHEME
 
 EXACT_BAND = 255  # key prefix of exact-hash rows (band indices are < 255)
 EDGE_SCHEMA = pa.schema([("u", pa.int64()), ("v", pa.int64()), ("exact", pa.bool_()), ("jaccard", pa.float32())])
-INDEX_SCHEMA = pa.schema([("hash", pa.binary(16)), ("minhash", pa.list_(pa.uint32())), ("doc_key", pa.string())])
+INDEX_SCHEMA = pa.schema(
+    [("hash", pa.binary(16)), ("minhash", pa.list_(pa.uint32())), ("doc_key", pa.string())],
+    metadata={"minhash_scheme": SCHEME},  # signatures of another scheme cannot be compared
+)
 
 
 @lru_cache(maxsize=8)
@@ -178,6 +182,9 @@ def load_index(data: bytes, first_order: int, config: DedupConfig) -> pa.Table:
     """A persisted index file -> (order, hash, minhash, doc_key) rows with negative orders from
     `first_order` down (documents of earlier versions come before every new document)."""
     table = pa.ipc.open_file(io.BytesIO(data)).read_all()
+    scheme = (table.schema.metadata or {}).get(b"minhash_scheme", LEGACY_SCHEME.encode()).decode()
+    if config.near and scheme != SCHEME:  # `stage.check_dedup_scheme` refuses such parents up front
+        raise ValueError(f"dedup index signatures use MinHash scheme {scheme!r}, not {SCHEME!r}")
     n = table.num_rows
     doc_key = table["doc_key"] if "doc_key" in table.column_names else pa.nulls(n, pa.string())
     columns = {

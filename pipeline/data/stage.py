@@ -27,6 +27,7 @@ from ..storage import open_store
 from ..storage.lease import acquire_lease
 from .dedup_stage import deduplicate, write_index
 from .manifest import SCHEMA_VERSION, dataset_prefix, next_version, publish, read_latest
+from .minhash import LEGACY_SCHEME, SCHEME
 from .quarantine import check_error_rates, write_rejects
 from .read_stage import kept_split_bytes, read_records, tokenizer_sample
 from .sources import fingerprint, list_all_units
@@ -70,6 +71,7 @@ def _refresh(config, store, units, given, heartbeat, reporter) -> dict[str, Any]
             f"dataset {data.name!r} v{parent['version']} was built with different processing settings "
             f"({', '.join(_COMPATIBILITY_FIELDS)}); use a new dataset name to rebuild"
         )
+    check_dedup_scheme(parent, data)
     known = {fingerprint(s) for s in parent["sources"]} if parent else set()
     new_units = [u for u in units if fingerprint(u) not in known]
     if not new_units:
@@ -85,6 +87,21 @@ def _refresh(config, store, units, given, heartbeat, reporter) -> dict[str, Any]
     publish(store, manifest, parent_etag, heartbeat)
     reporter.finish(manifest)
     return manifest
+
+
+def check_dedup_scheme(parent: dict | None, data) -> None:
+    """A refresh compares new documents with the parent's stored MinHash signatures, so they must
+    come from this code's scheme. They cannot be recomputed: the index keeps no text, and the
+    published sources may have changed or gone (re-reading them all would also make a refresh
+    O(corpus)). So a parent of another scheme is one clear error, before any work."""
+    if parent is None or not data.dedup.near or not parent.get("dedup_index"):
+        return
+    scheme = parent.get("dedup_scheme", LEGACY_SCHEME)  # manifests before schemes were recorded
+    if scheme != SCHEME:
+        raise UserError(
+            f"dataset {data.name!r} v{parent['version']} was deduplicated with MinHash scheme {scheme!r}, "
+            f"this version computes {SCHEME!r} (signatures are not comparable); use a new dataset name to rebuild"
+        )
 
 
 def _build(config, store, units, new_units, parent, given, run_id, config_sha, reporter) -> dict[str, Any]:
@@ -237,6 +254,7 @@ def _manifest(config, store, units, parent, run_id, config_sha, tokenizer_block,
         "shards": {split: old.get(split, []) + entries[split] for split in SPLITS},
         "stats": {"run": run_stats, "total": totals},
         "dedup_index": (parent or {}).get("dedup_index", []) + index_keys,
+        "dedup_scheme": SCHEME,
         "config_sha256": config_sha,
         "config": config.data.model_dump(mode="json"),
         "run_id": run_id,

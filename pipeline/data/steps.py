@@ -3,8 +3,8 @@
 Each step is `step(table: pa.Table, config) -> pa.Table`, kept apart from the executor (the read
 tasks run them on the records of one read piece; tests call them directly). Rejected rows
 (`reject` set) pass through untouched so they can be quarantined later. Work is done per batch:
-Arrow compute for lengths and CRLF, one pass over each text for its content hash and MinHash
-shingles, and numpy over all shingles of the batch for the MinHash permutations.
+Arrow compute for lengths and CRLF, one pass over each text for its content hash, and numpy over
+the word bytes of the whole batch for MinHash shingle hashes and permutations (`minhash.py`).
 """
 
 from __future__ import annotations
@@ -63,29 +63,12 @@ def content_hash(text: str) -> bytes:
 
 
 def shingles(text: str, size: int) -> list[bytes]:
-    """Word n-gram shingles of the lower-cased text (the reference definition; see `shingle_spans`)."""
+    """Word n-gram shingles of the lower-cased text: the one-document reference definition of what
+    `minhash.batch_signatures` hashes (as byte spans of a whole batch)."""
     words = _WORD.findall(text.lower())
     if len(words) <= size:
         return [" ".join(words).encode()]
     return [" ".join(words[i : i + size]).encode() for i in range(len(words) - size + 1)]
-
-
-def shingle_spans(text: str, size: int) -> tuple[bytes, np.ndarray, np.ndarray]:
-    """The same shingles as `shingles`, as (joined words, start, end) byte spans: one join per text
-    instead of one per shingle."""
-    words = _WORD.findall(text.lower())
-    joined = " ".join(words)
-    data = joined.encode()
-    if len(words) <= size:
-        return data, np.zeros(1, np.int64), np.array([len(data)], np.int64)
-    if len(data) == len(joined):  # ASCII: characters are bytes
-        lengths = np.fromiter(map(len, words), np.int64, len(words))
-    else:
-        lengths = np.fromiter((len(w.encode()) for w in words), np.int64, len(words))
-    starts = np.zeros(len(words), np.int64)
-    np.cumsum(lengths[:-1] + 1, out=starts[1:])
-    ends = starts + lengths
-    return data, starts[: len(words) - size + 1], ends[size - 1 :]
 
 
 def fingerprint_docs(table: pa.Table, config: DataConfig) -> pa.Table:
@@ -94,23 +77,21 @@ def fingerprint_docs(table: pa.Table, config: DataConfig) -> pa.Table:
     texts = table["text"].to_pylist()
     hashes: list[bytes | None] = [None] * len(texts)
     n_bytes = np.zeros(len(texts), np.int64)
-    spans = []
     for i in np.flatnonzero(live):
         encoded = texts[i].encode("utf-8", "surrogatepass")
         hashes[i] = hashlib.sha256(encoded).digest()[:16]
         n_bytes[i] = len(encoded)
-        if config.dedup.near:
-            spans.append(shingle_spans(texts[i], config.dedup.shingle))
     table = table.append_column("hash", pa.array(hashes, pa.binary(16)))
     table = table.append_column("n_bytes", pa.array(n_bytes))
-    return table.append_column("minhash", _minhash_column(spans, live, config.dedup))
+    live_texts = [texts[i] for i in np.flatnonzero(live)] if config.dedup.near else []
+    return table.append_column("minhash", _minhash_column(live_texts, live, config.dedup))
 
 
-def _minhash_column(spans, live: np.ndarray, dedup: DedupConfig) -> pa.Array:
+def _minhash_column(live_texts: list[str], live: np.ndarray, dedup: DedupConfig) -> pa.Array:
     list_type = pa.list_(pa.uint32(), dedup.num_perm)
     if not dedup.near or not live.any():
         return pa.nulls(len(live), list_type)
-    signatures = batch_signatures(spans, dedup.num_perm)  # (live docs, num_perm) uint32
+    signatures = batch_signatures(live_texts, dedup.num_perm, dedup.shingle)  # (live docs, num_perm) uint32
     full = np.zeros((len(live), dedup.num_perm), np.uint32)
     full[live] = signatures
     values = pa.array(full.reshape(-1))
@@ -119,7 +100,7 @@ def _minhash_column(spans, live: np.ndarray, dedup: DedupConfig) -> pa.Array:
 
 def signature(text: str, num_perm: int, shingle: int) -> np.ndarray:
     """MinHash signature (uint32 x num_perm) of one document's word shingles."""
-    return batch_signatures([shingle_spans(text, shingle)], num_perm)[0]
+    return batch_signatures([text], num_perm, shingle)[0]
 
 
 def clean(table: pa.Table, config: DataConfig) -> pa.Table:
