@@ -15,9 +15,12 @@ fine-tuned `SoraForSequenceClassification`. `run_lm_eval` is what the evaluation
 
 from __future__ import annotations
 
+import subprocess
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+import lm_eval.evaluator
 from lm_eval import simple_evaluate
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
@@ -26,6 +29,34 @@ from lm_eval.tasks import TaskManager
 import sora  # noqa: F401  (registers SoraConfig / SoraForCausalLM with the Auto classes)
 
 from . import classifier_lm  # noqa: F401  (registers the lm-eval model `sora-classifier`)
+
+
+@cache
+def sora_revision() -> str:
+    """The commit of the Sora source that evaluates (or its package version outside a checkout).
+
+    lm-eval records `git describe` of the working directory as `git_hash`, which is not the code
+    that ran when a user evaluates from their own directory, and prints git's "fatal: not a git
+    repository" there; the results record this revision instead.
+    """
+    source = Path(__file__).resolve().parent
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=source, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        done = None
+    if done is not None and done.returncode == 0 and done.stdout.strip():
+        return done.stdout.strip()
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"sora-pipeline {version('sora-pipeline')}"
+    except PackageNotFoundError:
+        return "unknown"
+
+
+lm_eval.evaluator.get_git_commit_hash = sora_revision
 
 
 @register_model("sora")
