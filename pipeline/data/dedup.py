@@ -22,7 +22,6 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasketch import MinHashLSH
 
 from ..config.data import DedupConfig
 from .minhash import LEGACY_SCHEME, SCHEME
@@ -37,15 +36,17 @@ INDEX_SCHEMA = pa.schema(
 
 @lru_cache(maxsize=8)
 def bands(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(b, r): datasketch's optimal LSH layout for the threshold."""
+    """(b, r): datasketch's optimal LSH layout for the threshold (on the driver: it imports scipy)."""
+    from datasketch import MinHashLSH
+
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     return lsh.b, lsh.r
 
 
-def key_rows(table: pa.Table, config: DedupConfig) -> pa.Table:
-    """map_batches: (order, hash, minhash) -> one row per (document, key)."""
+def key_rows(table: pa.Table, config: DedupConfig, layout: tuple[int, int]) -> pa.Table:
+    """map_batches: (order, hash, minhash) -> one row per (document, key); `layout` is `bands(...)`."""
     n = table.num_rows
-    _, r = bands(config.threshold, config.num_perm)
+    b, r = layout
     width = 1 + 4 * r
     hashes = np.frombuffer(table["hash"].combine_chunks().buffers()[1], np.uint8, n * 16).reshape(n, 16)
     keys = [np.hstack([np.full((n, 1), EXACT_BAND, np.uint8), hashes, np.zeros((n, width - 17), np.uint8)])]
@@ -53,7 +54,6 @@ def key_rows(table: pa.Table, config: DedupConfig) -> pa.Table:
     signatures = None
     if config.near:
         signatures = _signatures(table["minhash"], config.num_perm)
-        b, r = bands(config.threshold, config.num_perm)
         for band in range(b):
             chunk = np.ascontiguousarray(signatures[:, band * r : (band + 1) * r]).view(np.uint8).reshape(n, 4 * r)
             keys.append(np.hstack([np.full((n, 1), band, np.uint8), chunk]))

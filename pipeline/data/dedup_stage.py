@@ -25,8 +25,8 @@ def _prints(batch: pa.Table, near: bool) -> pa.Table:
     return batch.filter(pc.is_null(batch["reject"])).select(columns)
 
 
-def _bucketed(batch: pa.Table, config: DedupConfig, buckets: int) -> pa.Table:
-    rows = key_rows(batch, config)
+def _bucketed(batch: pa.Table, config: DedupConfig, layout: tuple[int, int], buckets: int) -> pa.Table:
+    rows = key_rows(batch, config, layout)
     width = rows.schema.field("key").type.byte_width
     keys = np.frombuffer(rows["key"].combine_chunks().buffers()[1], np.uint8, rows.num_rows * width)
     keys = keys.reshape(-1, width)
@@ -58,11 +58,11 @@ def deduplicate(records, store, settings, parent: dict | None, config: DedupConf
         ).map_batches(_load_old, fn_args=(store.root_uri, settings, config), batch_format="pyarrow", batch_size=1)
         prints = prints.union(old)
     prints = prints.materialize()
-    b, _ = bands(config.threshold, config.num_perm)
-    rows = prints.count() * (1 + (b if config.near else 0))
+    layout = bands(config.threshold, config.num_perm)
+    rows = prints.count() * (1 + (layout[0] if config.near else 0))
     buckets = max(8, rows // 65536)
     edges = (
-        prints.map_batches(_bucketed, fn_args=(config, buckets), batch_format="pyarrow", batch_size=None)
+        prints.map_batches(_bucketed, fn_args=(config, layout, buckets), batch_format="pyarrow", batch_size=None)
         .groupby("bucket", num_partitions=max(1, min(buckets, prints.num_blocks())))
         .map_groups(lambda group: find_edges(group, config), batch_format="pyarrow")
     )

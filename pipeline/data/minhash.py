@@ -9,7 +9,8 @@ not comparable):
   `fmix64(sum_j word_hash_j * Q^j mod 2^64)` (`fmix64`: murmur3's 64-bit finalizer). Both sums
   are differences of two entries of one prefix-sum array (over the batch's bytes, then over its
   words), so there is no Python loop per word or per shingle;
-- permutations: `h * a + b mod 2^32` with datasketch's `affine32` parameters (`seed=1`); the
+- permutations: `h * a + b mod 2^32` with the parameters of datasketch's `affine32` scheme
+  (`seed=1`), drawn here the same way (importing datasketch costs each Ray worker scipy); the
   signature is the minimum per permutation over the document's shingles.
 `LEGACY_SCHEME` (SHA-1 per shingle, datasketch-identical) is what dedup indexes without a
 recorded scheme were built with.
@@ -24,7 +25,6 @@ import re
 from functools import lru_cache
 
 import numpy as np
-from datasketch import MinHash
 
 SCHEME = "minhash-poly64-affine32-v2"
 LEGACY_SCHEME = "minhash-sha1-affine32-v1"
@@ -44,8 +44,10 @@ _WORD_BYTE = np.array([chr(c).isalnum() or c == 95 or c >= 128 for c in range(25
 
 @lru_cache(maxsize=8)
 def permutations(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
-    a, b = MinHash(num_perm=num_perm, seed=1, scheme="affine32").permutations
-    return a.astype(np.uint32), b.astype(np.uint32)
+    generator = np.random.RandomState(1)  # datasketch MinHash(seed=1, scheme="affine32")
+    a = generator.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = generator.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
 
 
 @lru_cache(maxsize=8)

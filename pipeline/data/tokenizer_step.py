@@ -11,8 +11,6 @@ import hashlib
 
 from tokenizers import Tokenizer
 
-from sora.tokenizer import EOS_TOKEN, PAD_TOKEN, load_tokenizer, train_bpe
-
 from ..config.data import DataConfig
 from ..errors import UserError
 from ..storage import ObjectStore
@@ -32,6 +30,8 @@ def given_tokenizer(config: DataConfig) -> tuple[Tokenizer, int, int] | None:
     """The configured tokenizer with its EOS and PAD ids (PAD falls back to EOS)."""
     if not config.tokenizer.path:
         return None
+    from sora.tokenizer import load_tokenizer  # see train_tokenizer
+
     try:
         fast = load_tokenizer(config.tokenizer.path)
     except (FileNotFoundError, OSError) as error:
@@ -43,6 +43,10 @@ def given_tokenizer(config: DataConfig) -> tuple[Tokenizer, int, int] | None:
 
 
 def train_tokenizer(config: DataConfig, texts_by_hash: list[tuple[bytes, str]]) -> tuple[Tokenizer, int, int]:
+    # Imported here: `sora` loads torch and transformers (seconds), and Ray workers import this
+    # module whenever they unpickle a function of `stage.py`, though they never train.
+    from sora.tokenizer import EOS_TOKEN, PAD_TOKEN, train_bpe
+
     tokenizer = train_bpe(sample_texts(texts_by_hash, config.tokenizer.sample_bytes), config.tokenizer.vocab_size)
     return tokenizer, tokenizer.token_to_id(EOS_TOKEN), tokenizer.token_to_id(PAD_TOKEN)
 

@@ -105,3 +105,22 @@ def test_index_of_another_scheme_is_refused_up_front():
     old = to_ipc_bytes(pa.table(row, schema=INDEX_SCHEMA.remove_metadata()))
     with pytest.raises(ValueError, match="minhash-sha1-affine32-v1"):
         load_index(old, -1, config)
+
+
+def test_permutations_are_datasketchs():
+    from datasketch import MinHash
+
+    for num_perm in (16, 128):
+        a, b = MinHash(num_perm=num_perm, seed=1, scheme="affine32").permutations
+        ours = minhash.permutations(num_perm)
+        assert (ours[0] == a).all() and (ours[1] == b).all() and ours[0].dtype == np.uint32
+
+
+def test_stage_modules_do_not_import_torch_or_scipy():
+    """Ray workers import these whenever they unpickle a stage function: seconds each if they did."""
+    import subprocess
+    import sys
+
+    modules = "pipeline.data.stage, pipeline.data.plan, pipeline.data.dedup_stage, pipeline.data.tokenize_pack"
+    code = f"import sys, {modules}; print(sorted({{'torch', 'transformers', 'scipy', 'sora'}} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
