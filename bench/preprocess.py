@@ -81,6 +81,9 @@ class PeakRSS:
 
 
 def run_stage(root: str, sources: list[dict], name: str, quiet: bool = True):
+    # Driver-side imports stay outside the timed region: the stage imports `sora` (torch) only
+    # when it trains the tokenizer, so that Ray workers do not pay for it.
+    import sora.tokenizer  # noqa: F401
     from pipeline.config.run import RunConfig
     from pipeline.data.stage import preprocess
     from pipeline.data.summary import Reporter
