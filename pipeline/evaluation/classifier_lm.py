@@ -41,7 +41,10 @@ class SoraClassifierLM(LM):
         self.tokenizer = AutoTokenizer.from_pretrained(pretrained)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 16
         self.label_id = {name: int(i) for i, name in self.model.config.id2label.items()}
-        self.max_length = int(self.model.config.max_position_embeddings)
+        # Truncate where fine-tuning did: a last-token classifier shown longer inputs than it trained on
+        # pools a position it never learned from (exports before this attribute: the model's limit).
+        config = self.model.config
+        self.max_length = int(getattr(config, "classifier_max_length", None) or config.max_position_embeddings)
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else self.model.config.pad_token_id or 0)
 

@@ -45,6 +45,9 @@ class Classification:
         config.id2label = dict(enumerate(self.task.classes))
         config.label2id = {name: i for i, name in enumerate(self.task.classes)}
         config.use_cache = False
+        # The classifier pools the last real token, so it must be evaluated on inputs cut where
+        # training cut them; saved in config.json for `sora-classifier` (and any HF user).
+        config.classifier_max_length = self.task.max_length
         return config
 
     def build_model(self, model_config: SoraConfig, ds_config: dict[str, Any]) -> tuple[torch.nn.Module, Any]:

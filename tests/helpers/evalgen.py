@@ -54,7 +54,7 @@ def eval_config(**suite_overrides) -> EvalConfig:
     return EvalConfig.model_validate({"suites": suite_settings(**suite_overrides), "batch_size": 16})
 
 
-def export_tiny(directory, manifest, store, head: str = "causal_lm", classes=None):
+def export_tiny(directory, manifest, store, head: str = "causal_lm", classes=None, **config_fields):
     """A random-init tiny Sora model + the dataset's tokenizer, saved in HF format."""
     from pipeline.data.tokenizer_step import load_stored_tokenizer
     from pipeline.train.export import hf_tokenizer
@@ -63,6 +63,7 @@ def export_tiny(directory, manifest, store, head: str = "causal_lm", classes=Non
     block = manifest["tokenizer"]
     torch.manual_seed(0)
     overrides = dict(vocab_size=block["vocab_size"], eos_token_id=block["eos_id"], pad_token_id=block["pad_id"])
+    overrides |= config_fields
     if head == "classifier":
         overrides |= dict(num_labels=len(classes), id2label=dict(enumerate(classes)))
         overrides["label2id"] = {c: i for i, c in enumerate(classes)}

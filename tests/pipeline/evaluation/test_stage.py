@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from evalgen import export_tiny
 
 from pipeline.errors import UserError
@@ -96,6 +97,23 @@ def test_lm_and_classifier_through_lm_eval(small_dataset, tmp_path):
     assert rows["sora_heldout_ppl", "bits_per_byte"]["chance"] is None
     assert {metric for _, metric in rows} == {"acc", "acc_norm", "word_perplexity", "byte_perplexity", "bits_per_byte"}
     assert rows[USER_TASK, "acc"]["scores"]["pretrained"]["value"] == scores[USER_TASK]["acc,none"]
+
+
+def test_classifier_sees_inputs_cut_where_fine_tuning_cut_them(small_dataset, tmp_path):
+    # A last-token classifier trained on 8-token inputs must be scored on the same 8 tokens: the
+    # position it pools is the 8th, not wherever a longer snippet ends.
+    from pipeline.evaluation.classifier_lm import SoraClassifierLM
+
+    _, store, manifest, _ = small_dataset
+    directory = export_tiny(tmp_path / "clf", manifest, store, "classifier", ["a", "b"], classifier_max_length=8)
+    lm = SoraClassifierLM(str(directory))
+    text = "def handler(request):\n    return request.headers.get('x') or default_value(request)\n"
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert lm.max_length == 8 < len(ids)
+    cut = lm.tokenizer.decode(ids[:8])
+    assert lm.tokenizer(cut, add_special_tokens=False)["input_ids"] == ids[:8]
+    scores = lm._log_probs([text, cut])
+    assert torch.equal(scores[text], scores[cut])
 
 
 def test_unknown_task_and_missing_checkpoint(small_dataset, tmp_path):
