@@ -23,3 +23,17 @@ def test_unknown_preset_is_a_clear_error(capsys):
     assert main(["info", "13b"]) == 2
     err = capsys.readouterr().err
     assert "unknown model preset '13b'" in err and "Traceback" not in err
+
+
+def test_transfer_config_is_the_default_with_longer_pretraining():
+    # The README's "what pretraining buys" rows compare these two configs: only the pretraining
+    # length (and the run name, so the runs stay apart) may differ.
+    from pipeline.config.loader import load_config
+
+    default, transfer = load_config("default.yaml").model_dump(), load_config("transfer.yaml").model_dump()
+    assert (default["train"]["max_steps"], transfer["train"]["max_steps"]) == (200, 1000)
+    assert transfer["train"]["run"] != default["train"]["run"]
+    for config in (default, transfer):
+        for key in ("run", "max_steps", "eval_interval", "checkpoint_interval"):
+            config["train"].pop(key)
+    assert transfer == default
