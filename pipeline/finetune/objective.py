@@ -11,6 +11,7 @@ merges the adapters, so every export is a plain HF `SoraForSequenceClassificatio
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +88,22 @@ class Classification:
         return get_peft_model(model, config)
 
     def _pretrained_directory(self) -> Path:
-        """The pretrained export, downloaded once per node (verified against its listing sizes)."""
-        target = self.node_dir / "init-pretrained"
-        with node_lock(self.node_dir / "init-pretrained.lock"):
+        """The pretrained export, downloaded once per node (sizes verified) into a folder named by
+        what it holds: the export's URI, every file's size and its `sora_export.json` (run, step,
+        val loss). Another store, or a re-export under the same run name (`--restart`), gets a
+        folder of its own instead of a stale copy."""
+        prefix = self.task.init_from
+        sizes = {key: self.store.size(key) for key in sorted(self.store.list(prefix))}
+        fingerprint = hashlib.sha256(self.store.uri(prefix).encode())
+        for key, size in sizes.items():
+            fingerprint.update(f"{key}\0{size}\0".encode())
+        fingerprint.update(self.store.read(f"{prefix}/sora_export.json"))
+        target = self.node_dir / f"init-pretrained-{fingerprint.hexdigest()[:16]}"
+        with node_lock(target.with_name(target.name + ".lock")):
             done = target / ".complete"
             if not done.exists():
-                for key in self.store.list(self.task.init_from):
-                    name = key.rsplit("/", 1)[-1]
-                    self.store.download_file(key, target / name, None, None)
+                for key, size in sizes.items():
+                    self.store.download_file(key, target / key.rsplit("/", 1)[-1], None, size)
                 done.touch()
         return target
 
