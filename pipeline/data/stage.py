@@ -71,12 +71,14 @@ def _refresh(config, store, units, given, heartbeat, reporter) -> dict[str, Any]
             f"dataset {data.name!r} v{parent['version']} was built with different processing settings "
             f"({', '.join(_COMPATIBILITY_FIELDS)}); use a new dataset name to rebuild"
         )
-    check_dedup_scheme(parent, data)
     known = {fingerprint(s) for s in parent["sources"]} if parent else set()
     new_units = [u for u in units if fingerprint(u) not in known]
     if not new_units:
         reporter.say(f"dataset {data.name!r}: no new or changed sources; v{parent['version']} is current")
         return parent
+    # Only new documents are compared with the parent's signatures: an unchanged dataset of an
+    # older scheme stays usable (a rerun of `sora run` after an upgrade is still a no-op).
+    check_dedup_scheme(parent, data)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     reporter.start(
         f"dataset {data.name!r}: {len(new_units)} new/changed source files "

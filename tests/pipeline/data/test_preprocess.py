@@ -1,11 +1,14 @@
 """Data stage end to end on a generated corpus: shards on file:// and s3://, dedup, packing, split,
 refresh. (Determinism across runs and block counts: test_scale.py.)"""
 
+import json
+
 import boto3
 import numpy as np
 import pytest
 from datagen import EXACT_DUPLICATES, N_UNIQUE, NEAR_DUPLICATES, data_config, make_documents, write_jsonl
 
+from pipeline.data import minhash
 from pipeline.data.manifest import read_latest, read_version
 from pipeline.data.shards import CorruptShardError, read_shard
 from pipeline.data.stage import preprocess
@@ -13,6 +16,7 @@ from pipeline.data.steps import content_hash
 from pipeline.data.summary import Reporter
 from pipeline.data.tokenize_pack import assign_split
 from pipeline.data.tokenizer_step import load_stored_tokenizer
+from pipeline.errors import UserError
 from pipeline.storage import open_store
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -91,6 +95,22 @@ def test_packing_keeps_every_token_once_and_split_is_by_content(tmp_path, corpus
     heldout = [read_shard(store, e) for e in manifest["shards"]["heldout"]]
     texts = [t for table in heldout for t in table.column("text").to_pylist()]
     assert texts and all(assign_split(content_hash(t), config.data) == "heldout" for t in texts)
+
+
+def test_dataset_of_an_older_minhash_scheme_stays_current_and_refuses_only_new_documents(tmp_path, corpus):
+    config = data_config(f"file://{tmp_path}/root", str(corpus["dir"]))
+    v1 = run(config)
+    store = open_store(config.storage.root)
+    key = "datasets/test/manifests/v000001.json"
+    legacy = json.loads(store.read(key))
+    assert legacy.pop("dedup_scheme") == minhash.SCHEME and legacy["dedup_index"]
+    store.write(key, json.dumps(legacy).encode())  # as published before schemes were recorded
+
+    assert run(config)["version"] == v1["version"]  # nothing new: no comparison, no error
+    write_jsonl(corpus["dir"] / "part-4.jsonl", make_documents(seed=7, n=5, prefix="new "))
+    with pytest.raises(UserError, match=r"v1 was deduplicated with MinHash scheme 'minhash-sha1-.*new dataset name"):
+        run(config)
+    assert store.list("datasets/test/manifests") == [key]  # nothing half-written
 
 
 def test_refresh_appends_only_new_data(tmp_path, corpus):
