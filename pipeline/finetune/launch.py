@@ -61,7 +61,8 @@ def finetune(config: RunConfig, quiet: bool = False, restart: bool = False) -> d
         if done and done.get("suite_prefix", suite_prefix) != suite_prefix:
             raise UserError(
                 f"fine-tune run {train.run!r} was trained on {store.uri(done['suite_prefix'])}, but eval.suites now "
-                f"builds {store.uri(suite_prefix)}: set finetune.from_run / train.run to start new runs"
+                f"builds {store.uri(suite_prefix)}: restore the eval.suites settings it was trained with, or "
+                f"delete {store.uri(keys.prefix)} (and its eval results) to fine-tune again on the new suite"
             )
         if done:
             outcome[init] = {"export": store.uri(keys.export), "skipped": True}
