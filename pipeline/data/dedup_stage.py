@@ -1,5 +1,5 @@
-"""Dedup executor: key rows -> shuffle by key bucket (Ray Data groupby) -> edges -> decisions,
-and the persisted per-run dedup index (one Arrow file per block of kept documents).
+"""Dedup executor: key rows -> hash-partitioned shuffle by key (Ray tasks, `blocks.py`) -> edges
+-> decisions, and the persisted per-run dedup index (one Arrow file per block of kept documents).
 
 See `dedup.py` for the rule. The driver holds the edge graph only (pairs of duplicate candidates
 that passed verification), never a row per document.
@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..config.data import DedupConfig
+from .blocks import Blocks, reduce_partitions
 from .dedup import EDGE_SCHEMA, bands, decide, find_edges, index_table, key_rows, load_index
 from .shards import to_ipc_bytes
 
@@ -25,18 +26,54 @@ def _prints(batch: pa.Table, near: bool) -> pa.Table:
     return batch.filter(pc.is_null(batch["reject"])).select(columns)
 
 
-def _bucketed(batch: pa.Table, config: DedupConfig, layout: tuple[int, int], buckets: int) -> pa.Table:
+def _key_partitions(batch: pa.Table, config: DedupConfig, layout: tuple[int, int], parts: int) -> list[pa.Table]:
+    """Shuffle map side: one block's key rows, split into `parts` tables by a hash of the key."""
     rows = key_rows(batch, config, layout)
     width = rows.schema.field("key").type.byte_width
     keys = np.frombuffer(rows["key"].combine_chunks().buffers()[1], np.uint8, rows.num_rows * width)
     keys = keys.reshape(-1, width)
     mixed = keys[:, 1:5].copy().view("<u4").reshape(-1).astype(np.int64) + keys[:, 0].astype(np.int64) * 40503
-    return rows.append_column("bucket", pa.array(mixed % buckets))
+    part = mixed % parts
+    order = np.argsort(part, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(part, minlength=parts))])
+    # `take`, not `slice`: a slice would carry (and serialize) the whole block's buffers.
+    return [rows.take(pa.array(order[bounds[p] : bounds[p + 1]])) for p in range(parts)]
 
 
-def deduplicate(records, store, settings, parent: dict | None, config: DedupConfig) -> tuple[pa.Table, None]:
-    """Removed documents: order, reason ('exact'/'near'), match_order, match_doc_key, jaccard."""
-    import ray.data
+def _edges(rows: pa.Table | None, config: DedupConfig) -> pa.Table:
+    """Shuffle reduce side: the edges among the key rows of one partition."""
+    return EDGE_SCHEMA.empty_table() if rows is None else find_edges(rows, config).cast(EDGE_SCHEMA)
+
+
+def _names(batch: pa.Table, removed: pa.Table) -> pa.Table:
+    """The documents of a block that some removed document matched: order -> name."""
+    wanted = pc.is_in(batch["order"], value_set=removed["match_order"])
+    named = batch.select(["order", "doc_key", "hash"]).filter(wanted)
+    # Index files written before doc_keys were recorded name a document by its content hash.
+    by_hash = pa.array([f"sha256:{digest.hex()}" for digest in named["hash"].to_pylist()], pa.string())
+    return pa.table({"order": named["order"], "name": pc.coalesce(named["doc_key"], by_hash)})
+
+
+def _decide(config: DedupConfig, *edges: pa.Table) -> pa.Table:
+    return decide(pa.concat_tables([EDGE_SCHEMA.empty_table(), *edges]), config)
+
+
+def _attach_names(removed: pa.Table, *names: pa.Table) -> pa.Table:
+    names = pa.concat_tables([pa.table({"order": pa.array([], pa.int64()), "name": pa.array([], pa.string())}), *names])
+    index = pc.index_in(removed["match_order"], value_set=names["order"])
+    return removed.append_column("match_doc_key", pc.take(names["name"], index))
+
+
+def _summary(removed: pa.Table) -> dict[str, int]:
+    reasons = removed["reason"].to_numpy(zero_copy_only=False)
+    return {"removed": removed.num_rows, **{r: int((reasons == r).sum()) for r in ("exact", "near")}}
+
+
+def deduplicate(records: Blocks, store, settings, parent: dict | None, config: DedupConfig, cpus: int):
+    """(reference to the removed documents' table, counts). The table (order, reason
+    ('exact'/'near'), match_order, jaccard, match_doc_key) is built and used on workers: the
+    driver gets only the counts, nothing per document."""
+    import ray
 
     empty = pa.table(
         {
@@ -48,63 +85,47 @@ def deduplicate(records, store, settings, parent: dict | None, config: DedupConf
         }
     )
     if not (config.exact or config.near):
-        return empty, None
-    prints = records.map_batches(_prints, fn_args=(config.near,), batch_format="pyarrow", batch_size=None)
+        return ray.put(empty), _summary(empty)
+    prints = records.map(_prints, config.near)
     index_keys = (parent or {}).get("dedup_index", [])
     if index_keys:
-        old = ray.data.from_items(
-            [{"key": key, "first": -(i * _OLD_FILE_SPAN) - 1} for i, key in enumerate(index_keys)],
-            override_num_blocks=len(index_keys),
-        ).map_batches(_load_old, fn_args=(store.root_uri, settings, config), batch_format="pyarrow", batch_size=1)
-        prints = prints.union(old)
-    prints = prints.materialize()
+        load = ray.remote(_load_old)
+        old = [
+            load.remote(key, -(i * _OLD_FILE_SPAN) - 1, store.root_uri, settings, config)
+            for i, key in enumerate(index_keys)
+        ]
+        prints = Blocks(prints.refs + old)
     layout = bands(config.threshold, config.num_perm)
-    rows = prints.count() * (1 + (layout[0] if config.near else 0))
-    buckets = max(8, rows // 65536)
-    edges = (
-        prints.map_batches(_bucketed, fn_args=(config, layout, buckets), batch_format="pyarrow", batch_size=None)
-        .groupby("bucket", num_partitions=max(1, min(buckets, prints.num_blocks())))
-        .map_groups(lambda group: find_edges(group, config), batch_format="pyarrow")
-    )
-    edge_tables = [b.cast(EDGE_SCHEMA) for b in edges.iter_batches(batch_format="pyarrow", batch_size=None)]
-    removed = decide(pa.concat_tables([EDGE_SCHEMA.empty_table(), *edge_tables]), config)
-    if not removed.num_rows:
-        return empty, None
-    matches = pa.array(np.unique(removed["match_order"].to_numpy()))
-    names = prints.map_batches(
-        lambda b: b.select(["order", "doc_key", "hash"]).filter(pc.is_in(b["order"], value_set=matches)),
-        batch_format="pyarrow",
-        batch_size=None,
-    ).take_all()
-    by_order = {r["order"]: r["doc_key"] or f"sha256:{r['hash'].hex()}" for r in names}
-    match_doc_key = pa.array([by_order.get(o) for o in removed["match_order"].to_pylist()], pa.string())
-    return removed.append_column("match_doc_key", match_doc_key), None
+    # Partitions: enough reduce tasks to use every core, bounded so that blocks x partitions
+    # (the number of shuffled objects) stays manageable on a large corpus.
+    parts = max(1, min(len(prints), 4 * cpus, 128))
+    edges = reduce_partitions(_edges, prints.partition(_key_partitions, parts, config, layout, parts), config)
+    # The decision is sequential in document order ("keep first"), over the edge graph only: one
+    # task holds it (a few dozen bytes per candidate pair), the driver never does.
+    removed = ray.remote(_decide).remote(config, *edges)
+    removed = ray.remote(_attach_names).remote(removed, *prints.map(_names, removed).refs)
+    return removed, ray.get(ray.remote(_summary).remote(removed))
 
 
-def _load_old(batch: pa.Table, root: str, settings, config: DedupConfig) -> pa.Table:
+def _load_old(key: str, first: int, root: str, settings, config: DedupConfig) -> pa.Table:
     from .readers import _store
 
-    store = _store(root, settings)
-    key, first = batch["key"][0].as_py(), batch["first"][0].as_py()
-    return load_index(store.read(key), first, config)
+    return load_index(_store(root, settings).read(key), first, config)
 
 
-def write_index(kept, store, settings, prefix: str, config: DedupConfig) -> list[str]:
+def write_index(kept: Blocks, store, settings, prefix: str, config: DedupConfig) -> list[str]:
     """This run's kept documents (hash, minhash, doc_key) as Arrow files, one per block; returns keys."""
-    root = store.root_uri
+    keys = kept.collect(_write_index_block, store.root_uri, settings, prefix, config)
+    return sorted(key for key in keys if key)
 
-    def write(batch: pa.Table) -> pa.Table:
-        from .readers import _store
 
-        if not batch.num_rows:
-            return pa.table({"key": pa.array([], pa.string())})
-        batch = batch.take(pc.sort_indices(batch["order"]))
-        body = to_ipc_bytes(index_table(batch, config))
-        key = f"{prefix}/part-{hashlib.sha256(body).hexdigest()[:16]}.arrow"
-        _store(root, settings).write(key, body)
-        return pa.table({"key": [key]})
+def _write_index_block(batch: pa.Table, root: str, settings, prefix: str, config: DedupConfig) -> str | None:
+    from .readers import _store
 
-    rows = kept.select_columns(["order", "hash", "minhash", "doc_key"]).map_batches(
-        write, batch_format="pyarrow", batch_size=None
-    )
-    return sorted(row["key"] for row in rows.take_all())
+    if not batch.num_rows:
+        return None
+    batch = batch.select(["order", "hash", "minhash", "doc_key"]).take(pc.sort_indices(batch["order"]))
+    body = to_ipc_bytes(index_table(batch, config))
+    key = f"{prefix}/part-{hashlib.sha256(body).hexdigest()[:16]}.arrow"
+    _store(root, settings).write(key, body)
+    return key

@@ -80,7 +80,7 @@ def _malformed():
 
 
 def reject_rows(batch: pa.Table, removed: pa.Table, uris: pa.Array) -> pa.Table:
-    """map_batches: the records of a block that are not kept, as rejects rows."""
+    """The records of a block that are not kept, as rejects rows."""
     dup_index = pc.index_in(batch["order"], value_set=removed["order"])
     keep = pc.or_(pc.is_valid(batch["reject"]), pc.is_valid(dup_index))
     batch, dup_index = batch.filter(keep), dup_index.filter(keep)
@@ -110,11 +110,11 @@ def _write(store_root: str, settings, key: str, *tables: pa.Table) -> int:
     return table.num_rows
 
 
-def write_rejects(records, removed: pa.Table, units: list[dict], store, key: str, settings=None) -> int:
-    """Write the rejects file on a worker (the driver holds only block references); returns rows."""
+def write_rejects(records, removed, units: list[dict], store, key: str, settings=None) -> int:
+    """Write the rejects file on a worker (the driver holds only block references); returns rows.
+    `records` are `blocks.Blocks`; `removed` is (a reference to) `dedup_stage.deduplicate`'s table."""
     import ray
 
     uris = pa.array([u["uri"] for u in units], pa.string())
-    rejects = records.map_batches(reject_rows, fn_args=(removed, uris), batch_format="pyarrow", batch_size=None)
-    refs = rejects.to_arrow_refs()
-    return ray.get(ray.remote(_write).remote(store.root_uri, settings, key, *refs))
+    rejects = records.map(reject_rows, removed, uris)
+    return ray.get(ray.remote(_write).remote(store.root_uri, settings, key, *rejects.refs))

@@ -1,7 +1,7 @@
 """Read stage executor and the small aggregates taken over kept documents.
 
 `read_records` runs one Ray task per planned piece (read + clean + fingerprint), then numbers the
-lines of split files and adds `doc_key`/`order` in a Ray Data map. The driver receives per-part
+lines of split files and adds `doc_key`/`order` in a task per block (`blocks.py`). The driver receives per-part
 line counts and per-file record counts, never per-document rows. `kept_split_bytes` and
 `tokenizer_sample` reduce the kept documents to per-split sums and to the tokenizer's training
 sample, whose size is bounded by `tokenizer.sample_bytes`, not by the corpus.
@@ -17,14 +17,14 @@ import pyarrow.compute as pc
 
 from ..config.data import DataConfig
 from ..storage import StorageSettings
+from .blocks import Blocks
 from .plan import Finalize, plan_pieces, read_piece
 from .tokenize_pack import SPLITS, split_codes
 
 
-def read_records(units: list[dict], data: DataConfig, settings: StorageSettings, blocks: int):
-    """(materialized records dataset, counts) for this run's units."""
+def read_records(units: list[dict], data: DataConfig, settings: StorageSettings, blocks: int) -> tuple[Blocks, dict]:
+    """(records, counts) for this run's units: one block of records per read piece."""
     import ray
-    import ray.data
 
     pieces, n_parts = plan_pieces(units, blocks, settings)
     task = ray.remote(num_returns=2)(read_piece)
@@ -67,12 +67,11 @@ def read_records(units: list[dict], data: DataConfig, settings: StorageSettings,
         "live": docs_read - sum(rejected.values()),
     }
 
-    records = (
-        ray.data.from_arrow_refs(tables)
-        .map_batches(Finalize(units, offsets), batch_format="pyarrow", batch_size=None)
-        .materialize()
-    )
-    return records, counts
+    return Blocks(tables).map(_finalize, Finalize(units, offsets)), counts
+
+
+def _finalize(table: pa.Table, finalize: Finalize) -> pa.Table:
+    return finalize(table)
 
 
 def _split_sums(batch: pa.Table, config: DataConfig) -> pa.Table:
@@ -81,12 +80,12 @@ def _split_sums(batch: pa.Table, config: DataConfig) -> pa.Table:
     return pa.table({"split": list(SPLITS), "n_bytes": sums.astype(np.int64)})
 
 
-def kept_split_bytes(kept, config: DataConfig) -> dict[str, int]:
+def kept_split_bytes(kept: Blocks, config: DataConfig) -> dict[str, int]:
     """Text bytes of kept documents per split (sizes the shard groups)."""
-    rows = kept.map_batches(_split_sums, fn_args=(config,), batch_format="pyarrow", batch_size=None).take_all()
     out = {split: 0 for split in SPLITS}
-    for row in rows:
-        out[row["split"]] += int(row["n_bytes"])
+    for table in kept.collect(_split_sums, config):
+        for split, n_bytes in zip(table["split"].to_pylist(), table["n_bytes"].to_pylist(), strict=True):
+            out[split] += int(n_bytes)
     return out
 
 
@@ -101,7 +100,7 @@ def _sample_candidates(batch: pa.Table, config: DataConfig, threshold: int) -> p
     return batch.select(["hash", "n_bytes"]).filter(pa.array(wanted))
 
 
-def tokenizer_sample(kept, train_bytes: int, config: DataConfig) -> list[tuple[bytes, str]]:
+def tokenizer_sample(kept: Blocks, train_bytes: int, config: DataConfig) -> list[tuple[bytes, str]]:
     """(hash, text) of the tokenizer's training sample: training documents in sha256(hash) order up
     to `sample_bytes`. Only documents whose key falls under a threshold reach the driver (about twice
     the sample); the threshold grows until the sample is complete."""
@@ -109,9 +108,7 @@ def tokenizer_sample(kept, train_bytes: int, config: DataConfig) -> list[tuple[b
     fraction = min(1.0, 2.0 * sample_bytes / max(1, train_bytes))
     while True:
         threshold = 2**64 if fraction >= 1 else int(fraction * 2**64)
-        rows = kept.map_batches(
-            _sample_candidates, fn_args=(config, threshold), batch_format="pyarrow", batch_size=None
-        ).take_all()
+        rows = pa.concat_tables(kept.collect(_sample_candidates, config, threshold)).to_pylist()
         rows.sort(key=lambda r: _sample_key(r["hash"]))
         chosen, total = [], 0
         for row in rows:
@@ -123,9 +120,9 @@ def tokenizer_sample(kept, train_bytes: int, config: DataConfig) -> list[tuple[b
             break
         fraction = min(1.0, fraction * 4)
     wanted = pa.array(chosen, pa.binary(16))
-    texts = kept.map_batches(
-        lambda b: b.select(["hash", "text"]).filter(pc.is_in(b["hash"], value_set=wanted)),
-        batch_format="pyarrow",
-        batch_size=None,
-    ).take_all()
-    return [(row["hash"], row["text"]) for row in texts]
+    texts = pa.concat_tables(kept.collect(_sample_texts, wanted))
+    return list(zip(texts["hash"].to_pylist(), texts["text"].to_pylist(), strict=True))
+
+
+def _sample_texts(batch: pa.Table, wanted: pa.Array) -> pa.Table:
+    return batch.select(["hash", "text"]).filter(pc.is_in(batch["hash"], value_set=wanted))

@@ -15,7 +15,6 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -25,6 +24,7 @@ from ..faults import fail_point
 from ..ray_runtime import ensure_ray
 from ..storage import open_store
 from ..storage.lease import acquire_lease
+from .blocks import reduce_partitions
 from .dedup_stage import deduplicate, write_index
 from .manifest import SCHEMA_VERSION, dataset_prefix, next_version, publish, read_latest
 from .minhash import LEGACY_SCHEME, SCHEME
@@ -32,7 +32,7 @@ from .quarantine import check_error_rates, write_rejects
 from .read_stage import kept_split_bytes, read_records, tokenizer_sample
 from .sources import fingerprint, list_all_units
 from .summary import Reporter
-from .tokenize_pack import SPLITS, PackWriteGroup, tokenize_batch
+from .tokenize_pack import SPLITS, PackWriteGroup, tokenize_partitions, write_groups
 from .tokenizer_step import given_tokenizer, load_stored_tokenizer, store_tokenizer, train_tokenizer
 
 # Fields whose change makes new shards incompatible with a published version's shards.
@@ -107,19 +107,8 @@ def check_dedup_scheme(parent: dict | None, data) -> None:
 
 
 def _build(config, store, units, new_units, parent, given, run_id, config_sha, reporter) -> dict[str, Any]:
-    from ray.data.context import DataContext, ShuffleStrategy
+    import ray
 
-    # Sort-based shuffles run as tasks on the pooled workers; the hash shuffle starts aggregator
-    # actors (a Python process each), seconds of fixed cost per groupby on a small machine.
-    context = DataContext.get_current()
-    previous, context.shuffle_strategy = context.shuffle_strategy, ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    try:
-        return _build_datasets(config, store, units, new_units, parent, given, run_id, config_sha, reporter)
-    finally:
-        context.shuffle_strategy = previous
-
-
-def _build_datasets(config, store, units, new_units, parent, given, run_id, config_sha, reporter) -> dict[str, Any]:
     data, settings = config.data, config.storage.settings()
     prefix = dataset_prefix(data.name)
     ensure_ray(config.ray)
@@ -130,13 +119,10 @@ def _build_datasets(config, store, units, new_units, parent, given, run_id, conf
     single_doc = {i for i, s in enumerate(data.sources) if s.kind in ("text", "python-stdlib")}
     check_error_rates(counts["units"], new_units, data.max_error_rate, single_doc)
 
-    removed, _ = deduplicate(records, store, settings, parent, data.dedup)
+    removed, duplicates = deduplicate(records, store, settings, parent, data.dedup, cpus)
     reporter.phase("dedup")
-    removed_orders = removed["order"].to_numpy()
-    kept = nonempty_blocks(
-        records.map_batches(_kept_rows, fn_args=(removed_orders,), batch_format="pyarrow", batch_size=None)
-    )
-    docs_kept = counts["live"] - len(removed_orders)
+    kept = records.map(_kept_rows, removed)
+    docs_kept = counts["live"] - duplicates["removed"]
     write_rejects(records, removed, new_units, store, f"{prefix}/rejects/{run_id}/rejects.arrow", settings)
     if not docs_kept and parent is None:
         raise UserError(f"dataset {data.name!r}: no documents survived filtering and dedup; nothing to publish")
@@ -164,19 +150,10 @@ def _build_datasets(config, store, units, new_units, parent, given, run_id, conf
             tokenizer_block["eos_id"],
             tokenizer_block["pad_id"],
         )
-        tokenized = kept.map_batches(
-            tokenize_batch,
-            fn_args=(data, tokenizer.to_str(), groups),
-            batch_format="pyarrow",
-            batch_size=None,
-        )
-
-        def write_group(group: pa.Table) -> pa.Table:
-            return writer(group)
-
-        partitions = max(1, min(sum(groups.values()), 4 * cpus))
-        shards = tokenized.groupby("group", num_partitions=partitions).map_groups(write_group, batch_format="pyarrow")
-        entries = sorted(shards.take_all(), key=lambda e: e["key"])
+        parts = max(1, min(sum(groups.values()), 4 * cpus))
+        partitions = kept.partition(tokenize_partitions, parts, data, tokenizer.to_str(), groups, parts)
+        shards = pa.concat_tables(ray.get(reduce_partitions(write_groups, partitions, writer)))
+        entries = sorted(shards.to_pylist(), key=lambda e: e["key"])
     reporter.phase("tokenize + pack + write")
 
     index_keys = write_index(kept, store, settings, f"{prefix}/dedup/{run_id}", data.dedup)
@@ -184,25 +161,10 @@ def _build_datasets(config, store, units, new_units, parent, given, run_id, conf
         "docs_read": counts["docs_read"],
         "docs_kept": int(docs_kept),
         "rejected": {k: int(v) for k, v in sorted(counts["rejected"].items())},
-        "duplicates": {
-            r: int(np.sum(removed["reason"].to_numpy(zero_copy_only=False) == r)) for r in ("exact", "near")
-        },
+        "duplicates": {r: duplicates[r] for r in ("exact", "near")},
         "source_bytes": int(sum(new_units[i]["size"] for i in counts["units"] if counts["units"][i]["records"])),
     }
     return _manifest(config, store, units, parent, run_id, config_sha, tokenizer_block, entries, stats, index_keys)
-
-
-def nonempty_blocks(dataset):
-    """Materialize, dropping empty blocks (a map skips them and would pass their old schema on)."""
-    import ray.data
-
-    refs = [
-        ref
-        for bundle in dataset.iter_internal_ref_bundles()
-        for ref, meta in zip(bundle.block_refs, bundle.metadata, strict=True)
-        if meta.num_rows
-    ]
-    return ray.data.from_arrow_refs(refs).materialize() if refs else dataset.materialize()
 
 
 def _cpus() -> int:
@@ -211,10 +173,10 @@ def _cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def _kept_rows(batch: pa.Table, removed_orders: np.ndarray) -> pa.Table:
+def _kept_rows(batch: pa.Table, removed: pa.Table) -> pa.Table:
     live = pc.is_null(batch["reject"])
-    if len(removed_orders):
-        live = pc.and_(live, pc.invert(pc.is_in(batch["order"], value_set=pa.array(removed_orders))))
+    if removed.num_rows:
+        live = pc.and_(live, pc.invert(pc.is_in(batch["order"], value_set=removed["order"])))
     return batch.filter(live).drop_columns(["reject", "raw"])
 
 

@@ -1,4 +1,4 @@
-"""Split, weight, tokenize, and pack+write: the Ray Data callables after deduplication."""
+"""Split, weight, tokenize, and pack+write: the block functions after deduplication."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ TOKENIZED_SCHEMA = pa.schema(
 
 
 class TokenizeBatch:
-    """map_batches callable: adds split, group and token ids; replicates rows by source weight.
+    """Block callable: adds split, group and token ids; replicates rows by source weight.
 
     Each document is tokenized once (`encode_batch_fast`, in Rust); weighted copies share its ids.
     Only heldout rows keep their text (they are written as text); the others carry token ids.
@@ -135,8 +135,38 @@ def tokenize_batch(batch: pa.Table, config: DataConfig, tokenizer_json: str, gro
     return _TOKENIZERS[key](batch)
 
 
+def tokenize_partitions(
+    batch: pa.Table, config: DataConfig, tokenizer_json: str, groups: dict[str, int], parts: int
+) -> list[pa.Table]:
+    """Shuffle map side: a block tokenized, its rows split into `parts` tables by shard group
+    (every row of a group goes to the same partition, whichever block it came from)."""
+    table = tokenize_batch(batch, config, tokenizer_json, groups)
+    if not table.num_rows:
+        return [table] * parts
+    names = pc.unique(table["group"])
+    part_of = {}
+    for name in names.to_pylist():
+        split, index = name.split("/")
+        part_of[name] = (SPLITS.index(split) * 7919 + int(index)) % parts
+    part = np.array([part_of[n] for n in names.to_pylist()], np.int64)[
+        pc.index_in(table["group"], value_set=names).to_numpy()
+    ]
+    order = np.argsort(part, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(part, minlength=parts))])
+    return [table.take(pa.array(order[bounds[p] : bounds[p + 1]])) for p in range(parts)]
+
+
+def write_groups(table: pa.Table | None, writer: PackWriteGroup) -> pa.Table:
+    """Shuffle reduce side: every shard group of one partition packed and written; one row per shard."""
+    if table is None or not table.num_rows:
+        return ENTRY_SCHEMA.empty_table()
+    table = table.combine_chunks()
+    names = sorted(pc.unique(table["group"]).to_pylist())
+    return pa.concat_tables([writer(table.filter(pc.equal(table["group"], name))) for name in names])
+
+
 class PackWriteGroup:
-    """map_groups callable: one group -> its shard(s) written to storage -> one row per shard."""
+    """One shard group (all its rows) -> its shard(s) written to storage -> one row per shard."""
 
     def __init__(
         self,
