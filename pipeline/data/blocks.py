@@ -44,6 +44,11 @@ def _remote(kind: str, num_returns: int = 1):
     return _REMOTES[kind, num_returns]
 
 
+def _name(fn: Callable) -> str:
+    """The task name shown by the Ray dashboard and timeline: the step, not the generic runner."""
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
 def _shared(args: tuple) -> tuple:
     """Arguments every task of a round gets, stored once (not pickled into each task)."""
     import ray
@@ -67,6 +72,7 @@ class Blocks:
     def map(self, fn: Callable[..., pa.Table], *args: Any) -> Blocks:
         """`fn(table, *args) -> table` on every block, as tasks; the result stays in the store."""
         task, shared = _remote("apply"), _shared(args)
+        task = task.options(name=_name(fn))
         return Blocks([task.remote(fn, ref, *shared) for ref in self.refs])
 
     def collect(self, fn: Callable[..., Any], *args: Any) -> list:
@@ -79,6 +85,7 @@ class Blocks:
         """Shuffle map side: `fn(table, *args)` returns `parts` tables; returns, per partition,
         the references of its tables from every block."""
         task, shared = _remote("many", parts), _shared(args)
+        task = task.options(name=_name(fn))
         outputs = [task.remote(fn, parts, ref, *shared) for ref in self.refs]
         if parts == 1:
             return [outputs]
@@ -94,4 +101,5 @@ def reduce_partitions(fn: Callable[..., Any], partitions: list[list], *args: Any
     """Shuffle reduce side: `fn(concatenated partition or None, *args)` per partition, as tasks;
     returns the references of the results."""
     task, shared = _remote("concat"), _shared(args)
+    task = task.options(name=_name(fn))
     return [task.remote(fn, len(shared), *shared, *refs) for refs in partitions]

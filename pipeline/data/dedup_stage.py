@@ -15,20 +15,21 @@ import pyarrow.compute as pc
 
 from ..config.data import DedupConfig
 from .blocks import Blocks, reduce_partitions
-from .dedup import EDGE_SCHEMA, bands, decide, find_edges, index_table, key_rows, load_index
+from .dedup import EDGE_SCHEMA, decide, find_edges, index_table, key_rows, load_index
 from .shards import to_ipc_bytes
 
 _OLD_FILE_SPAN = 1 << 34  # negative orders of one earlier index file: -(file << 34) - row - 1
 
 
 def _prints(batch: pa.Table, near: bool) -> pa.Table:
+    """Live documents' fingerprints; rows of an earlier version's index are all live."""
     columns = ["order", "hash", "doc_key"] + (["minhash"] if near else [])
-    return batch.filter(pc.is_null(batch["reject"])).select(columns)
+    return (batch.filter(pc.is_null(batch["reject"])) if "reject" in batch.column_names else batch).select(columns)
 
 
 def _key_partitions(batch: pa.Table, config: DedupConfig, layout: tuple[int, int], parts: int) -> list[pa.Table]:
     """Shuffle map side: one block's key rows, split into `parts` tables by a hash of the key."""
-    rows = key_rows(batch, config, layout)
+    rows = key_rows(_prints(batch, config.near), config, layout)
     width = rows.schema.field("key").type.byte_width
     keys = np.frombuffer(rows["key"].combine_chunks().buffers()[1], np.uint8, rows.num_rows * width)
     keys = keys.reshape(-1, width)
@@ -47,6 +48,7 @@ def _edges(rows: pa.Table | None, config: DedupConfig) -> pa.Table:
 
 def _names(batch: pa.Table, removed: pa.Table) -> pa.Table:
     """The documents of a block that some removed document matched: order -> name."""
+    # Matches are kept documents: live records here, or rows of an earlier version's index.
     wanted = pc.is_in(batch["order"], value_set=removed["match_order"])
     named = batch.select(["order", "doc_key", "hash"]).filter(wanted)
     # Index files written before doc_keys were recorded name a document by its content hash.
@@ -69,10 +71,11 @@ def _summary(removed: pa.Table) -> dict[str, int]:
     return {"removed": removed.num_rows, **{r: int((reasons == r).sum()) for r in ("exact", "near")}}
 
 
-def deduplicate(records: Blocks, store, settings, parent: dict | None, config: DedupConfig, cpus: int):
+def deduplicate(records: Blocks, store, settings, parent: dict | None, config: DedupConfig, cpus: int, layout):
     """(reference to the removed documents' table, counts). The table (order, reason
     ('exact'/'near'), match_order, jaccard, match_doc_key) is built and used on workers: the
-    driver gets only the counts, nothing per document."""
+    driver gets only the counts, nothing per document. `layout` is `dedup.bands(...)` (or a
+    future of it: it takes the driver about 0.4 s, so the stage starts it before reading)."""
     import ray
 
     empty = pa.table(
@@ -86,7 +89,7 @@ def deduplicate(records: Blocks, store, settings, parent: dict | None, config: D
     )
     if not (config.exact or config.near):
         return ray.put(empty), _summary(empty)
-    prints = records.map(_prints, config.near)
+    blocks = records  # and earlier versions' index rows; `_prints` reduces each in its task
     index_keys = (parent or {}).get("dedup_index", [])
     if index_keys:
         load = ray.remote(_load_old)
@@ -94,16 +97,16 @@ def deduplicate(records: Blocks, store, settings, parent: dict | None, config: D
             load.remote(key, -(i * _OLD_FILE_SPAN) - 1, store.root_uri, settings, config)
             for i, key in enumerate(index_keys)
         ]
-        prints = Blocks(prints.refs + old)
-    layout = bands(config.threshold, config.num_perm)
+        blocks = Blocks(blocks.refs + old)
+    layout = layout.result() if hasattr(layout, "result") else layout
     # Partitions: enough reduce tasks to use every core, bounded so that blocks x partitions
     # (the number of shuffled objects) stays manageable on a large corpus.
-    parts = max(1, min(len(prints), 4 * cpus, 128))
-    edges = reduce_partitions(_edges, prints.partition(_key_partitions, parts, config, layout, parts), config)
+    parts = max(1, min(len(blocks), 4 * cpus, 128))
+    edges = reduce_partitions(_edges, blocks.partition(_key_partitions, parts, config, layout, parts), config)
     # The decision is sequential in document order ("keep first"), over the edge graph only: one
     # task holds it (a few dozen bytes per candidate pair), the driver never does.
     removed = ray.remote(_decide).remote(config, *edges)
-    removed = ray.remote(_attach_names).remote(removed, *prints.map(_names, removed).refs)
+    removed = ray.remote(_attach_names).remote(removed, *blocks.map(_names, removed).refs)
     return removed, ray.get(ray.remote(_summary).remote(removed))
 
 
@@ -113,10 +116,17 @@ def _load_old(key: str, first: int, root: str, settings, config: DedupConfig) ->
     return load_index(_store(root, settings).read(key), first, config)
 
 
-def write_index(kept: Blocks, store, settings, prefix: str, config: DedupConfig) -> list[str]:
-    """This run's kept documents (hash, minhash, doc_key) as Arrow files, one per block; returns keys."""
-    keys = kept.collect(_write_index_block, store.root_uri, settings, prefix, config)
-    return sorted(key for key in keys if key)
+def write_index(kept: Blocks, store, settings, prefix: str, config: DedupConfig) -> Blocks:
+    """This run's kept documents (hash, minhash, doc_key) as Arrow files, one per block, written by
+    tasks while the driver goes on; `index_keys` waits for them."""
+    return kept.map(_write_index_block, store.root_uri, settings, prefix, config)
+
+
+def index_keys(written: Blocks) -> list[str]:
+    """The keys of `write_index`'s files, once written."""
+    import ray
+
+    return sorted(key for key in ray.get(written.refs) if key)
 
 
 def _write_index_block(batch: pa.Table, root: str, settings, prefix: str, config: DedupConfig) -> str | None:

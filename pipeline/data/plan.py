@@ -66,16 +66,22 @@ def _parts(unit: dict, target: int, settings: StorageSettings) -> list[tuple[int
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a] or [(0, 0)]
 
 
-def read_piece(piece: list[dict], config: DataConfig, settings: StorageSettings) -> tuple[pa.Table, dict]:
-    """Read and clean one piece; returns (records, counts) where counts has per-part line starts
-    and per-file (records, malformed, by reason) numbers."""
+def read_piece(
+    piece: list[dict], config: DataConfig, settings: StorageSettings, finalize: Finalize | None = None
+) -> tuple[pa.Table, dict]:
+    """Read and clean one piece; returns (records, counts) where counts has per-part line starts,
+    per-file (records, malformed, by reason) numbers and the UTF-8 bytes of the live records.
+    With `finalize` (when no line of the piece needs another piece's line count), the records are
+    numbered here too."""
     tables, lines = [], {}
     for unit in piece:
         table, starts = read_unit(unit, config, settings)
         tables.append(table)
         lines[unit["pid"]] = starts
     table = clean(pa.concat_tables(tables), config)
-    return table, {"lines": lines, "units": unit_counts(table)}
+    live_bytes = int(pc.sum(table["n_bytes"]).as_py() or 0)  # 0 for rejected records
+    meta = {"lines": lines, "units": unit_counts(table), "live_bytes": live_bytes}
+    return (finalize(table) if finalize is not None else table), meta
 
 
 def unit_counts(table: pa.Table) -> dict[int, dict]:

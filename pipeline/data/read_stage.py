@@ -1,10 +1,10 @@
 """Read stage executor and the small aggregates taken over kept documents.
 
 `read_records` runs one Ray task per planned piece (read + clean + fingerprint), then numbers the
-lines of split files and adds `doc_key`/`order` in a task per block (`blocks.py`). The driver receives per-part
-line counts and per-file record counts, never per-document rows. `kept_split_bytes` and
-`tokenizer_sample` reduce the kept documents to per-split sums and to the tokenizer's training
-sample, whose size is bounded by `tokenizer.sample_bytes`, not by the corpus.
+lines of split files and adds `doc_key`/`order` in a task per block (`blocks.py`). The driver
+receives per-part line counts and per-file record counts, never per-document rows.
+`split_bytes_and_sample` reduces the kept documents to per-split sums and to the tokenizer's
+training sample, whose size is bounded by `tokenizer.sample_bytes`, not by the corpus.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import hashlib
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..config.data import DataConfig
 from ..storage import StorageSettings
@@ -29,7 +28,14 @@ def read_records(units: list[dict], data: DataConfig, settings: StorageSettings,
     pieces, n_parts = plan_pieces(units, blocks, settings)
     task = ray.remote(num_returns=2)(read_piece)
     data_ref, settings_ref = ray.put(data), ray.put(settings)
-    refs = [task.remote(piece, data_ref, settings_ref) for piece in pieces]
+    # Lines of whole files and of first byte ranges need no offset: those pieces are numbered by
+    # their read task. Only later ranges of a split file wait for the line counts of earlier ones.
+    unshifted = ray.put(Finalize(units, np.zeros(n_parts, np.int64)))
+    later = [any(_later_range(part) for part in piece) for piece in pieces]
+    refs = [
+        task.remote(piece, data_ref, settings_ref, None if shifted else unshifted)
+        for piece, shifted in zip(pieces, later, strict=True)
+    ]
     tables = [table for table, _ in refs]
     metas = ray.get([meta for _, meta in refs])
 
@@ -65,9 +71,21 @@ def read_records(units: list[dict], data: DataConfig, settings: StorageSettings,
         "rejected": rejected,
         "docs_read": docs_read,
         "live": docs_read - sum(rejected.values()),
+        "live_bytes": sum(meta["live_bytes"] for meta in metas),
     }
 
-    return Blocks(tables).map(_finalize, Finalize(units, offsets)), counts
+    if any(later):
+        shifted = Blocks([t for t, late in zip(tables, later, strict=True) if late]).map(
+            _finalize, Finalize(units, offsets)
+        )
+        numbered = iter(shifted.refs)
+        tables = [next(numbered) if late else t for t, late in zip(tables, later, strict=True)]
+    return Blocks(tables), counts
+
+
+def _later_range(part: dict) -> bool:
+    """A byte range (row groups) of a split file other than its first."""
+    return bool(part["part"]) and part["part"][0] != 0
 
 
 def _finalize(table: pa.Table, finalize: Finalize) -> pa.Table:
@@ -80,49 +98,51 @@ def _split_sums(batch: pa.Table, config: DataConfig) -> pa.Table:
     return pa.table({"split": list(SPLITS), "n_bytes": sums.astype(np.int64)})
 
 
-def kept_split_bytes(kept: Blocks, config: DataConfig) -> dict[str, int]:
-    """Text bytes of kept documents per split (sizes the shard groups)."""
-    out = {split: 0 for split in SPLITS}
-    for table in kept.collect(_split_sums, config):
-        for split, n_bytes in zip(table["split"].to_pylist(), table["n_bytes"].to_pylist(), strict=True):
-            out[split] += int(n_bytes)
-    return out
-
-
 def _sample_key(digest: bytes) -> bytes:
     return hashlib.sha256(digest).digest()
 
 
-def _sample_candidates(batch: pa.Table, config: DataConfig, threshold: int) -> pa.Table:
+def _sums_and_candidates(batch: pa.Table, config: DataConfig, threshold: int) -> tuple[pa.Table, pa.Table]:
+    """Per-split text bytes of a block, and its training documents whose sample key is at most
+    `threshold` (hash, n_bytes, text)."""
     hashes = batch["hash"].to_pylist()
     keys = [int.from_bytes(_sample_key(d)[:8], "big") for d in hashes]
     wanted = (split_codes(hashes, config) == 0) & (np.array(keys, dtype=np.float64) <= threshold)
-    return batch.select(["hash", "n_bytes"]).filter(pa.array(wanted))
+    return _split_sums(batch, config), batch.select(["hash", "n_bytes", "text"]).filter(pa.array(wanted))
 
 
-def tokenizer_sample(kept: Blocks, train_bytes: int, config: DataConfig) -> list[tuple[bytes, str]]:
-    """(hash, text) of the tokenizer's training sample: training documents in sha256(hash) order up
-    to `sample_bytes`. Only documents whose key falls under a threshold reach the driver (about twice
-    the sample); the threshold grows until the sample is complete."""
+def split_bytes_and_sample(
+    kept: Blocks, live_bytes: int, config: DataConfig, want_sample: bool
+) -> tuple[dict[str, int], list[tuple[bytes, str]]]:
+    """Text bytes of kept documents per split (sizes the shard groups) and, with `want_sample`, the
+    (hash, text) of the tokenizer's training sample: training documents in sha256(hash) order up to
+    `sample_bytes`, whatever their blocks.
+
+    One round of tasks does both. Only documents whose key falls under a threshold reach the driver:
+    about twice the sample, sized from the live bytes read (an upper bound of what is kept), so the
+    driver's share does not grow with the corpus. When dedup removed so much that the candidates
+    fall short of the sample, the threshold grows and the round repeats. The sample is exact either
+    way: every document with a smaller key than a chosen one is a candidate."""
     sample_bytes = config.tokenizer.sample_bytes
-    fraction = min(1.0, 2.0 * sample_bytes / max(1, train_bytes))
+    train_share = max(0.05, 1.0 - config.split.val_fraction - config.split.heldout_fraction)
+    fraction = min(1.0, 2.0 * sample_bytes / max(1.0, live_bytes * train_share)) if want_sample else 0.0
     while True:
-        threshold = 2**64 if fraction >= 1 else int(fraction * 2**64)
-        rows = pa.concat_tables(kept.collect(_sample_candidates, config, threshold)).to_pylist()
+        threshold = 2**64 if fraction >= 1 else int(fraction * 2**64) if fraction > 0 else -1
+        results = kept.collect(_sums_and_candidates, config, threshold)
+        split_bytes = {split: 0 for split in SPLITS}
+        for sums, _ in results:
+            for split, n_bytes in zip(sums["split"].to_pylist(), sums["n_bytes"].to_pylist(), strict=True):
+                split_bytes[split] += int(n_bytes)
+        if not want_sample:
+            return split_bytes, []
+        rows = pa.concat_tables([candidates for _, candidates in results]).to_pylist()
         rows.sort(key=lambda r: _sample_key(r["hash"]))
         chosen, total = [], 0
         for row in rows:
-            chosen.append(row["hash"])
+            chosen.append((row["hash"], row["text"]))
             total += row["n_bytes"]
             if total >= sample_bytes:
                 break
         if total >= sample_bytes or fraction >= 1:
-            break
+            return split_bytes, chosen
         fraction = min(1.0, fraction * 4)
-    wanted = pa.array(chosen, pa.binary(16))
-    texts = pa.concat_tables(kept.collect(_sample_texts, wanted))
-    return list(zip(texts["hash"].to_pylist(), texts["text"].to_pylist(), strict=True))
-
-
-def _sample_texts(batch: pa.Table, wanted: pa.Array) -> pa.Table:
-    return batch.select(["hash", "text"]).filter(pc.is_in(batch["hash"], value_set=wanted))

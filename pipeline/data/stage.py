@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -24,12 +26,13 @@ from ..faults import fail_point
 from ..ray_runtime import ensure_ray
 from ..storage import open_store
 from ..storage.lease import acquire_lease
-from .blocks import reduce_partitions
-from .dedup_stage import deduplicate, write_index
+from .blocks import Blocks, reduce_partitions
+from .dedup import bands
+from .dedup_stage import deduplicate, index_keys, write_index
 from .manifest import SCHEMA_VERSION, dataset_prefix, next_version, publish, read_latest
 from .minhash import LEGACY_SCHEME, SCHEME
 from .quarantine import check_error_rates, write_rejects
-from .read_stage import kept_split_bytes, read_records, tokenizer_sample
+from .read_stage import read_records, split_bytes_and_sample
 from .sources import fingerprint, list_all_units
 from .summary import Reporter
 from .tokenize_pack import SPLITS, PackWriteGroup, tokenize_partitions, write_groups
@@ -114,27 +117,33 @@ def _build(config, store, units, new_units, parent, given, run_id, config_sha, r
     ensure_ray(config.ray)
     cpus = _cpus()
 
+    # The LSH band layout costs the driver ~0.4 s (scipy): computed while the workers read.
+    layout = ThreadPoolExecutor(1).submit(bands, data.dedup.threshold, data.dedup.num_perm)
     records, counts = read_records(new_units, data, settings, data.read_blocks or 3 * cpus)
     reporter.phase("read + clean")
     single_doc = {i for i, s in enumerate(data.sources) if s.kind in ("text", "python-stdlib")}
     check_error_rates(counts["units"], new_units, data.max_error_rate, single_doc)
 
-    removed, duplicates = deduplicate(records, store, settings, parent, data.dedup, cpus)
+    removed, duplicates = deduplicate(records, store, settings, parent, data.dedup, cpus, layout)
     reporter.phase("dedup")
-    kept = records.map(_kept_rows, removed)
+    # Tokenizing is the longest step: kept blocks are cut (by text bytes) into about 4 per core so
+    # that the last tasks finish together.
+    pieces = max(1, -(-4 * cpus // len(records)))
+    kept = Blocks([ref for part in records.partition(_kept_rows, pieces, removed, pieces) for ref in part])
     docs_kept = counts["live"] - duplicates["removed"]
-    write_rejects(records, removed, new_units, store, f"{prefix}/rejects/{run_id}/rejects.arrow", settings)
     if not docs_kept and parent is None:
         raise UserError(f"dataset {data.name!r}: no documents survived filtering and dedup; nothing to publish")
 
-    split_bytes = kept_split_bytes(kept, data)
+    want_sample = parent is None and given is None
+    split_bytes, sample = split_bytes_and_sample(kept, counts["live_bytes"], data, want_sample)
+    # Rejects and the dedup index are written by tasks while the driver trains the tokenizer.
+    rejects = write_rejects(records, removed, new_units, store, f"{prefix}/rejects/{run_id}/rejects.arrow", settings)
+    index = write_index(kept, store, settings, f"{prefix}/dedup/{run_id}", data.dedup)
     if parent is not None:
         tokenizer = load_stored_tokenizer(store, parent["tokenizer"])
         tokenizer_block = parent["tokenizer"]
     else:
-        if given is None:
-            given = train_tokenizer(data, tokenizer_sample(kept, split_bytes["train"], data))
-        tokenizer, eos_id, pad_id = given
+        tokenizer, eos_id, pad_id = train_tokenizer(data, sample) if want_sample else given
         tokenizer_block = store_tokenizer(store, prefix, tokenizer, eos_id, pad_id)
     reporter.phase("tokenizer")
 
@@ -154,9 +163,9 @@ def _build(config, store, units, new_units, parent, given, run_id, config_sha, r
         partitions = kept.partition(tokenize_partitions, parts, data, tokenizer.to_str(), groups, parts)
         shards = pa.concat_tables(ray.get(reduce_partitions(write_groups, partitions, writer)))
         entries = sorted(shards.to_pylist(), key=lambda e: e["key"])
+    ray.get(rejects)
+    keys = index_keys(index)
     reporter.phase("tokenize + pack + write")
-
-    index_keys = write_index(kept, store, settings, f"{prefix}/dedup/{run_id}", data.dedup)
     stats = {
         "docs_read": counts["docs_read"],
         "docs_kept": int(docs_kept),
@@ -164,7 +173,7 @@ def _build(config, store, units, new_units, parent, given, run_id, config_sha, r
         "duplicates": {r: duplicates[r] for r in ("exact", "near")},
         "source_bytes": int(sum(new_units[i]["size"] for i in counts["units"] if counts["units"][i]["records"])),
     }
-    return _manifest(config, store, units, parent, run_id, config_sha, tokenizer_block, entries, stats, index_keys)
+    return _manifest(config, store, units, parent, run_id, config_sha, tokenizer_block, entries, stats, keys)
 
 
 def _cpus() -> int:
@@ -173,11 +182,17 @@ def _cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def _kept_rows(batch: pa.Table, removed: pa.Table) -> pa.Table:
+def _kept_rows(batch: pa.Table, removed: pa.Table, pieces: int) -> list[pa.Table]:
+    """The kept records of a block, cut into `pieces` runs of about equal text bytes."""
     live = pc.is_null(batch["reject"])
     if removed.num_rows:
         live = pc.and_(live, pc.invert(pc.is_in(batch["order"], value_set=removed["order"])))
-    return batch.filter(live).drop_columns(["reject", "raw"])
+    kept = batch.filter(live).drop_columns(["reject", "raw"])
+    ends = np.cumsum(kept["n_bytes"].to_numpy())
+    cuts = np.searchsorted(ends, np.arange(1, pieces) * (ends[-1] if len(ends) else 0) / pieces)
+    bounds = np.r_[0, cuts, kept.num_rows]
+    # `take`, not `slice`: a slice would carry (and serialize) the whole block's buffers.
+    return [kept.take(pa.array(np.arange(a, b))) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _group_counts(split_bytes: dict[str, int], data, vocab_size: int) -> dict[str, int]:
@@ -186,7 +201,7 @@ def _group_counts(split_bytes: dict[str, int], data, vocab_size: int) -> dict[st
     return {split: max(1, -(-int(split_bytes[split] / 3 * itemsize) // data.shard_bytes)) for split in SPLITS}
 
 
-def _manifest(config, store, units, parent, run_id, config_sha, tokenizer_block, shards, stats, index_keys) -> dict:
+def _manifest(config, store, units, parent, run_id, config_sha, tokenizer_block, shards, stats, new_index) -> dict:
     data = config.data
     entries = {split: [] for split in SPLITS}
     for row in shards:
@@ -217,7 +232,7 @@ def _manifest(config, store, units, parent, run_id, config_sha, tokenizer_block,
         ],
         "shards": {split: old.get(split, []) + entries[split] for split in SPLITS},
         "stats": {"run": run_stats, "total": totals},
-        "dedup_index": (parent or {}).get("dedup_index", []) + index_keys,
+        "dedup_index": (parent or {}).get("dedup_index", []) + new_index,
         "dedup_scheme": SCHEME,
         "config_sha256": config_sha,
         "config": config.data.model_dump(mode="json"),

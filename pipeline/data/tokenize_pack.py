@@ -160,9 +160,12 @@ def write_groups(table: pa.Table | None, writer: PackWriteGroup) -> pa.Table:
     """Shuffle reduce side: every shard group of one partition packed and written; one row per shard."""
     if table is None or not table.num_rows:
         return ENTRY_SCHEMA.empty_table()
-    table = table.combine_chunks()
-    names = sorted(pc.unique(table["group"]).to_pylist())
-    return pa.concat_tables([writer(table.filter(pc.equal(table["group"], name))) for name in names])
+    # One sort by (group, doc_key); each group is then a zero-copy slice, already in doc_key order.
+    table = table.take(pc.sort_indices(table, [("group", "ascending"), ("doc_key", "ascending")]))
+    groups = table["group"].to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    ends = np.r_[starts[1:], len(groups)]
+    return pa.concat_tables([writer(table.slice(a, b - a)) for a, b in zip(starts, ends, strict=True)])
 
 
 class PackWriteGroup:
@@ -184,8 +187,8 @@ class PackWriteGroup:
         self.eos_id, self.pad_id = eos_id, pad_id
 
     def __call__(self, group: pa.Table) -> pa.Table:
+        """`group`: the group's rows sorted by doc_key (unique: a stable order)."""
         store = open_store(self.root, self.settings)
-        group = group.take(pc.sort_indices(group["doc_key"]))  # doc_keys are unique: a stable order
         split, index = group["group"][0].as_py().split("/")
         entries = []
         if split == "heldout":
@@ -196,9 +199,10 @@ class PackWriteGroup:
         else:
             block_len = self.config.seq_len + 1
             tokens = group["tokens"].combine_chunks()
+            offsets = tokens.offsets.to_numpy()
             blocks, valid = pack_flat(
-                tokens.values.to_numpy(),
-                tokens.value_lengths().to_numpy(),
+                tokens.values.to_numpy()[offsets[0] : offsets[-1]],
+                np.diff(offsets),
                 self.eos_id,
                 self.pad_id,
                 block_len,

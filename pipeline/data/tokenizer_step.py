@@ -8,6 +8,8 @@ source-independent shuffle) up to `sample_bytes`. The tokenizer is stored conten
 from __future__ import annotations
 
 import hashlib
+import os
+from contextlib import contextmanager
 
 from tokenizers import Tokenizer
 
@@ -47,8 +49,26 @@ def train_tokenizer(config: DataConfig, texts_by_hash: list[tuple[bytes, str]]) 
     # module whenever they unpickle a function of `stage.py`, though they never train.
     from sora.tokenizer import EOS_TOKEN, PAD_TOKEN, train_bpe
 
-    tokenizer = train_bpe(sample_texts(texts_by_hash, config.tokenizer.sample_bytes), config.tokenizer.vocab_size)
+    texts = sample_texts(texts_by_hash, config.tokenizer.sample_bytes)
+    with _parallel_tokenizers():
+        tokenizer = train_bpe(texts, config.tokenizer.vocab_size)
     return tokenizer, tokenizer.token_to_id(EOS_TOKEN), tokenizer.token_to_id(PAD_TOKEN)
+
+
+@contextmanager
+def _parallel_tokenizers():
+    """Training runs on the driver while the workers wait for the tokenizer: let `tokenizers` use
+    the driver's cores (about 30 % faster on 2 cores; the merges come out the same). Processes that
+    tokenize for Ray keep `TOKENIZERS_PARALLELISM=false`: Ray supplies their parallelism."""
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
 
 
 def store_tokenizer(store: ObjectStore, dataset_prefix: str, tokenizer: Tokenizer, eos_id: int, pad_id: int) -> dict:
