@@ -17,6 +17,7 @@ how much faster than the input the wall time (fixed cost excluded) grows.
 
     python bench/preprocess.py                          # stdlib + scaling 1x/4x/12x of 8 MB
     python bench/preprocess.py --corpora stdlib,site-packages --scales ""
+    python bench/preprocess.py --corpora "" --scales "" --memory-docs 1790,17900,71600
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +57,31 @@ def write_prefix_corpus(directory: Path, limit_bytes: int) -> int:
         if total >= limit_bytes:
             break
     return total
+
+
+def write_chunk_corpus(directory: Path, docs: int, files: int = 8, chunk_bytes: int = 2048) -> int:
+    """`docs` documents of about `chunk_bytes` each (consecutive pieces of site-packages .py files,
+    cut at line ends) in `files` jsonl files: the same file count whatever the document count, so
+    the driver's per-file bookkeeping stays fixed and only the number of documents grows."""
+    directory.mkdir(parents=True, exist_ok=True)
+    handles = [open(directory / f"part-{i:04d}.jsonl", "w") for i in range(files)]
+    written = 0
+    for path in sorted(site_packages().rglob("*.py")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        start = 0
+        while start < len(text) and written < docs:
+            end = text.find("\n", start + chunk_bytes)
+            end = len(text) if end < 0 else end + 1
+            handles[written % files].write(json.dumps({"text": text[start:end]}) + "\n")
+            written, start = written + 1, end
+        if written >= docs:
+            break
+    for handle in handles:
+        handle.close()
+    return written
 
 
 class PeakRSS:
@@ -202,6 +229,12 @@ def main() -> None:
     parser.add_argument("--scales", default="1,4,12", help="input-size multiples for the scaling run ('' to skip)")
     parser.add_argument("--unit-mb", type=float, default=8.0, help="size of the 1x scaling input, MB")
     parser.add_argument("--no-peer", action="store_true", help="skip the datasets.map peer")
+    parser.add_argument(
+        "--memory-docs",
+        default="",
+        help="comma list of document counts (e.g. 1790,17900,71600): driver peak RSS per count, same file count",
+    )
+    parser.add_argument("--memory-one", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     from pipeline.config.run import RayConfig
@@ -218,6 +251,48 @@ def main() -> None:
             measure("site-packages", [{"kind": "text", "uri": str(site_packages())}], cores, not args.no_peer)
         else:
             sys.exit(f"unknown corpus {corpus}")
+
+    if args.memory_one:
+        with tempfile.TemporaryDirectory() as tmp:
+            written = write_chunk_corpus(Path(tmp) / "corpus", args.memory_one)
+            manifest, wall, _, (start, peak) = run_stage(
+                f"file://{tmp}/store", [{"kind": "jsonl", "uri": f"{tmp}/corpus"}], "chunks"
+            )
+        stats = manifest["stats"]["run"]
+        print(
+            json.dumps(
+                {
+                    "docs": written,
+                    "docs_kept": stats["docs_kept"],
+                    "source_mb": round(stats["source_bytes"] / 1e6, 2),
+                    "stage_wall_s": round(wall, 2),
+                    "driver_rss_start_mb": round(start / 2**20, 1),
+                    "driver_rss_growth_mb": round((peak - start) / 2**20, 1),
+                }
+            )
+        )
+        return
+    memory = []
+    for docs in [int(d) for d in args.memory_docs.split(",") if d]:
+        # A fresh driver per count: RSS left over from an earlier run would hide (or fake) growth.
+        command = [sys.executable, __file__, "--corpora", "", "--scales", "", "--memory-one", str(docs)]
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        result = json.loads(out)
+        print(json.dumps({"bench": "preprocess-driver-memory-point", **result}), flush=True)
+        memory.append((result["docs"], result["driver_rss_growth_mb"], result["source_mb"]))
+    if memory:
+        print(
+            json.dumps(
+                {
+                    "bench": "preprocess-driver-memory",
+                    "docs": [d for d, _, _ in memory],
+                    "source_mb": [mb for _, _, mb in memory],
+                    "driver_rss_growth_mb": [g for _, g, _ in memory],
+                    "growth_spread_mb": round(max(g for _, g, _ in memory) - min(g for _, g, _ in memory), 1),
+                }
+            ),
+            flush=True,
+        )
 
     scales = [float(s) for s in args.scales.split(",") if s]
     if not scales:

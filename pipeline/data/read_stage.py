@@ -21,8 +21,11 @@ from .plan import Finalize, plan_pieces, read_piece
 from .tokenize_pack import SPLITS, split_codes
 
 
-def read_records(units: list[dict], data: DataConfig, settings: StorageSettings, blocks: int) -> tuple[Blocks, dict]:
-    """(records, counts) for this run's units: one block of records per read piece."""
+def read_records(
+    units: list[dict], data: DataConfig, settings: StorageSettings, blocks: int, track=None
+) -> tuple[Blocks, dict]:
+    """(records, counts) for this run's units: one block of records per read piece. `track(refs,
+    what)` waits for the read tasks showing progress (`Reporter.track`)."""
     import ray
 
     pieces, n_parts = plan_pieces(units, blocks, settings)
@@ -37,6 +40,8 @@ def read_records(units: list[dict], data: DataConfig, settings: StorageSettings,
         for piece, shifted in zip(pieces, later, strict=True)
     ]
     tables = [table for table, _ in refs]
+    if track is not None:
+        track([meta for _, meta in refs], "read + clean")
     metas = ray.get([meta for _, meta in refs])
 
     part_unit = np.zeros(n_parts, np.int64)

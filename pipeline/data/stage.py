@@ -119,7 +119,7 @@ def _build(config, store, units, new_units, parent, given, run_id, config_sha, r
 
     # The LSH band layout costs the driver ~0.4 s (scipy): computed while the workers read.
     layout = ThreadPoolExecutor(1).submit(bands, data.dedup.threshold, data.dedup.num_perm)
-    records, counts = read_records(new_units, data, settings, data.read_blocks or 3 * cpus)
+    records, counts = read_records(new_units, data, settings, data.read_blocks or 3 * cpus, reporter.track)
     reporter.phase("read + clean")
     single_doc = {i for i, s in enumerate(data.sources) if s.kind in ("text", "python-stdlib")}
     check_error_rates(counts["units"], new_units, data.max_error_rate, single_doc)
@@ -161,6 +161,7 @@ def _build(config, store, units, new_units, parent, given, run_id, config_sha, r
         )
         parts = max(1, min(sum(groups.values()), 4 * cpus))
         partitions = kept.partition(tokenize_partitions, parts, data, tokenizer.to_str(), groups, parts)
+        reporter.track(partitions[0], "tokenize")  # one output of each map task
         shards = pa.concat_tables(ray.get(reduce_partitions(write_groups, partitions, writer)))
         entries = sorted(shards.to_pylist(), key=lambda e: e["key"])
     ray.get(rejects)

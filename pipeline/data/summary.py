@@ -1,4 +1,5 @@
-"""Progress messages and the end-of-run summary of the data stage (rich console, stderr)."""
+"""Progress messages, task progress bars and the end-of-run summary of the data stage (rich console,
+stderr)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,19 @@ class Reporter:
     def start(self, message: str) -> None:
         self.started = self.last = time.perf_counter()
         self.console.print(f"[bold]{message}[/bold]")
+
+    def track(self, refs: list, what: str) -> None:
+        """Wait for Ray tasks, showing how many are done (a transient bar; nothing when quiet)."""
+        import ray
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        pending = list(refs)
+        columns = (TextColumn(f"  {what}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=self.console, transient=True, disable=self.console.quiet) as bar:
+            task = bar.add_task(what, total=len(pending))
+            while pending:
+                done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5, fetch_local=False)
+                bar.update(task, advance=len(done))
 
     def phase(self, name: str) -> None:
         now = time.perf_counter()
