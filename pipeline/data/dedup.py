@@ -2,16 +2,17 @@
 
 Every live document contributes one row per key: its content hash (exact duplicates) and, with
 near-dedup, one row per LSH band of its MinHash signature (the band layout of datasketch's
-`MinHashLSH` for the configured threshold). The rows are hash-partitioned by key (a Ray Data
-shuffle), so documents sharing a key meet in one partition, where `find_edges` emits
+`MinHashLSH` for the configured threshold). The rows are hash-partitioned by key (a shuffle of Ray
+tasks, `dedup_stage.py`), so documents sharing a key meet in one partition, where `find_edges`
+emits
 - an exact edge from the first document of a hash (by `order`, i.e. `doc_key`) to each copy, and
 - a near edge for each pair of distinct documents sharing a band whose signatures agree on at
   least `threshold` of their positions (the estimated Jaccard similarity).
-Only edges reach the driver. `decide` then applies the sequential rule ("keep first by doc_key":
-a document is dropped when it matches a document already kept, here or in an earlier version) to
-the nodes of the edge graph in `order`; documents without edges are kept without ever being
-looked at. Documents of earlier versions (their persisted index) take part with negative orders:
-they are kept and never compared with one another.
+Only edges leave the partitions, to one task (not the driver). `decide` then applies the
+sequential rule ("keep first by doc_key": a document is dropped when it matches a document already
+kept, here or in an earlier version) to the nodes of the edge graph in `order`; documents without
+edges are kept without ever being looked at. Documents of earlier versions (their persisted index)
+take part with negative orders: they are kept and never compared with one another.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def bands(threshold: float, num_perm: int) -> tuple[int, int]:
 
 
 def key_rows(table: pa.Table, config: DedupConfig, layout: tuple[int, int]) -> pa.Table:
-    """map_batches: (order, hash, minhash) -> one row per (document, key); `layout` is `bands(...)`."""
+    """(order, hash, minhash) rows -> one row per (document, key); `layout` is `bands(...)`."""
     n = table.num_rows
     b, r = layout
     width = 1 + 4 * r
@@ -81,7 +82,7 @@ def _signatures(column, num_perm: int) -> np.ndarray:
 
 
 def find_edges(table: pa.Table, config: DedupConfig) -> pa.Table:
-    """map_batches over one hash partition of key rows: exact and verified near edges."""
+    """One hash partition of key rows -> its exact and verified near edges."""
     if table.num_rows < 2:
         return EDGE_SCHEMA.empty_table()
     table = table.take(pc.sort_indices(table, [("key", "ascending"), ("order", "ascending")]))

@@ -102,7 +102,7 @@ def unit_prefixes(units: list[dict]) -> list[str]:
 
 
 class Finalize:
-    """map_batches callable: global line numbers, `doc_key` and `order` from (unit, part, line)."""
+    """Block callable: global line numbers, `doc_key` and `order` from (unit, part, line)."""
 
     def __init__(self, units: list[dict], part_offsets: np.ndarray) -> None:
         prefixes = unit_prefixes(units)

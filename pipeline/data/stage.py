@@ -1,5 +1,6 @@
-"""The data stage: sources -> Ray Data (read, clean, fingerprint) -> global dedup -> tokenizer ->
-tokenize + split + pack + write shards -> publish a manifest version.
+"""The data stage: sources -> Ray tasks over Arrow blocks (read, clean, fingerprint) -> global dedup
+(hash-partitioned shuffle) -> tokenizer -> tokenize + split (shuffle by shard group) -> pack + write
+shards -> publish a manifest version. `blocks.py` says why tasks and not a Ray Data pass per step.
 
 The same function serves the first build and every incremental refresh: it diffs the sources'
 fingerprints against the latest published manifest, processes only new or changed files,
