@@ -71,7 +71,21 @@ def _summary(removed: pa.Table) -> dict[str, int]:
     return {"removed": removed.num_rows, **{r: int((reasons == r).sum()) for r in ("exact", "near")}}
 
 
-def deduplicate(records: Blocks, store, settings, parent: dict | None, config: DedupConfig, cpus: int, layout):
+def shuffle_partitions(live_docs: int, config: DedupConfig, layout: tuple[int, int], blocks: int, cpus: int) -> int:
+    """Reduce tasks of the dedup shuffle: at least one per block up to 4 per core (every core busy),
+    and enough that a partition holds about `PARTITION_BYTES` of key rows (each document is 1 + b
+    rows, each carrying its signature with near-dedup), so no reduce task outgrows its worker."""
+    row_bytes = max(17, 1 + 4 * layout[1]) + 8 + 16 + (4 * config.num_perm if config.near else 0)
+    rows = live_docs * (1 + (layout[0] if config.near else 0))
+    return max(1, min(blocks, 4 * cpus), -(-rows * row_bytes // PARTITION_BYTES))
+
+
+PARTITION_BYTES = 256 << 20
+
+
+def deduplicate(
+    records: Blocks, store, settings, parent: dict | None, config: DedupConfig, cpus: int, layout, live_docs: int
+):
     """(reference to the removed documents' table, counts). The table (order, reason
     ('exact'/'near'), match_order, jaccard, match_doc_key) is built and used on workers: the
     driver gets only the counts, nothing per document. `layout` is `dedup.bands(...)` (or a
@@ -99,9 +113,8 @@ def deduplicate(records: Blocks, store, settings, parent: dict | None, config: D
         ]
         blocks = Blocks(blocks.refs + old)
     layout = layout.result() if hasattr(layout, "result") else layout
-    # Partitions: enough reduce tasks to use every core, bounded so that blocks x partitions
-    # (the number of shuffled objects) stays manageable on a large corpus.
-    parts = max(1, min(len(blocks), 4 * cpus, 128))
+    live_docs += int((parent or {}).get("stats", {}).get("total", {}).get("docs_kept", 0))  # earlier versions' rows
+    parts = shuffle_partitions(live_docs, config, layout, len(blocks), cpus)
     edges = reduce_partitions(_edges, blocks.partition(_key_partitions, parts, config, layout, parts), config)
     # The decision is sequential in document order ("keep first"), over the edge graph only: one
     # task holds it (a few dozen bytes per candidate pair), the driver never does.
@@ -116,10 +129,11 @@ def _load_old(key: str, first: int, root: str, settings, config: DedupConfig) ->
     return load_index(_store(root, settings).read(key), first, config)
 
 
-def write_index(kept: Blocks, store, settings, prefix: str, config: DedupConfig) -> Blocks:
-    """This run's kept documents (hash, minhash, doc_key) as Arrow files, one per block, written by
-    tasks while the driver goes on; `index_keys` waits for them."""
-    return kept.map(_write_index_block, store.root_uri, settings, prefix, config)
+def write_index(records: Blocks, removed, store, settings, prefix: str, config: DedupConfig) -> Blocks:
+    """This run's kept documents (hash, minhash, doc_key) as Arrow files, one per read block (so the
+    files do not depend on how blocks are cut for tokenizing), written by tasks while the driver
+    goes on; `index_keys` waits for them."""
+    return records.map(_write_index_block, removed, store.root_uri, settings, prefix, config)
 
 
 def index_keys(written: Blocks) -> list[str]:
@@ -129,9 +143,15 @@ def index_keys(written: Blocks) -> list[str]:
     return sorted(key for key in ray.get(written.refs) if key)
 
 
-def _write_index_block(batch: pa.Table, root: str, settings, prefix: str, config: DedupConfig) -> str | None:
+def _write_index_block(
+    batch: pa.Table, removed: pa.Table, root: str, settings, prefix: str, config: DedupConfig
+) -> str | None:
     from .readers import _store
 
+    live = pc.is_null(batch["reject"])
+    if removed.num_rows:
+        live = pc.and_(live, pc.invert(pc.is_in(batch["order"], value_set=removed["order"])))
+    batch = batch.filter(live)
     if not batch.num_rows:
         return None
     batch = batch.select(["order", "hash", "minhash", "doc_key"]).take(pc.sort_indices(batch["order"]))

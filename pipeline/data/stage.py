@@ -119,13 +119,15 @@ def _build(config, store, units, new_units, parent, given, run_id, config_sha, r
     cpus = _cpus()
 
     # The LSH band layout costs the driver ~0.4 s (scipy): computed while the workers read.
-    layout = ThreadPoolExecutor(1).submit(bands, data.dedup.threshold, data.dedup.num_perm)
+    executor = ThreadPoolExecutor(1, thread_name_prefix="lsh-layout")
+    layout = executor.submit(bands, data.dedup.threshold, data.dedup.num_perm)
+    executor.shutdown(wait=False)  # the thread ends with its one job
     records, counts = read_records(new_units, data, settings, data.read_blocks or 3 * cpus, reporter.track)
     reporter.phase("read + clean")
     single_doc = {i for i, s in enumerate(data.sources) if s.kind in ("text", "python-stdlib")}
     check_error_rates(counts["units"], new_units, data.max_error_rate, single_doc)
 
-    removed, duplicates = deduplicate(records, store, settings, parent, data.dedup, cpus, layout)
+    removed, duplicates = deduplicate(records, store, settings, parent, data.dedup, cpus, layout, counts["live"])
     reporter.phase("dedup")
     # Tokenizing is the longest step: kept blocks are cut (by text bytes) into about 4 per core so
     # that the last tasks finish together.
@@ -139,7 +141,7 @@ def _build(config, store, units, new_units, parent, given, run_id, config_sha, r
     split_bytes, sample = split_bytes_and_sample(kept, counts["live_bytes"], data, want_sample)
     # Rejects and the dedup index are written by tasks while the driver trains the tokenizer.
     rejects = write_rejects(records, removed, new_units, store, f"{prefix}/rejects/{run_id}/rejects.arrow", settings)
-    index = write_index(kept, store, settings, f"{prefix}/dedup/{run_id}", data.dedup)
+    index = write_index(records, removed, store, settings, f"{prefix}/dedup/{run_id}", data.dedup)
     if parent is not None:
         tokenizer = load_stored_tokenizer(store, parent["tokenizer"])
         tokenizer_block = parent["tokenizer"]

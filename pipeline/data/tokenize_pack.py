@@ -160,12 +160,13 @@ def write_groups(table: pa.Table | None, writer: PackWriteGroup) -> pa.Table:
     """Shuffle reduce side: every shard group of one partition packed and written; one row per shard."""
     if table is None or not table.num_rows:
         return ENTRY_SCHEMA.empty_table()
-    # One sort by (group, doc_key); each group is then a zero-copy slice, already in doc_key order.
-    table = table.take(pc.sort_indices(table, [("group", "ascending"), ("doc_key", "ascending")]))
-    groups = table["group"].to_numpy(zero_copy_only=False)
+    # One sort of the indices by (group, doc_key); each group's rows are then taken in doc_key
+    # order, one group at a time (a copy of the whole partition would double its memory).
+    order = pc.sort_indices(table, [("group", "ascending"), ("doc_key", "ascending")]).to_numpy()
+    groups = table["group"].take(pa.array(order)).to_numpy(zero_copy_only=False)
     starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
     ends = np.r_[starts[1:], len(groups)]
-    return pa.concat_tables([writer(table.slice(a, b - a)) for a, b in zip(starts, ends, strict=True)])
+    return pa.concat_tables([writer(table.take(pa.array(order[a:b]))) for a, b in zip(starts, ends, strict=True)])
 
 
 class PackWriteGroup:
