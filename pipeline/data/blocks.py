@@ -69,11 +69,21 @@ class Blocks:
     def __len__(self) -> int:
         return len(self.refs)
 
-    def map(self, fn: Callable[..., pa.Table], *args: Any) -> Blocks:
-        """`fn(table, *args) -> table` on every block, as tasks; the result stays in the store."""
+    def map(self, fn: Callable[..., pa.Table], *args: Any, each: list | None = None) -> Blocks:
+        """`fn(table, *args) -> table` on every block, as tasks; the result stays in the store.
+        With `each` (one value or reference per block), block i's task gets `each[i]` right after
+        its table: `fn(table, each[i], *args)`."""
         task, shared = _remote("apply"), _shared(args)
         task = task.options(name=_name(fn))
-        return Blocks([task.remote(fn, ref, *shared) for ref in self.refs])
+        pairs = zip(self.refs, self._own(each), strict=True)
+        return Blocks([task.remote(fn, ref, *own, *shared) for ref, own in pairs])
+
+    def _own(self, each: list | None) -> list[tuple]:
+        if each is None:
+            return [()] * len(self.refs)
+        if len(each) != len(self.refs):
+            raise ValueError(f"{len(each)} per-block arguments for {len(self.refs)} blocks")
+        return [(value,) for value in each]
 
     def collect(self, fn: Callable[..., Any], *args: Any) -> list:
         """`fn(table, *args)` on every block; the (small) results come back to the driver."""
@@ -81,12 +91,15 @@ class Blocks:
 
         return ray.get(self.map(fn, *args).refs)
 
-    def partition(self, fn: Callable[..., list[pa.Table]], parts: int, *args: Any) -> list[list]:
+    def partition(
+        self, fn: Callable[..., list[pa.Table]], parts: int, *args: Any, each: list | None = None
+    ) -> list[list]:
         """Shuffle map side: `fn(table, *args)` returns `parts` tables; returns, per partition,
-        the references of its tables from every block."""
+        the references of its tables from every block. `each` as in `map`."""
         task, shared = _remote("many", parts), _shared(args)
         task = task.options(name=_name(fn))
-        outputs = [task.remote(fn, parts, ref, *shared) for ref in self.refs]
+        pairs = zip(self.refs, self._own(each), strict=True)
+        outputs = [task.remote(fn, parts, ref, *own, *shared) for ref, own in pairs]
         if parts == 1:
             return [outputs]
         return [[out[p] for out in outputs] for p in range(parts)]
@@ -95,6 +108,13 @@ class Blocks:
         import ray
 
         return ray.get(self.refs)
+
+
+def split_remote(fn: Callable[..., list], parts: int, *args: Any) -> list:
+    """One task `fn(*args)` returning `parts` values; returns their references (a list, also for 1)."""
+    task = _remote("many", parts).options(name=_name(fn))
+    out = task.remote(fn, parts, *args)
+    return [out] if parts == 1 else list(out)
 
 
 def reduce_partitions(fn: Callable[..., Any], partitions: list[list], *args: Any) -> list:

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..config.data import DedupConfig
-from .blocks import Blocks, reduce_partitions
+from .blocks import Blocks, reduce_partitions, split_remote
 from .dedup import EDGE_SCHEMA, decide, find_edges, index_table, key_rows, load_index
 from .shards import to_ipc_bytes
 
@@ -46,10 +46,10 @@ def _edges(rows: pa.Table | None, config: DedupConfig) -> pa.Table:
     return EDGE_SCHEMA.empty_table() if rows is None else find_edges(rows, config).cast(EDGE_SCHEMA)
 
 
-def _names(batch: pa.Table, removed: pa.Table) -> pa.Table:
+def _names(batch: pa.Table, matches: pa.Array) -> pa.Table:
     """The documents of a block that some removed document matched: order -> name."""
     # Matches are kept documents: live records here, or rows of an earlier version's index.
-    wanted = pc.is_in(batch["order"], value_set=removed["match_order"])
+    wanted = pc.is_in(batch["order"], value_set=matches)
     named = batch.select(["order", "doc_key", "hash"]).filter(wanted)
     # Index files written before doc_keys were recorded name a document by its content hash.
     by_hash = pa.array([f"sha256:{digest.hex()}" for digest in named["hash"].to_pylist()], pa.string())
@@ -64,6 +64,18 @@ def _attach_names(removed: pa.Table, *names: pa.Table) -> pa.Table:
     names = pa.concat_tables([pa.table({"order": pa.array([], pa.int64()), "name": pa.array([], pa.string())}), *names])
     index = pc.index_in(removed["match_order"], value_set=names["order"])
     return removed.append_column("match_doc_key", pc.take(names["name"], index))
+
+
+def _match_orders(removed: pa.Table) -> pa.Array:
+    return pc.unique(removed["match_order"])
+
+
+def _by_block(removed: pa.Table, router, n: int) -> list[pa.Table]:
+    """The removed documents split by the record block that holds each (see `BlockRouter`)."""
+    block = router(removed["order"].to_numpy()) if removed.num_rows else np.zeros(0, np.int64)
+    order = np.argsort(block, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(block, minlength=n))])
+    return [removed.take(pa.array(order[bounds[b] : bounds[b + 1]])) for b in range(n)]
 
 
 def _summary(removed: pa.Table) -> dict[str, int]:
@@ -86,9 +98,9 @@ PARTITION_BYTES = 256 << 20
 def deduplicate(
     records: Blocks, store, settings, parent: dict | None, config: DedupConfig, cpus: int, layout, live_docs: int
 ):
-    """(reference to the removed documents' table, counts). The table (order, reason
-    ('exact'/'near'), match_order, jaccard, match_doc_key) is built and used on workers: the
-    driver gets only the counts, nothing per document. `layout` is `dedup.bands(...)` (or a
+    """(per record block, a reference to its removed documents' table; counts). The tables (order,
+    reason ('exact'/'near'), match_order, jaccard, match_doc_key) are built and used on workers:
+    the driver gets only the counts, nothing per document. `layout` is `dedup.bands(...)` (or a
     future of it: it takes the driver about 0.4 s, so the stage starts it before reading)."""
     import ray
 
@@ -102,7 +114,7 @@ def deduplicate(
         }
     )
     if not (config.exact or config.near):
-        return ray.put(empty), _summary(empty)
+        return [ray.put(empty)] * len(records), _summary(empty)
     blocks = records  # and earlier versions' index rows; `_prints` reduces each in its task
     index_keys = (parent or {}).get("dedup_index", [])
     if index_keys:
@@ -119,8 +131,12 @@ def deduplicate(
     # The decision is sequential in document order ("keep first"), over the edge graph only: one
     # task holds it (a few dozen bytes per candidate pair), the driver never does.
     removed = ray.remote(_decide).remote(config, *edges)
-    removed = ray.remote(_attach_names).remote(removed, *blocks.map(_names, removed).refs)
-    return removed, ray.get(ray.remote(_summary).remote(removed))
+    names = blocks.map(_names, ray.remote(_match_orders).remote(removed))
+    removed = ray.remote(_attach_names).remote(removed, *names.refs)
+    # Each record block's tasks (kept filter, rejects, index) get only the removed documents it
+    # holds, not the whole table.
+    by_block = split_remote(_by_block, len(records), removed, records.router, len(records))
+    return by_block, ray.get(ray.remote(_summary).remote(removed))
 
 
 def _load_old(key: str, first: int, root: str, settings, config: DedupConfig) -> pa.Table:
@@ -129,11 +145,11 @@ def _load_old(key: str, first: int, root: str, settings, config: DedupConfig) ->
     return load_index(_store(root, settings).read(key), first, config)
 
 
-def write_index(records: Blocks, removed, store, settings, prefix: str, config: DedupConfig) -> Blocks:
+def write_index(records: Blocks, removed: list, store, settings, prefix: str, config: DedupConfig) -> Blocks:
     """This run's kept documents (hash, minhash, doc_key) as Arrow files, one per read block (so the
     files do not depend on how blocks are cut for tokenizing), written by tasks while the driver
     goes on; `index_keys` waits for them."""
-    return records.map(_write_index_block, removed, store.root_uri, settings, prefix, config)
+    return records.map(_write_index_block, store.root_uri, settings, prefix, config, each=removed)
 
 
 def index_keys(written: Blocks) -> list[str]:

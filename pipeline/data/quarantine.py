@@ -113,9 +113,10 @@ def _write(store_root: str, settings, key: str, *tables: pa.Table) -> int:
 def write_rejects(records, removed, units: list[dict], store, key: str, settings=None):
     """Write the rejects file on a worker (the driver holds only block references); returns a
     reference to the number of rows, so the driver goes on while it is written.
-    `records` are `blocks.Blocks`; `removed` is (a reference to) `dedup_stage.deduplicate`'s table."""
+    `records` are `blocks.Blocks`; `removed` has, per block, (a reference to) its removed documents
+    (`dedup_stage.deduplicate`)."""
     import ray
 
     uris = pa.array([u["uri"] for u in units], pa.string())
-    rejects = records.map(reject_rows, removed, uris)
+    rejects = records.map(reject_rows, uris, each=removed)
     return ray.remote(_write).options(name="write_rejects").remote(store.root_uri, settings, key, *rejects.refs)

@@ -17,13 +17,13 @@ import pyarrow as pa
 from ..config.data import DataConfig
 from ..storage import StorageSettings
 from .blocks import Blocks
-from .plan import Finalize, plan_pieces, read_piece
+from .plan import _LINE_BITS, Finalize, plan_pieces, read_piece
 from .tokenize_pack import SPLITS, split_codes
 
 
 def read_records(
     units: list[dict], data: DataConfig, settings: StorageSettings, blocks: int, track=None
-) -> tuple[Blocks, dict]:
+) -> tuple[RecordBlocks, dict]:
     """(records, counts) for this run's units: one block of records per read piece. `track(refs,
     what)` waits for the read tasks showing progress (`Reporter.track`)."""
     import ray
@@ -79,13 +79,39 @@ def read_records(
         "live_bytes": sum(meta["live_bytes"] for meta in metas),
     }
 
+    finalize = Finalize(units, offsets)
     if any(later):
-        shifted = Blocks([t for t, late in zip(tables, later, strict=True) if late]).map(
-            _finalize, Finalize(units, offsets)
-        )
+        shifted = Blocks([t for t, late in zip(tables, later, strict=True) if late]).map(_finalize, finalize)
         numbered = iter(shifted.refs)
         tables = [next(numbered) if late else t for t, late in zip(tables, later, strict=True)]
-    return Blocks(tables), counts
+    part_block = np.zeros(n_parts, np.int64)
+    for block, piece in enumerate(pieces):
+        for part in piece:
+            part_block[part["pid"]] = block
+    first_orders = (finalize.rank[part_unit] << _LINE_BITS) | offsets
+    return RecordBlocks(tables, BlockRouter(first_orders, part_block)), counts
+
+
+class BlockRouter:
+    """`order` -> the index of the record block that holds it, from each part's first order
+    (file rank << 34 | first line): per-file state, so routing a row needs no per-document table.
+    Parts of one file cover consecutive line ranges, so the part holding an order is the last one
+    whose first order is not above it."""
+
+    def __init__(self, first_orders: np.ndarray, part_block: np.ndarray) -> None:
+        order = np.argsort(first_orders, kind="stable")
+        self.first_orders, self.part_block = first_orders[order], part_block[order]
+
+    def __call__(self, orders: np.ndarray) -> np.ndarray:
+        return self.part_block[np.searchsorted(self.first_orders, orders, side="right") - 1]
+
+
+class RecordBlocks(Blocks):
+    """The read records, one block per read piece, with the router from `order` to block."""
+
+    def __init__(self, refs: list, router: BlockRouter) -> None:
+        super().__init__(refs)
+        self.router = router
 
 
 def _later_range(part: dict) -> bool:

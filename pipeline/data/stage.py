@@ -132,7 +132,7 @@ def _build(config, store, units, new_units, parent, given, run_id, config_sha, r
     # Tokenizing is the longest step: kept blocks are cut (by text bytes) into about 4 per core so
     # that the last tasks finish together.
     pieces = max(1, -(-4 * cpus // len(records)))
-    kept = Blocks([ref for part in records.partition(_kept_rows, pieces, removed, pieces) for ref in part])
+    kept = Blocks([ref for part in records.partition(_kept_rows, pieces, pieces, each=removed) for ref in part])
     docs_kept = counts["live"] - duplicates["removed"]
     if not docs_kept and parent is None:
         raise UserError(f"dataset {data.name!r}: no documents survived filtering and dedup; nothing to publish")

@@ -119,3 +119,24 @@ def test_dedup_shuffle_partitions_follow_the_corpus_size():
     assert docs * rows_per_doc * row_bytes / parts <= PARTITION_BYTES  # no reduce task outgrows its worker
     exact_only = shuffle_partitions(docs, DedupConfig(near=False), layout, blocks=6, cpus=2)
     assert exact_only < parts / 10  # one 41-byte row per document without near-dedup
+
+
+def test_every_record_is_routed_to_the_block_that_holds_it(tmp_path):
+    """The removed-documents table is split by `BlockRouter` so each block's tasks get only their
+    own rows: every order must map to its block, also across byte ranges of a split file."""
+    docs = make_documents(n=300)
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs * 4))  # split
+    (source / "b.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:20]))  # whole
+    config = data_config(f"file://{tmp_path}/root", str(source))
+    from pipeline.data.sources import list_all_units
+
+    settings = config.storage.settings()
+    units = list_all_units(config.data.sources, settings)
+    records, _ = read_records(units, config.data, settings, 5)
+    tables = records.tables()
+    assert len(tables) >= 4 and sum(t.num_rows for t in tables) == 300 * 4 + 20
+    for block, table in enumerate(tables):
+        orders = table["order"].to_numpy()
+        assert (records.router(orders) == block).all()
