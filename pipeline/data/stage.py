@@ -134,13 +134,18 @@ def _build(config, store, units, new_units, parent, given, run_id, config_sha, r
     pieces = max(1, -(-4 * cpus // len(records)))
     kept = Blocks([ref for part in records.partition(_kept_rows, pieces, pieces, each=removed) for ref in part])
     docs_kept = counts["live"] - duplicates["removed"]
+    rejects_key = f"{prefix}/rejects/{run_id}/rejects.arrow"
     if not docs_kept and parent is None:
-        raise UserError(f"dataset {data.name!r}: no documents survived filtering and dedup; nothing to publish")
+        ray.get(write_rejects(records, removed, new_units, store, rejects_key, settings))  # says why
+        raise UserError(
+            f"dataset {data.name!r}: no documents survived filtering and dedup; nothing to publish "
+            f"(every record is in {store.uri(rejects_key)})"
+        )
 
     want_sample = parent is None and given is None
     split_bytes, sample = split_bytes_and_sample(kept, counts["live_bytes"], data, want_sample)
     # Rejects and the dedup index are written by tasks while the driver trains the tokenizer.
-    rejects = write_rejects(records, removed, new_units, store, f"{prefix}/rejects/{run_id}/rejects.arrow", settings)
+    rejects = write_rejects(records, removed, new_units, store, rejects_key, settings)
     index = write_index(records, removed, store, settings, f"{prefix}/dedup/{run_id}", data.dedup)
     if parent is not None:
         tokenizer = load_stored_tokenizer(store, parent["tokenizer"])

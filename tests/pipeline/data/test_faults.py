@@ -179,3 +179,16 @@ def test_unreadable_source_file_fails_naming_it_and_publishes_nothing(tmp_path):
         run(config)
     store = open_store(config.storage.root)
     assert read_latest(store, "test") == (None, None) and not store.list("datasets/test/shards")
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_nothing_surviving_is_one_clear_error_and_every_record_is_in_the_rejects(tmp_path):
+    write_jsonl(tmp_path / "src" / "short.jsonl", ["tiny", "  ", "no", "tiny"])  # all under min_chars 8
+    config = data_config(f"file://{tmp_path}/root", str(tmp_path / "src"), max_error_rate=1.0)
+    with pytest.raises(UserError, match=r"no documents survived.*every record is in file://.*rejects\.arrow"):
+        run(config)
+    store = open_store(config.storage.root)
+    assert read_latest(store, "test")[0] is None  # nothing published
+    (key,) = [k for k in store.list("datasets/test/rejects") if k.endswith("rejects.arrow")]
+    rows = pa.ipc.open_file(store.read(key)).read_all().to_pylist()
+    assert sorted(r["reason"] for r in rows) == ["empty", "too_short", "too_short", "too_short"]
