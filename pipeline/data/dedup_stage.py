@@ -66,6 +66,14 @@ def _attach_names(removed: pa.Table, *names: pa.Table) -> pa.Table:
     return removed.append_column("match_doc_key", pc.take(names["name"], index))
 
 
+def kept_records(batch: pa.Table, removed: pa.Table) -> pa.Table:
+    """The records of a block that are kept: not rejected, and not among its `removed` documents."""
+    live = pc.is_null(batch["reject"])
+    if removed.num_rows:
+        live = pc.and_(live, pc.invert(pc.is_in(batch["order"], value_set=removed["order"])))
+    return batch.filter(live)
+
+
 def _match_orders(removed: pa.Table) -> pa.Array:
     return pc.unique(removed["match_order"])
 
@@ -164,10 +172,7 @@ def _write_index_block(
 ) -> str | None:
     from .readers import _store
 
-    live = pc.is_null(batch["reject"])
-    if removed.num_rows:
-        live = pc.and_(live, pc.invert(pc.is_in(batch["order"], value_set=removed["order"])))
-    batch = batch.filter(live)
+    batch = kept_records(batch, removed)
     if not batch.num_rows:
         return None
     batch = batch.select(["order", "hash", "minhash", "doc_key"]).take(pc.sort_indices(batch["order"]))

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..config.run import RunConfig
 from ..errors import UserError
@@ -29,7 +28,7 @@ from ..storage import open_store
 from ..storage.lease import acquire_lease
 from .blocks import Blocks, reduce_partitions
 from .dedup import bands
-from .dedup_stage import deduplicate, index_keys, write_index
+from .dedup_stage import deduplicate, index_keys, kept_records, write_index
 from .manifest import SCHEMA_VERSION, dataset_prefix, next_version, publish, read_latest
 from .minhash import LEGACY_SCHEME, SCHEME
 from .quarantine import check_error_rates, write_rejects
@@ -193,10 +192,7 @@ def _cpus() -> int:
 
 def _kept_rows(batch: pa.Table, removed: pa.Table, pieces: int) -> list[pa.Table]:
     """The kept records of a block, cut into `pieces` runs of about equal text bytes."""
-    live = pc.is_null(batch["reject"])
-    if removed.num_rows:
-        live = pc.and_(live, pc.invert(pc.is_in(batch["order"], value_set=removed["order"])))
-    kept = batch.filter(live).drop_columns(["reject", "raw"])
+    kept = kept_records(batch, removed).drop_columns(["reject", "raw"])
     ends = np.cumsum(kept["n_bytes"].to_numpy())
     cuts = np.searchsorted(ends, np.arange(1, pieces) * (ends[-1] if len(ends) else 0) / pieces)
     bounds = np.r_[0, cuts, kept.num_rows]
