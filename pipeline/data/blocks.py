@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 
@@ -108,6 +109,14 @@ class Blocks:
         import ray
 
         return ray.get(self.refs)
+
+
+def split_by(table: pa.Table, part: np.ndarray, parts: int) -> list[pa.Table]:
+    """`table`'s rows split into `parts` tables by their partition id `part` (row order kept within
+    each). `take`, not `slice`: a slice would carry (and serialize) the whole table's buffers."""
+    order = np.argsort(part, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(part, minlength=parts))])
+    return [table.take(pa.array(order[bounds[p] : bounds[p + 1]])) for p in range(parts)]
 
 
 def split_remote(fn: Callable[..., list], parts: int, *args: Any) -> list:

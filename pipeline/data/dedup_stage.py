@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..config.data import DedupConfig
-from .blocks import Blocks, reduce_partitions, split_remote
+from .blocks import Blocks, reduce_partitions, split_by, split_remote
 from .dedup import EDGE_SCHEMA, decide, find_edges, index_table, key_rows, load_index
 from .shards import to_ipc_bytes
 
@@ -35,10 +35,7 @@ def _key_partitions(batch: pa.Table, config: DedupConfig, layout: tuple[int, int
     keys = keys.reshape(-1, width)
     mixed = keys[:, 1:5].copy().view("<u4").reshape(-1).astype(np.int64) + keys[:, 0].astype(np.int64) * 40503
     part = mixed % parts
-    order = np.argsort(part, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(part, minlength=parts))])
-    # `take`, not `slice`: a slice would carry (and serialize) the whole block's buffers.
-    return [rows.take(pa.array(order[bounds[p] : bounds[p + 1]])) for p in range(parts)]
+    return split_by(rows, part, parts)
 
 
 def _edges(rows: pa.Table | None, config: DedupConfig) -> pa.Table:
@@ -81,9 +78,7 @@ def _match_orders(removed: pa.Table) -> pa.Array:
 def _by_block(removed: pa.Table, router, n: int) -> list[pa.Table]:
     """The removed documents split by the record block that holds each (see `BlockRouter`)."""
     block = router(removed["order"].to_numpy()) if removed.num_rows else np.zeros(0, np.int64)
-    order = np.argsort(block, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(block, minlength=n))])
-    return [removed.take(pa.array(order[bounds[b] : bounds[b + 1]])) for b in range(n)]
+    return split_by(removed, block, n)
 
 
 def _summary(removed: pa.Table) -> dict[str, int]:

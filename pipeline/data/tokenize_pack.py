@@ -13,6 +13,7 @@ from tokenizers import Tokenizer
 
 from ..config.data import DataConfig
 from ..storage import StorageSettings, open_store
+from .blocks import split_by
 from .manifest_types import SPLITS  # noqa: F401  (re-exported: stage.py imports it from here)
 from .shards import blocks_table, pack_flat, token_dtype, write_shard
 
@@ -151,9 +152,7 @@ def tokenize_partitions(
     part = np.array([part_of[n] for n in names.to_pylist()], np.int64)[
         pc.index_in(table["group"], value_set=names).to_numpy()
     ]
-    order = np.argsort(part, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(part, minlength=parts))])
-    return [table.take(pa.array(order[bounds[p] : bounds[p + 1]])) for p in range(parts)]
+    return split_by(table, part, parts)
 
 
 def write_groups(table: pa.Table | None, writer: PackWriteGroup) -> pa.Table:
