@@ -85,6 +85,10 @@ class RunKeys:
         """Append-only segments `metrics/part-<first step>.jsonl` (see pipeline/train/metrics.py)."""
         return f"{self.prefix}/metrics"
 
+    def timing(self, stage: str) -> str:
+        """`timings/<stage>.json`: wall time of one stage (what the report shows)."""
+        return f"{self.prefix}/timings/{stage}.json"
+
     @property
     def samples(self) -> str:
         return f"{self.prefix}/samples"

@@ -1,0 +1,65 @@
+"""Typed records of every JSON document Sora stores (DESIGN.md s.3).
+
+Each record owns its storage key (built from `pipeline.keys`) and its load/save with the write
+contract the document needs: create-if-absent (manifests, run pins, suites indexes, eval results),
+compare-and-swap (`LATEST`, `run.json` lineage) or a plain write under a fence the caller holds
+(`COMMITTED`, trainer state, timings). Outside this package no code parses these documents or
+indexes them by string key (tests/pipeline/test_records.py enforces it).
+"""
+
+from .checkpoint import COMMITTED, STATE, Committed, CommittedFile, EarlyStoppingState, TrainerState
+from .dataset import (
+    SPLITS,
+    BuildStats,
+    LatestPointer,
+    Manifest,
+    ManifestStats,
+    ShardEntry,
+    SourceEntry,
+    TokenizerInfo,
+    next_version,
+    publish,
+    published_versions,
+    read_latest,
+    read_version,
+)
+from .evaluation import Chance, EvalLineage, EvalResults, EvalSuites, SuiteFile, SuiteIndex, SuiteTask
+from .export import ExportInfo
+from .metrics import MetricsRow, last_row, read_rows
+from .run import RunPin, StageTiming, StoredConfig, WarmStartLineage
+
+__all__ = [
+    "COMMITTED",
+    "SPLITS",
+    "STATE",
+    "BuildStats",
+    "Chance",
+    "Committed",
+    "CommittedFile",
+    "EarlyStoppingState",
+    "EvalLineage",
+    "EvalResults",
+    "EvalSuites",
+    "ExportInfo",
+    "LatestPointer",
+    "Manifest",
+    "ManifestStats",
+    "MetricsRow",
+    "RunPin",
+    "ShardEntry",
+    "SourceEntry",
+    "StageTiming",
+    "StoredConfig",
+    "SuiteFile",
+    "SuiteIndex",
+    "SuiteTask",
+    "TokenizerInfo",
+    "WarmStartLineage",
+    "last_row",
+    "next_version",
+    "publish",
+    "published_versions",
+    "read_latest",
+    "read_rows",
+    "read_version",
+]

@@ -1,0 +1,193 @@
+"""Dataset records: the manifest of a version (`manifests/vNNNNNN.json`) and the `LATEST` pointer.
+
+A version becomes visible only when `LATEST` moves (compare-and-swap from the parent's ETag), and
+only after every shard and the manifest itself exist (create-if-absent); a crash at any earlier
+point leaves readers on the previous version. Manifest files that never became LATEST (a crashed
+publisher) are ignored by readers and skipped over when numbering the next version.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from ..errors import UserError
+from ..faults import fail_point
+from ..keys import DatasetKeys
+from ..storage import ObjectStore
+from .base import Record
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "val", "heldout")
+
+
+class ShardEntry(Record):
+    uri: str
+    key: str
+    rows: int
+    tokens: int
+    bytes: int
+    sha256: str
+    docs: int | None = None
+
+
+class TokenizerInfo(Record):
+    uri: str
+    key: str
+    sha256: str
+    vocab_size: int
+    eos_id: int
+    pad_id: int
+
+
+class SourceEntry(Record):
+    """One source file as it was when the version was built (what a refresh diffs against)."""
+
+    uri: str
+    size: int
+    version: Any  # ETag or mtime: whatever the source's filesystem reports
+    source_index: int
+
+
+class BuildStats(Record):
+    """Counts of one build (`stats.run`) or of every build of the version chain (`stats.total`)."""
+
+    docs_read: int = 0
+    docs_kept: int = 0
+    rejected: dict[str, int] = Field(default_factory=dict)
+    duplicates: dict[str, int] = Field(default_factory=dict)
+    tokens: dict[str, int] = Field(default_factory=dict)
+    blocks: dict[str, int] = Field(default_factory=dict)
+    source_bytes: int = 0
+
+    def plus(self, other: BuildStats) -> BuildStats:
+        """Field-wise sum (dict fields key by key), for the version chain's totals."""
+        mine, theirs = self.model_dump(), other.model_dump()
+        summed = {}
+        for name, value in theirs.items():
+            if isinstance(value, dict):
+                summed[name] = {k: mine[name].get(k, 0) + value.get(k, 0) for k in sorted(set(mine[name]) | set(value))}
+            else:
+                summed[name] = mine[name] + value
+        return BuildStats(**summed)
+
+
+class ManifestStats(Record):
+    run: BuildStats
+    total: BuildStats
+
+
+class Manifest(Record):
+    """One published dataset version (DESIGN.md s.3)."""
+
+    schema_version: int = SCHEMA_VERSION
+    version: int
+    parent_version: int | None = None
+    created_at: str | None = None
+    dataset: str
+    seq_len: int
+    dtype: Literal["uint16", "uint32"]  # token dtype of the shards
+    tokenizer: TokenizerInfo
+    sources: list[SourceEntry] = Field(default_factory=list)
+    shards: dict[str, list[ShardEntry]]
+    stats: ManifestStats | None = None
+    dedup_index: list[str] = Field(default_factory=list)
+    dedup_scheme: str | None = None  # absent in manifests written before schemes were recorded
+    config_sha256: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)  # the data config it was built with
+    run_id: str | None = None
+    runs: list[str] = Field(default_factory=list)
+
+    @property
+    def block_len(self) -> int:
+        """Tokens per stored row: inputs are `[:-1]`, labels `[1:]`."""
+        return self.seq_len + 1
+
+    @property
+    def token_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+    def split(self, name: str) -> tuple[ShardEntry, ...]:
+        return tuple(self.shards.get(name, ()))
+
+    @property
+    def key(self) -> str:
+        return DatasetKeys(self.dataset).manifest(self.version)
+
+    @property
+    def heldout_fraction(self) -> float | None:
+        return (self.config.get("split") or {}).get("heldout_fraction")
+
+
+class LatestPointer(Record):
+    json_indent = None
+    json_sort_keys = False
+
+    version: int
+    manifest: str  # the manifest's key
+
+
+def read_latest(store: ObjectStore, name: str) -> tuple[Manifest | None, str | None]:
+    """(manifest, LATEST's ETag) of the newest published version, or (None, None)."""
+    pointer = store.read_with_etag(DatasetKeys(name).latest)
+    if pointer is None:
+        return None, None
+    target = LatestPointer.from_bytes(pointer[0])
+    return Manifest.from_bytes(store.read(target.manifest)), pointer[1]
+
+
+def read_version(store: ObjectStore, name: str, version: int | str | None = "LATEST") -> Manifest:
+    """A published manifest by number, or the latest; `UserError` if there is none."""
+    if version in ("LATEST", None):
+        manifest, _ = read_latest(store, name)
+        if manifest is None:
+            raise UserError(f"dataset {name!r} has no published version under {store.root_uri}")
+        return manifest
+    key = DatasetKeys(name).manifest(int(version))
+    try:
+        manifest = Manifest.from_bytes(store.read(key))
+    except FileNotFoundError:
+        raise UserError(f"dataset {name!r} has no version {version} ({store.uri(key)})") from None
+    if int(version) not in published_versions(store, name):
+        raise UserError(
+            f"dataset {name!r} version {version} was never published (LATEST never pointed at it: "
+            "a crashed or overtaken writer left it behind)"
+        )
+    return manifest
+
+
+def published_versions(store: ObjectStore, name: str) -> list[int]:
+    """Versions LATEST has pointed at: the parent chain from the newest manifest."""
+    manifest, _ = read_latest(store, name)
+    versions = []
+    while manifest is not None:
+        versions.append(manifest.version)
+        parent = manifest.parent_version
+        manifest = Manifest.from_bytes(store.read(DatasetKeys(name).manifest(parent))) if parent else None
+    return versions
+
+
+def next_version(store: ObjectStore, name: str) -> int:
+    keys = store.list(DatasetKeys(name).manifests)
+    numbers = [int(k.rpartition("/v")[2].removesuffix(".json")) for k in keys if k.endswith(".json")]
+    return max(numbers, default=0) + 1
+
+
+def publish(store: ObjectStore, manifest: Manifest, latest_etag: str | None, lease) -> str:
+    """Write the manifest (create-if-absent), then move LATEST (compare-and-swap). Returns its key.
+
+    `lease` is the writer's `Lease` or `Heartbeat`: checked between the two writes (fencing).
+    """
+    keys = DatasetKeys(manifest.dataset)
+    if not store.create(manifest.key, manifest.to_bytes()):
+        raise UserError(
+            f"{store.uri(manifest.key)} already exists: another writer published version {manifest.version}"
+        )
+    fail_point("before_latest")
+    lease.assert_held()
+    pointer = LatestPointer(version=manifest.version, manifest=manifest.key)
+    if store.swap(keys.latest, pointer.to_bytes(), latest_etag) is None:
+        raise UserError(f"{store.uri(keys.latest)} moved while this run was working; not published")
+    return manifest.key

@@ -1,0 +1,46 @@
+"""`sora_export.json`: what an exported HF checkpoint (`runs/<run>/hf/`) was trained on and how.
+
+Written into the export folder before `config.json` (whose presence marks the export complete).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..keys import RunKeys
+from ..storage import ObjectStore
+from .base import Record
+from .run import WarmStartLineage
+
+FILE = "sora_export.json"
+
+
+class ExportInfo(Record):
+    step: int
+    val_loss: float | None = None
+    dataset: str
+    dataset_version: int
+    run: str
+    early_stopped: bool = False
+    tokenizer_sha256: str | None = None
+    warm_start: WarmStartLineage | None = None  # a warm-started pretrain run: run.json's init_from
+    init_from: str | None = None  # URI of the checkpoint or export the weights started from
+    # fine-tuned classifiers
+    task: str | None = None
+    method: str | None = None
+    init: str | None = None
+    suite_prefix: str | None = None  # the classify suite build it learned from
+
+    def finished(self, max_steps: int) -> bool:
+        return self.step >= max_steps or self.early_stopped
+
+    def write_local(self, folder: Path) -> None:
+        (folder / FILE).write_text(self.to_bytes().decode())
+
+    @classmethod
+    def load(cls, store: ObjectStore, run: str) -> ExportInfo | None:
+        """The export's info, or None when the run has no export (or an incomplete one)."""
+        try:
+            return cls.from_bytes(store.read(f"{RunKeys(run).export}/{FILE}"))
+        except FileNotFoundError:
+            return None
