@@ -49,6 +49,7 @@ __all__ = [
     "ShardEntry",
     "SourceEntry",
     "StageTiming",
+    "TrainerState",
     "StoredConfig",
     "SuiteFile",
     "SuiteIndex",
