@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import UserError
+from ..records import ShardEntry
 from ..storage import ObjectStore
 
 ROWS_PER_BATCH = 1024  # record-batch size: the unit a loader can read without the whole file
@@ -98,13 +99,13 @@ def write_shard(store: ObjectStore, key: str, table: pa.Table, tokens: int) -> d
     }
 
 
-def read_shard(store: ObjectStore, entry: dict, verify: bool = True) -> pa.Table:
+def read_shard(store: ObjectStore, entry: ShardEntry, verify: bool = True) -> pa.Table:
     """Read a shard; with `verify`, check its sha256 against the manifest first."""
-    data = store.read(entry["key"])
+    data = store.read(entry.key)
     if verify:
         digest = hashlib.sha256(data).hexdigest()
-        if digest != entry["sha256"] or len(data) != entry["bytes"]:
+        if digest != entry.sha256 or len(data) != entry.bytes:
             raise CorruptShardError(
-                f"shard {entry['uri']} is corrupt: sha256 {digest[:12]}... != manifest {entry['sha256'][:12]}..."
+                f"shard {entry.uri} is corrupt: sha256 {digest[:12]}... != manifest {entry.sha256[:12]}..."
             )
     return pa.ipc.open_file(io.BytesIO(data)).read_all()
