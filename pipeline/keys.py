@@ -43,7 +43,7 @@ class DatasetKeys:
         return f"{self.manifests}/v{version:06d}.json"
 
     def suites(self, version: int) -> str:
-        """Downstream suites built from version `version`'s held-out documents (pipeline/evaluation/suites.py)."""
+        """Downstream suites built from version `version`'s held-out documents (pipeline/suites/build.py)."""
         return f"{self.prefix}/suites/v{version:06d}"
 
 

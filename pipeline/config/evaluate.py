@@ -1,7 +1,7 @@
 """Configuration of the evaluation stage (`eval:`): downstream suites and lm-eval settings.
 
 The suites (`heldout-ppl`, `cloze`, `classify`) are built from a dataset version's held-out
-documents (pipeline/evaluation/suites.py); every size below is a cap, and the builder fails with a
+documents (pipeline/suites/build.py); every size below is a cap, and the builder fails with a
 clear message when the held-out split cannot give `min_test_examples`.
 """
 

@@ -8,18 +8,33 @@ can show what pretraining bought.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from .base import Section
+from .loop import (
+    CheckpointInterval,
+    EvalInterval,
+    GlobalBatch,
+    KeepLast,
+    LoopConfig,
+    MaxSteps,
+    MicroBatch,
+    WarmupSteps,
+    WeightDecay,
+)
 from .train import TrainConfig
 
 INITS = ("pretrained", "scratch")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-class FinetuneConfig(Section):
+class FinetuneConfig(LoopConfig):
+    """Fine-tuning: the shared loop settings (`LoopConfig`, fine-tuning defaults) plus the method."""
+
+    prefix: ClassVar[str] = "finetune."
+    parallel_name: ClassVar[str] = "workers"
+
     method: Literal["full", "lora"] = Field(
         default="full", description="full: every weight trains; lora: low-rank adapters on attention/MLP projections."
     )
@@ -27,43 +42,30 @@ class FinetuneConfig(Section):
         default=None, description="Pretrain run whose HF export initializes the model (default: train.run)."
     )
     strategy: Literal["zero1", "zero2", "zero3"] = Field(default="zero2", description="DeepSpeed ZeRO strategy.")
-    workers: int = Field(default=2, ge=1, description="Ray Train workers (one GPU each when GPUs are used).")
-    global_batch: int = Field(default=32, ge=1, description="Examples per optimizer step.")
-    micro_batch: int = Field(default=8, ge=1, description="Examples per worker per forward/backward.")
+    global_batch: GlobalBatch = 32
+    micro_batch: MicroBatch = 8
     max_length: int = Field(default=128, ge=8, description="Tokens per example (longer snippets are truncated).")
-    lr: float = Field(default=1e-3, gt=0, description="Peak learning rate.")
-    min_lr: float = Field(default=1e-4, ge=0, description="Final learning rate of the cosine decay.")
-    warmup_steps: int = Field(default=10, ge=0, description="Linear warmup steps.")
-    weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay (matrices only).")
-    grad_clip: float = Field(default=1.0, ge=0, description="Global gradient-norm clipping (0 disables).")
-    max_steps: int = Field(default=120, ge=1, description="Optimizer steps (the budget both inits get).")
-    eval_interval: int = Field(default=10, ge=1, description="Validate every this many steps.")
-    eval_batches: int = Field(default=4, ge=1, description="Global batches of validation examples per evaluation.")
+    warmup_steps: WarmupSteps = 10
+    weight_decay: WeightDecay = 0.01
+    max_steps: MaxSteps = 120
+    eval_interval: EvalInterval = 10
     patience: int | None = Field(
         default=4,
         ge=1,
         description="Early stopping: stop after this many evaluations without a lower validation loss (null: never).",
     )
-    checkpoint_interval: int = Field(default=60, ge=1, description="Checkpoint every this many steps (and at the end).")
-    keep_last: int = Field(default=1, ge=1, description="Committed checkpoints to keep per fine-tune run.")
+    checkpoint_interval: CheckpointInterval = 60
+    keep_last: KeepLast = 1
     lora_rank: int = Field(default=16, ge=1, description="LoRA rank r.")
     lora_alpha: float = Field(default=32.0, gt=0, description="LoRA scaling alpha (update scaled by alpha / r).")
     lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
     lora_targets: list[str] = Field(
         default_factory=lambda: list(LORA_TARGETS), description="Module names that get LoRA adapters."
     )
-    seed: int = Field(default=1234, description="Seed of the classifier head, LoRA init and example order.")
-    max_failures: int = Field(default=2, ge=0, description="Worker failures Ray Train recovers from.")
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:
-        if self.global_batch % (self.micro_batch * self.workers):
-            raise ValueError(
-                f"finetune.global_batch ({self.global_batch}) must be divisible by micro_batch x workers "
-                f"({self.micro_batch} x {self.workers})"
-            )
-        if self.min_lr > self.lr:
-            raise ValueError("finetune.min_lr must not exceed finetune.lr")
+        self.check_loop()
         return self
 
     def source_run(self, train: TrainConfig) -> str:
@@ -71,31 +73,19 @@ class FinetuneConfig(Section):
 
     def run_name(self, train: TrainConfig, init: str) -> str:
         """`<pretrain run>-ft-<method>-<init>`: each fine-tune is a run of its own (lease, checkpoints)."""
-        return f"{self.source_run(train)}-ft-{self.method}-{init}"
+        return f"{self.source_run(train)}-{self.eval_name(init)}"
+
+    def eval_name(self, init: str) -> str:
+        """`ft-<method>-<init>`: the name its classifier is evaluated under (runs/<run>/eval/<name>/)."""
+        return f"ft-{self.method}-{init}"
+
+    def run_names(self, train: TrainConfig) -> dict[str, str]:
+        """init -> fine-tune run name, for every init."""
+        return {init: self.run_name(train, init) for init in INITS}
 
     def train_config(self, train: TrainConfig, init: str, dataset: str, version: int) -> TrainConfig:
         """The training-loop settings of one fine-tune run (the loop only reads a TrainConfig)."""
-        fields: dict[str, Any] = {
-            name: getattr(self, name)
-            for name in (
-                "strategy",
-                "workers",
-                "global_batch",
-                "micro_batch",
-                "lr",
-                "min_lr",
-                "warmup_steps",
-                "weight_decay",
-                "grad_clip",
-                "max_steps",
-                "eval_interval",
-                "eval_batches",
-                "checkpoint_interval",
-                "keep_last",
-                "seed",
-                "max_failures",
-            )
-        }
+        fields: dict[str, Any] = self.model_dump(include={*LoopConfig.model_fields, "strategy"})
         inherited = ("model", "model_overrides", "use_gpu", "precision", "lease_seconds")
         return TrainConfig.model_validate(
             {

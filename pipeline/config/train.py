@@ -6,12 +6,14 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from .base import Section
+from .loop import LoopConfig
 
 Strategy = Literal["zero1", "zero2", "zero3", "pipeline"]
 
 
-class TrainConfig(Section):
+class TrainConfig(LoopConfig):
+    """Pretraining: the shared loop settings (`LoopConfig`) plus the model, data and parallelism."""
+
     run: str = Field(
         default="sora-tiny",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
@@ -32,42 +34,21 @@ class TrainConfig(Section):
         description="Run name whose newest committed checkpoint initialises the weights (warm start, e.g. "
         "on a newer dataset version after a refresh).",
     )
-    global_batch: int = Field(default=16, ge=1, description="Samples (seq_len tokens each) per optimizer step.")
-    micro_batch: int = Field(default=4, ge=1, description="Samples per worker per forward/backward.")
-    lr: float = Field(default=1e-3, gt=0, description="Peak learning rate.")
-    min_lr: float = Field(default=1e-4, ge=0, description="Final learning rate of the cosine decay.")
-    warmup_steps: int = Field(default=20, ge=0, description="Linear warmup steps.")
-    weight_decay: float = Field(default=0.1, ge=0, description="AdamW weight decay (matrices only).")
-    grad_clip: float = Field(default=1.0, ge=0, description="Global gradient-norm clipping (0 disables).")
-    max_steps: int = Field(default=200, ge=1, description="Optimizer steps to train (sets the LR schedule).")
     stop_after_steps: int | None = Field(
         default=None,
         ge=1,
         description="Checkpoint and exit after this step "
         "(e.g. before a maintenance window); rerun the same config to resume.",
     )
-    eval_interval: int = Field(default=50, ge=1, description="Validate every this many steps (and at the end).")
-    eval_batches: int = Field(default=4, ge=1, description="Global batches of validation data per evaluation.")
-    checkpoint_interval: int = Field(
-        default=100, ge=1, description="Checkpoint every this many steps (and at the end)."
-    )
-    keep_last: int = Field(default=2, ge=1, description="Committed checkpoints to keep.")
     strategy: Strategy = Field(default="zero3", description="zero3 (default), zero1, zero2, or pipeline.")
     zero_stage: int | None = Field(
         default=None, ge=0, le=3, description="ZeRO stage; implied by zero* strategies; pipeline allows 0 or 1."
     )
     pipeline_stages: int = Field(default=1, ge=1, description="Pipeline stages (strategy: pipeline).")
     offload: bool = Field(default=False, description="ZeRO-3: offload optimizer state and parameters to CPU.")
-    workers: int = Field(default=2, ge=1, description="Ray Train workers (one GPU each when GPUs are used).")
     use_gpu: bool | Literal["auto"] = Field(default="auto", description="auto: GPUs when the cluster has them.")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         default="auto", description="auto: bf16 on GPUs that support it, fp32 on CPU."
-    )
-    seed: int = Field(default=1234, description="Seed of initialization and of the data order.")
-    max_failures: int = Field(
-        default=2,
-        ge=0,
-        description="Worker failures Ray Train recovers from (restarting from the last committed checkpoint).",
     )
     log_interval: int = Field(default=10, ge=1, description="Steps between metric flushes and progress lines.")
     record_sample_ids: bool = Field(
@@ -103,16 +84,9 @@ class TrainConfig(Section):
             raise ValueError(f"strategy {self.strategy} conflicts with zero_stage: {self.zero_stage}")
         if self.workers % self.pipeline_stages:
             raise ValueError(f"workers ({self.workers}) must be a multiple of pipeline_stages ({self.pipeline_stages})")
-        per_step = self.micro_batch * self.data_parallel
-        if self.global_batch % per_step:
-            raise ValueError(
-                f"global_batch ({self.global_batch}) must be divisible by micro_batch x data-parallel size "
-                f"({self.micro_batch} x {self.data_parallel} = {per_step})"
-            )
+        self.check_loop()
         if self.offload and self.strategy != "zero3":
             raise ValueError("offload is supported with strategy zero3 only")
-        if self.min_lr > self.lr:
-            raise ValueError("min_lr must not exceed lr")
         return self
 
     @property

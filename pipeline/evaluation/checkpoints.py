@@ -14,39 +14,41 @@ from typing import Any
 
 import torch
 
-from sora import SoraForCausalLM
+from sora import SoraConfig, SoraForCausalLM
 
 from ..config.finetune import INITS
 from ..config.run import RunConfig
-from ..finetune.launch import pretrained_export
 from ..keys import RunKeys
+from ..records import ExportInfo, Manifest, read_version
+from ..records.export import load_export
 from ..storage import ObjectStore, open_store
 from ..train.export import upload_hf_model
 from .stage import evaluate_checkpoint_to_store
 
 
-def scratch_language_model(store: ObjectStore, run: str, model_config, info: dict, manifest: dict, seed: int) -> str:
+def scratch_language_model(
+    store: ObjectStore, run: str, model_config: SoraConfig, info: ExportInfo, manifest: Manifest, seed: int
+) -> str:
     """A randomly initialized LM of the pretrained architecture (the "scratch" column), stored once."""
     name = f"{run}-scratch-init"
     key = RunKeys(name).export
     if not store.exists(f"{key}/config.json"):
         torch.manual_seed(seed)
         model = SoraForCausalLM(model_config)
-        lineage = {**info, "run": name, "step": 0, "initialized_like": run, "seed": seed}
+        lineage = info.model_copy(update={"run": name, "step": 0, "initialized_like": run, "seed": seed})
         upload_hf_model(store, store, name, model, manifest, lineage)
     return store.uri(key)
 
 
 def evaluate_run(config: RunConfig) -> dict[str, Any]:
-    """Evaluate every checkpoint of the run that exists; returns {name: results or 'missing'}."""
-    from ..data.manifest import read_version
-
+    """Evaluate every checkpoint of the run that exists; returns {name: EvalResults or 'missing'}."""
     store = open_store(config.storage.root, config.storage.settings())
     store.check()
     run = config.finetune.source_run(config.train)
-    export_key, info, model_config = pretrained_export(store, run)
-    manifest = read_version(store, info["dataset"], info["dataset_version"])
-    lineage = {"dataset": info["dataset"], "dataset_version": info["dataset_version"], "run": run}
+    export_key, info, hf_config = load_export(store, run)
+    model_config = SoraConfig.from_dict(hf_config)
+    manifest = read_version(store, info.dataset, info.dataset_version)
+    lineage = {"dataset": info.dataset, "dataset_version": info.dataset_version, "run": run}
     checkpoints = {
         "pretrained": (store.uri(export_key), "causal_lm"),
         "scratch": (
@@ -56,7 +58,7 @@ def evaluate_run(config: RunConfig) -> dict[str, Any]:
     }
     for init in INITS:
         name = config.finetune.run_name(config.train, init)
-        checkpoints[f"ft-{config.finetune.method}-{init}"] = (store.uri(RunKeys(name).export), "classifier")
+        checkpoints[config.finetune.eval_name(init)] = (store.uri(RunKeys(name).export), "classifier")
     outcome: dict[str, Any] = {}
     for name, (uri, kind) in checkpoints.items():
         if not store.exists(f"{store.key_of(uri)}/config.json"):

@@ -23,7 +23,7 @@ import sora  # noqa: F401  (registers the Sora classes with the Auto classes)
 from sora import SoraForSequenceClassification
 
 from ..errors import UserError
-from .suites import CLASSIFY_DELIMITER
+from ..suites.build import CLASSIFY_DELIMITER
 
 
 @register_model("sora-classifier")

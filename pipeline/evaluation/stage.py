@@ -19,18 +19,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..config.run import RunConfig
-from ..data.manifest import read_version
 from ..errors import UserError
 from ..keys import RunKeys, safe_relative
+from ..records import EvalResults, Manifest, SuiteIndex, read_version
 from ..storage import ObjectStore
-from .suites import TASK_NAMES, build_suites, materialize_suites
+from ..suites.build import TASK_NAMES, build_suites, materialize_suites
 
 Kind = Literal["causal_lm", "classifier"]
 MODELS = {"causal_lm": "sora", "classifier": "sora-classifier"}
 
 
 def results_key(run: str, name: str) -> str:
-    return f"{RunKeys(run).eval}/{safe_relative(name)}/results.json"
+    return EvalResults.key(run, name)
 
 
 def evaluate_checkpoint_to_store(
@@ -41,10 +41,10 @@ def evaluate_checkpoint_to_store(
     checkpoint_uri: str,
     kind: Kind,
     lineage: dict[str, Any],
-) -> dict[str, Any]:
+) -> EvalResults:
     """Evaluate `checkpoint_uri` (an HF directory under the store root, or a local directory) on the
     built-in suites of the lineage's dataset version (sora_classify only with `eval.lm_classify`) plus
-    `config.eval.tasks`; returns results.json.
+    `config.eval.tasks`; returns the stored results.json.
 
     `lineage` must name `dataset` and `dataset_version` (the version the suites come from); it is
     stored with the results together with the checkpoint URI, run, kind and tokenizer sha256.
@@ -52,16 +52,12 @@ def evaluate_checkpoint_to_store(
     """
     if kind not in MODELS:
         raise UserError(f"unknown checkpoint kind {kind!r}: use causal_lm or classifier")
-    key = results_key(run, name)
-    try:
-        existing = json.loads(store.read(key))
-    except FileNotFoundError:
-        existing = None
+    existing = EvalResults.load(store, run, name)
     if existing is not None:
-        stored = existing["lineage"]
-        if (stored["checkpoint_uri"], stored["kind"]) != (checkpoint_uri, kind):
+        stored = existing.lineage
+        if (stored.checkpoint_uri, stored.kind) != (checkpoint_uri, kind):
             raise UserError(
-                f"{store.uri(key)} already holds results of {stored['kind']} {stored['checkpoint_uri']}; "
+                f"{store.uri(results_key(run, name))} already holds results of {stored.kind} {stored.checkpoint_uri}; "
                 f"evaluate {checkpoint_uri} under another name"
             )
         return existing  # evaluated before: no work
@@ -140,14 +136,25 @@ def fetch_checkpoint(store: ObjectStore, uri: str, local: Path) -> Path:
     return directory
 
 
-def _store_results(store, run, name, results, index, manifest, checkpoint_uri, kind, lineage) -> dict[str, Any]:
+def _store_results(
+    store: ObjectStore,
+    run: str,
+    name: str,
+    results: dict[str, Any],
+    index: SuiteIndex,
+    manifest: Manifest,
+    checkpoint_uri: str,
+    kind: Kind,
+    lineage: dict[str, Any],
+) -> EvalResults:
+    """Sample logs first, then results.json (create-if-absent: the first evaluator's stays)."""
     from lm_eval.utils import handle_non_serializable
 
     prefix = f"{RunKeys(run).eval}/{safe_relative(name)}"
     for task, samples in sorted((results.get("samples") or {}).items()):
         body = "".join(json.dumps(s, default=handle_non_serializable, ensure_ascii=False) + "\n" for s in samples)
         store.write(f"{prefix}/samples_{safe_relative(task)}.jsonl", body.encode())
-    tasks = index["tasks"]
+    tasks = index.tasks
     document = {
         "name": name,
         "kind": kind,
@@ -158,28 +165,34 @@ def _store_results(store, run, name, results, index, manifest, checkpoint_uri, k
         "versions": results.get("versions", {}),
         "higher_is_better": results.get("higher_is_better", {}),
         "configs": results.get("configs", {}),
-        "chance": {task: tasks[task]["chance"] for task in results["results"] if task in tasks},
+        "chance": {task: tasks[task].chance for task in results["results"] if task in tasks},
         "suites": {
-            "uri": index["uri"],
-            "settings_id": index["settings_id"],
-            "counts": {task: entry["counts"] for task, entry in tasks.items()},
-            "classes": tasks.get("sora_classify", {}).get("classes"),
+            "uri": index.uri,
+            "settings_id": index.settings_id,
+            "counts": {task: entry.counts for task, entry in tasks.items()},
+            "classes": tasks["sora_classify"].classes if "sora_classify" in tasks else None,
         },
         "lineage": {
             **lineage,
             "checkpoint_uri": checkpoint_uri,
             "run": run,
             "kind": kind,
-            "dataset": manifest["dataset"],
-            "dataset_version": int(manifest["version"]),
-            "tokenizer_sha256": manifest["tokenizer"]["sha256"],
+            "dataset": manifest.dataset,
+            "dataset_version": manifest.version,
+            "tokenizer_sha256": manifest.tokenizer.sha256,
         },
         "lm_eval": {"limit": results.get("config", {}).get("limit"), "version": _lm_eval_version()},
     }
-    body = json.dumps(document, indent=1, sort_keys=True, default=handle_non_serializable).encode()
-    if not store.create(f"{prefix}/results.json", body):  # another evaluator of the same name finished first
-        return json.loads(store.read(f"{prefix}/results.json"))
-    return json.loads(body)
+    return EvalResults.from_raw(document, default=_json_value(handle_non_serializable)).create(store)
+
+
+def _json_value(fallback):
+    """`json.dumps` default: records (Chance) as their dicts, anything else as lm-eval writes it."""
+
+    def convert(value):
+        return value.to_dict() if hasattr(value, "to_dict") else fallback(value)
+
+    return convert
 
 
 def _lm_eval_version() -> str:

@@ -13,32 +13,25 @@ tasks that are not built-in suites). Built from stored files alone.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from ..keys import RunKeys
+from ..records import EvalResults
 from ..storage import ObjectStore
 
 CHANCE_METRICS = ("acc", "acc_norm")
 
 
-def read_results(store: ObjectStore, run: str) -> dict[str, dict]:
-    """{name: results.json} of every evaluation of `run`, by name."""
-    prefix = RunKeys(run).eval
-    found = {}
-    for key in store.list(prefix):
-        relative = key[len(prefix) + 1 :]
-        if relative.endswith("/results.json"):
-            found[relative.removesuffix("/results.json")] = json.loads(store.read(key))
-    return dict(sorted(found.items()))
+def read_results(store: ObjectStore, run: str) -> dict[str, EvalResults]:
+    """Every evaluation of `run`, by name."""
+    return dict(sorted(EvalResults.load_all(store, run).items()))
 
 
 def eval_table(store: ObjectStore, run: str) -> list[dict[str, Any]]:
     """Rows per task and metric across the run's evaluations (see the module docstring)."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for name, document in read_results(store, run).items():
-        higher = document.get("higher_is_better", {})
-        for task, metrics in document["results"].items():
+        higher = document.higher_is_better
+        for task, metrics in document.results.items():
             for field, value in metrics.items():
                 metric, comma, filter_name = field.partition(",")
                 # lm-eval names metrics "<metric>,<filter>"; "alias" and "sample_len" are bookkeeping.
@@ -56,7 +49,7 @@ def eval_table(store: ObjectStore, run: str) -> list[dict[str, Any]]:
                     },
                 )
                 row["scores"][name] = {"value": value, "stderr": stderr if isinstance(stderr, int | float) else None}
-                chance = document.get("chance", {}).get(task)
+                chance = document.chance.get(task)
                 if chance and metric in CHANCE_METRICS:
-                    row["chance"] = {"uniform": chance.get("uniform"), "majority": chance.get("majority")}
+                    row["chance"] = {"uniform": chance.uniform, "majority": chance.majority}
     return [rows[key] for key in sorted(rows)]

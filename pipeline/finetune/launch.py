@@ -38,7 +38,7 @@ def pretrained_export(store: ObjectStore, run: str) -> tuple[str, dict, SoraConf
 
 def finetune(config: RunConfig, quiet: bool = False, restart: bool = False) -> dict[str, Any]:
     """Fine-tune from the pretrained export and from scratch; returns per-init outcome and export URI."""
-    from ..evaluation.suites import build_suites
+    from ..suites.build import build_suites
 
     store = open_store(config.storage.root, config.storage.settings())
     store.check()

@@ -7,6 +7,8 @@ and the loser reads the winner's document instead of overwriting it.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import Field
@@ -97,11 +99,22 @@ class EvalResults(Record):
     suites: EvalSuites | None = None
     lineage: EvalLineage
     lm_eval: dict[str, Any] = Field(default_factory=dict)
-    # groups, n-samples, n-shot, versions, configs: lm-eval's own, kept as extra fields
+    # lm-eval's own bookkeeping, stored under lm-eval's names
+    groups: dict[str, Any] = Field(default_factory=dict)
+    n_samples: dict[str, Any] = Field(default_factory=dict, alias="n-samples")
+    n_shot: dict[str, Any] = Field(default_factory=dict, alias="n-shot")
+    versions: dict[str, Any] = Field(default_factory=dict)
+    configs: dict[str, Any] = Field(default_factory=dict)
 
     @staticmethod
     def key(run: str, name: str) -> str:
         return f"{RunKeys(run).eval}/{safe_relative(name)}/results.json"
+
+    @classmethod
+    def from_raw(cls, document: dict[str, Any], default: Callable[[Any], Any]) -> EvalResults:
+        """From lm-eval's output, whose values may not be JSON (numpy scalars, task callables):
+        `default` turns those into JSON values, as lm-eval's own writer does."""
+        return cls.from_bytes(json.dumps(document, default=default))
 
     @classmethod
     def load(cls, store: ObjectStore, run: str, name: str) -> EvalResults | None:
@@ -120,7 +133,7 @@ class EvalResults(Record):
                 found[key[len(prefix) :].removesuffix("/results.json")] = cls.from_bytes(store.read(key))
         return found
 
-    def create(self, store: ObjectStore, body: bytes) -> EvalResults:
-        """Store (create-if-absent) the serialized document; returns the one that is stored."""
+    def create(self, store: ObjectStore) -> EvalResults:
+        """Store (create-if-absent); returns the one that is stored (another evaluator's, if it won)."""
         key = self.key(self.lineage.run, self.name)
-        return self if store.create(key, body) else EvalResults.from_bytes(store.read(key))
+        return self if store.create(key, self.to_bytes()) else EvalResults.from_bytes(store.read(key))

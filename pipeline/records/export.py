@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import UserError
 from ..keys import RunKeys
 from ..storage import ObjectStore
 from .base import Record
@@ -44,3 +45,17 @@ class ExportInfo(Record):
             return cls.from_bytes(store.read(f"{RunKeys(run).export}/{FILE}"))
         except FileNotFoundError:
             return None
+
+
+def load_export(store: ObjectStore, run: str) -> tuple[str, ExportInfo, dict]:
+    """(export key, info, HF `config.json` as a dict) of a run's complete export; a clear error if absent."""
+    import json
+
+    key = RunKeys(run).export
+    if not store.exists(f"{key}/config.json") or not store.exists(f"{key}/{FILE}"):
+        raise UserError(
+            f"run {run!r} has no complete pretrained export at {store.uri(key)}: run `sora pretrain` to its "
+            "last step first, or set finetune.from_run to a run that has one"
+        )
+    info = ExportInfo.from_bytes(store.read(f"{key}/{FILE}"))
+    return key, info, json.loads(store.read(f"{key}/config.json"))

@@ -29,15 +29,16 @@ import yaml
 from ..config.evaluate import EvalConfig, SuiteConfig
 from ..errors import UserError
 from ..keys import DatasetKeys
+from ..records import Manifest, SuiteIndex, SuiteTask
+from ..records.evaluation import INDEX
 from ..storage import ObjectStore
 from .heldout import read_heldout
-from .suite_rows import check_cloze, classify_rows, cloze_rows, ppl_rows
+from .rows import check_cloze, classify_rows, cloze_rows, ppl_rows
 
 SUITES_FORMAT = 2
 TAG = "sora_suites"
 TASK_NAMES = {"heldout_ppl": "sora_heldout_ppl", "cloze": "sora_cloze", "classify": "sora_classify"}
 CLASSIFY_DELIMITER = "\nLabel: "  # between a snippet and its class name (sora-classifier strips it)
-INDEX = "suites.json"
 
 
 def settings_id(cfg: SuiteConfig) -> str:
@@ -45,23 +46,20 @@ def settings_id(cfg: SuiteConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def suites_prefix(manifest: dict, cfg: SuiteConfig) -> str:
-    return f"{DatasetKeys(manifest['dataset']).suites(int(manifest['version']))}/{settings_id(cfg)}"
+def suites_prefix(manifest: Manifest, cfg: SuiteConfig) -> str:
+    return f"{DatasetKeys(manifest.dataset).suites(manifest.version)}/{settings_id(cfg)}"
 
 
 def _suite_config(eval_config: EvalConfig | SuiteConfig) -> SuiteConfig:
     return eval_config.suites if isinstance(eval_config, EvalConfig) else eval_config
 
 
-def read_index(store: ObjectStore, manifest: dict, eval_config: EvalConfig | SuiteConfig) -> dict | None:
+def read_index(store: ObjectStore, manifest: Manifest, eval_config: EvalConfig | SuiteConfig) -> SuiteIndex | None:
     """The suites index of this version and settings, or None when they were never built."""
-    try:
-        return json.loads(store.read(f"{suites_prefix(manifest, _suite_config(eval_config))}/{INDEX}"))
-    except FileNotFoundError:
-        return None
+    return SuiteIndex.load(store, suites_prefix(manifest, _suite_config(eval_config)))
 
 
-def build_suites(store: ObjectStore, manifest: dict, eval_config: EvalConfig | SuiteConfig) -> dict[str, Any]:
+def build_suites(store: ObjectStore, manifest: Manifest, eval_config: EvalConfig | SuiteConfig) -> SuiteIndex:
     """Build (or reuse) the enabled suites of `manifest`'s version; returns the index (suites.json)."""
     cfg = _suite_config(eval_config)
     prefix = suites_prefix(manifest, cfg)
@@ -69,9 +67,9 @@ def build_suites(store: ObjectStore, manifest: dict, eval_config: EvalConfig | S
     if existing is not None:
         return existing
     docs = read_heldout(store, manifest)
-    fraction = manifest.get("config", {}).get("split", {}).get("heldout_fraction")  # for error messages
+    fraction = manifest.heldout_fraction  # for error messages
     files: dict[str, bytes] = {}
-    tasks: dict[str, dict] = {}
+    tasks: dict[str, SuiteTask] = {}
     if "heldout_ppl" in cfg.enabled:
         rows = ppl_rows(docs, cfg)
         files["heldout_ppl/test.jsonl"] = _jsonl(rows)
@@ -88,31 +86,27 @@ def build_suites(store: ObjectStore, manifest: dict, eval_config: EvalConfig | S
         for split, rows in splits.items():
             files[f"classify/{split}.jsonl"] = _jsonl(rows)
         entry = _task_entry("classify", splits, chance=info.pop("chance"))
-        tasks["sora_classify"] = {**entry, **info}
+        tasks["sora_classify"] = SuiteTask(**entry.to_dict(), **info)
     for suite, name in TASK_NAMES.items():
         if suite in cfg.enabled:
             files[f"{suite}/{name}.yaml"] = task_yaml(suite, tasks[name]).encode()
-    index = {
-        "format": SUITES_FORMAT,
-        "dataset": manifest["dataset"],
-        "version": int(manifest["version"]),
-        "tokenizer_sha256": manifest.get("tokenizer", {}).get("sha256"),
-        "heldout_docs": len(docs),
-        "prefix": prefix,
-        "uri": store.uri(prefix),
-        "settings_id": settings_id(cfg),
-        "settings": cfg.model_dump(mode="json"),
-        "tag": TAG,
-        "tasks": tasks,
-        "files": {
-            name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in files.items()
-        },
-    }
+    index = SuiteIndex(
+        format=SUITES_FORMAT,
+        dataset=manifest.dataset,
+        version=manifest.version,
+        tokenizer_sha256=manifest.tokenizer.sha256,
+        heldout_docs=len(docs),
+        prefix=prefix,
+        uri=store.uri(prefix),
+        settings_id=settings_id(cfg),
+        settings=cfg.model_dump(mode="json"),
+        tag=TAG,
+        tasks=tasks,
+        files={name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in files.items()},
+    )
     for name, data in sorted(files.items()):
         _create(store, f"{prefix}/{name}", data)
-    if not store.create(f"{prefix}/{INDEX}", json.dumps(index, indent=1, sort_keys=True).encode()):
-        return json.loads(store.read(f"{prefix}/{INDEX}"))  # a concurrent builder published first
-    return index
+    return index.create(store)  # the stored one, if a concurrent builder published first
 
 
 def _jsonl(rows: list[dict]) -> bytes:
@@ -124,13 +118,13 @@ def _majority(rows: list[dict]) -> float:
     return max(counts) / len(rows) if rows else 0.0
 
 
-def _task_entry(suite: str, splits: dict[str, list[dict]], chance: dict | None) -> dict:
-    return {
-        "suite": suite,
-        "counts": {split: len(rows) for split, rows in splits.items()},
-        "doc_hashes": {split: sorted({r["doc_hash"] for r in rows}) for split, rows in splits.items()},
-        "chance": chance,
-    }
+def _task_entry(suite: str, splits: dict[str, list[dict]], chance: dict | None) -> SuiteTask:
+    return SuiteTask(
+        suite=suite,
+        counts={split: len(rows) for split, rows in splits.items()},
+        doc_hashes={split: sorted({r["doc_hash"] for r in rows}) for split, rows in splits.items()},
+        chance=chance,
+    )
 
 
 def _create(store: ObjectStore, key: str, data: bytes) -> None:
@@ -139,9 +133,9 @@ def _create(store: ObjectStore, key: str, data: bytes) -> None:
         raise RuntimeError(f"{store.uri(key)} exists with other content; suites are immutable per settings id")
 
 
-def task_yaml(suite: str, task: dict) -> str:
+def task_yaml(suite: str, task: SuiteTask) -> str:
     """lm-eval task YAML of one suite, its data files named relative to the suites folder."""
-    splits = list(task["counts"])
+    splits = list(task.counts)
     spec: dict[str, Any] = {
         "task": TASK_NAMES[suite],
         "tag": [TAG],
@@ -179,7 +173,7 @@ def task_yaml(suite: str, task: dict) -> str:
             "validation_split": "validation",
             "fewshot_split": "train",
             "doc_to_text": "{{text}}",
-            "doc_to_choice": list(task["classes"]),
+            "doc_to_choice": list(task.classes or ()),
             "doc_to_target": "{{label_id}}",
             "target_delimiter": CLASSIFY_DELIMITER,
         }
@@ -188,7 +182,7 @@ def task_yaml(suite: str, task: dict) -> str:
 
 
 def materialize_suites(
-    store: ObjectStore, manifest: dict, local_dir: str | Path, eval_config: EvalConfig | SuiteConfig | None = None
+    store: ObjectStore, manifest: Manifest, local_dir: str | Path, eval_config: EvalConfig | SuiteConfig | None = None
 ) -> Path:
     """Download the built suites of `manifest`'s version into `local_dir` (sha256-verified) and write
     their task YAMLs with absolute local data paths; returns the folder to pass as lm-eval include_path.
@@ -199,23 +193,23 @@ def materialize_suites(
     index = read_index(store, manifest, cfg)
     if index is None:
         raise UserError(
-            f"no suites for dataset {manifest['dataset']!r} v{manifest['version']} with these eval.suites "
+            f"no suites for dataset {manifest.dataset!r} v{manifest.version} with these eval.suites "
             f"settings under {store.uri(suites_prefix(manifest, cfg))}: build them first"
         )
     local = Path(local_dir).resolve()
     local.mkdir(parents=True, exist_ok=True)
-    for name, meta in sorted(index["files"].items()):
+    for name, meta in sorted(index.files.items()):
         path = local / name
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            store.download_file(f"{index['prefix']}/{name}", path, meta["sha256"], meta["bytes"])
+            store.download_file(f"{index.prefix}/{name}", path, meta.sha256, meta.bytes)
         except (FileNotFoundError, ValueError) as error:
-            uri = store.uri(f"{index['prefix']}/{name}")
+            uri = store.uri(f"{index.prefix}/{name}")
             raise UserError(f"suite file {uri} is missing or corrupt: {error}") from None
         if name.endswith(".yaml"):  # data files relative to the suites folder -> absolute local paths
             spec = yaml.safe_load(path.read_text())
             files = spec["dataset_kwargs"]["data_files"]
             spec["dataset_kwargs"]["data_files"] = {split: str(local / rel) for split, rel in files.items()}
             path.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
-    (local / INDEX).write_text(json.dumps(index, indent=1, sort_keys=True))
+    (local / INDEX).write_bytes(index.to_bytes())
     return local

@@ -16,6 +16,7 @@ from functools import cached_property
 from ..data.shards import read_shard
 from ..data.steps import content_hash
 from ..errors import UserError
+from ..records import Manifest
 from ..storage import ObjectStore
 
 
@@ -54,12 +55,12 @@ def doc_hash(text: str) -> str:
     return content_hash(text).hex()
 
 
-def read_heldout(store: ObjectStore, manifest: dict) -> list[HeldoutDoc]:
+def read_heldout(store: ObjectStore, manifest: Manifest) -> list[HeldoutDoc]:
     """Every held-out document of `manifest` (sha256-verified shards), sorted by `doc_hash`.
 
     Raises UserError when the version has none (heldout_fraction 0, or too few documents).
     """
-    entries = manifest.get("shards", {}).get("heldout", [])
+    entries = manifest.split("heldout")
     docs: dict[str, HeldoutDoc] = {}
     for entry in entries:
         table = read_shard(store, entry)  # verifies sha256 and size against the manifest
@@ -74,7 +75,7 @@ def read_heldout(store: ObjectStore, manifest: dict) -> list[HeldoutDoc]:
                 docs.setdefault(digest, HeldoutDoc(digest, key, label, text))
     if not docs:
         raise UserError(
-            f"dataset {manifest['dataset']!r} v{manifest['version']} has no held-out documents: "
+            f"dataset {manifest.dataset!r} v{manifest.version} has no held-out documents: "
             "raise data.split.heldout_fraction above 0 and rerun the data stage"
         )
     return [docs[h] for h in sorted(docs)]

@@ -38,7 +38,7 @@ def upload(store, directory: Path, prefix: str) -> str:
 
 
 def lineage(manifest):
-    return {"dataset": manifest["dataset"], "dataset_version": manifest["version"]}
+    return {"dataset": manifest.dataset, "dataset_version": manifest.version}
 
 
 def test_lm_and_classifier_through_lm_eval(small_dataset, tmp_path):
@@ -55,7 +55,7 @@ def test_lm_and_classifier_through_lm_eval(small_dataset, tmp_path):
         config, store, "evalrun", "pretrained", lm_uri, "causal_lm", lineage(manifest)
     )
 
-    scores = results["results"]
+    scores = results.results
     assert set(scores) == {"sora_heldout_ppl", "sora_cloze", "sora_classify", USER_TASK}
     ppl = scores["sora_heldout_ppl"]
     assert math.isfinite(ppl["word_perplexity,none"]) and ppl["word_perplexity,none"] > 1
@@ -63,31 +63,31 @@ def test_lm_and_classifier_through_lm_eval(small_dataset, tmp_path):
     assert ppl["bits_per_byte,none"] > 0
     for task in ("sora_cloze", "sora_classify", USER_TASK):
         assert 0 <= scores[task]["acc,none"] <= 1 and scores[task]["acc_stderr,none"] >= 0
-    assert results["n-samples"]["sora_cloze"]["effective"] == 12
-    assert results["chance"]["sora_cloze"]["uniform"] == 0.25
-    assert results["chance"]["sora_classify"]["uniform"] == 0.25
-    assert results["lineage"] | lineage(manifest) == results["lineage"]
-    assert results["lineage"]["checkpoint_uri"] == lm_uri
-    assert results["lineage"]["tokenizer_sha256"] == manifest["tokenizer"]["sha256"]
+    assert results.n_samples["sora_cloze"]["effective"] == 12
+    assert results.chance["sora_cloze"].uniform == 0.25
+    assert results.chance["sora_classify"].uniform == 0.25
+    assert results.lineage.to_dict() | lineage(manifest) == results.lineage.to_dict()
+    assert results.lineage.checkpoint_uri == lm_uri
+    assert results.lineage.tokenizer_sha256 == manifest.tokenizer.sha256
     for task in scores:
         samples = store.read(f"runs/evalrun/eval/pretrained/samples_{task}.jsonl").decode().splitlines()
-        assert len(samples) == results["n-samples"][task]["effective"]
+        assert len(samples) == results.n_samples[task]["effective"]
     # Stored whole; evaluating the same name again does no work and returns the stored results.
-    assert json.loads(store.read(results_key("evalrun", "pretrained"))) == results
+    assert json.loads(store.read(results_key("evalrun", "pretrained"))) == results.to_dict()
     store.delete("runs/evalrun/hf/config.json")  # would fail if it evaluated again
     again = evaluate_checkpoint_to_store(config, store, "evalrun", "pretrained", lm_uri, "causal_lm", {})
     assert again == results
     with pytest.raises(UserError, match=r"already holds results of causal_lm .*evaluate .* under another name"):
         evaluate_checkpoint_to_store(config, store, "evalrun", "pretrained", store.uri("runs/x/hf"), "causal_lm", {})
 
-    classes = results["suites"]["classes"]
+    classes = results.suites.classes
     clf_dir = export_tiny(tmp_path / "clf", manifest, store, head="classifier", classes=classes)
     clf_uri = upload(store, clf_dir, "runs/evalrun/finetune/classify/scratch/hf")
     clf = evaluate_checkpoint_to_store(config, store, "evalrun", "classifier", clf_uri, "classifier", lineage(manifest))
-    assert set(clf["results"]) == {"sora_classify"}
-    accuracy = clf["results"]["sora_classify"]["acc,none"]
-    assert 0 <= accuracy <= 1 and clf["results"]["sora_classify"]["acc_stderr,none"] > 0
-    assert clf["lineage"]["kind"] == "classifier"
+    assert set(clf.results) == {"sora_classify"}
+    accuracy = clf.results["sora_classify"]["acc,none"]
+    assert 0 <= accuracy <= 1 and clf.results["sora_classify"]["acc_stderr,none"] > 0
+    assert clf.lineage.kind == "classifier"
 
     rows = {(r["task"], r["metric"]): r for r in eval_table(store, "evalrun")}
     acc = rows["sora_classify", "acc"]

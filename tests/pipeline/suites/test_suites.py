@@ -12,9 +12,10 @@ from evalgen import CLASSES, RARE, eval_config
 from pipeline.data.shards import read_shard, write_shard
 from pipeline.data.tokenizer_step import load_stored_tokenizer
 from pipeline.errors import UserError
-from pipeline.evaluation.heldout import doc_hash, read_heldout
-from pipeline.evaluation.suites import build_suites, materialize_suites, suites_prefix
+from pipeline.records import Manifest
 from pipeline.storage import open_store
+from pipeline.suites.build import build_suites, materialize_suites, suites_prefix
+from pipeline.suites.heldout import doc_hash, read_heldout
 
 
 def stored_files(store, prefix):
@@ -27,12 +28,12 @@ def trained_documents(store, manifest):
     A pack group's token stream (documents joined by EOS) may span several shard parts
     (`part-<group>-<k>.arrow`), so parts of one group are concatenated before splitting at EOS.
     """
-    tokenizer = load_stored_tokenizer(store, manifest["tokenizer"])
-    eos = manifest["tokenizer"]["eos_id"]
+    tokenizer = load_stored_tokenizer(store, manifest.tokenizer)
+    eos = manifest.tokenizer.eos_id
     groups = {}
     for split in ("train", "val"):
-        for entry in sorted(manifest["shards"][split], key=lambda e: e["key"]):
-            group = re.sub(r"(part-\d+)-\d+\.arrow$", r"\1.arrow", entry["key"])
+        for entry in sorted(manifest.split(split), key=lambda e: e.key):
+            group = re.sub(r"(part-\d+)-\d+\.arrow$", r"\1.arrow", entry.key)
             table = read_shard(store, entry)
             blocks = np.stack(table.column("input_ids").to_numpy(zero_copy_only=False))
             valid = table.column("valid").to_numpy()
@@ -51,9 +52,9 @@ def trained_documents(store, manifest):
 def test_deterministic_and_disjoint_from_training(labelled_dataset):
     config, store, manifest, corpus = labelled_dataset
     index = build_suites(store, manifest, config.eval)
-    prefix = index["prefix"]
+    prefix = index.prefix
     first = stored_files(store, prefix)
-    assert set(first) == {f"{prefix}/{name}" for name in index["files"]} | {f"{prefix}/suites.json"}
+    assert set(first) == {f"{prefix}/{name}" for name in index.files} | {f"{prefix}/suites.json"}
 
     # A second call reuses the index without writing; a rebuild from nothing gives identical bytes.
     assert build_suites(store, manifest, config.eval) == index
@@ -63,7 +64,8 @@ def test_deterministic_and_disjoint_from_training(labelled_dataset):
     assert stored_files(store, prefix) == first
 
     # Listing order does not matter: held-out shards read in reverse give the same documents.
-    reversed_manifest = {**manifest, "shards": {**manifest["shards"], "heldout": manifest["shards"]["heldout"][::-1]}}
+    shards = {**manifest.shards, "heldout": manifest.shards["heldout"][::-1]}
+    reversed_manifest = manifest.model_copy(update={"shards": shards})
     assert read_heldout(store, reversed_manifest) == read_heldout(store, manifest)
 
     # Disjoint from training by document hash: decode every train/val document back from its tokens.
@@ -73,30 +75,31 @@ def test_deterministic_and_disjoint_from_training(labelled_dataset):
     assert trained_hashes <= corpus_hashes  # decoding is exact, so the hashes are real document hashes
     heldout_hashes = {d.doc_hash for d in read_heldout(store, manifest)}
     assert len(trained_hashes) + len(heldout_hashes) == len(corpus_hashes)
-    tasks = index["tasks"]
-    used = {h for task in tasks.values() for hashes in task["doc_hashes"].values() for h in hashes}
+    tasks = index.tasks
+    used = {h for task in tasks.values() for hashes in task.doc_hashes.values() for h in hashes}
     assert used and used <= heldout_hashes and not used & trained_hashes
 
     # classify: every document feeds one split; test examples only from held-out documents.
     classify = tasks["sora_classify"]
-    splits = {s: set(h) for s, h in classify["doc_hashes"].items()}
+    splits = {s: set(h) for s, h in classify.doc_hashes.items()}
     assert not (splits["train"] & splits["test"] or splits["train"] & splits["validation"])
     assert not splits["validation"] & splits["test"]
-    assert classify["classes"] == sorted(CLASSES) and RARE in classify["dropped_labels"]
-    assert classify["chance"]["uniform"] == 0.25
-    assert classify["chance"]["majority"] == max(classify["examples"]["test"].values()) / classify["counts"]["test"]
-    assert classify["counts"]["test"] >= config.eval.suites.min_test_examples
+    info = classify.model_extra  # the classify builder's own bookkeeping (dropped labels, examples)
+    assert classify.classes == sorted(CLASSES) and RARE in info["dropped_labels"]
+    assert classify.chance.uniform == 0.25
+    assert classify.chance.majority == max(info["examples"]["test"].values()) / classify.counts["test"]
+    assert classify.counts["test"] >= config.eval.suites.min_test_examples
     rows = [json.loads(line) for line in store.read(f"{prefix}/classify/test.jsonl").decode().splitlines()]
     assert {r["label"] for r in rows} == set(CLASSES)
-    assert all(classify["classes"][r["label_id"]] == r["label"] for r in rows)
+    assert all(classify.classes[r["label_id"]] == r["label"] for r in rows)
     assert all(len(r["text"]) <= config.eval.suites.classify_snippet_chars for r in rows)
 
     cloze = [json.loads(line) for line in store.read(f"{prefix}/cloze/test.jsonl").decode().splitlines()]
-    assert len(cloze) == tasks["sora_cloze"]["counts"]["test"] >= config.eval.suites.min_test_examples
+    assert len(cloze) == tasks["sora_cloze"].counts["test"] >= config.eval.suites.min_test_examples
     for row in cloze:
         assert len(row["endings"]) == 4 and len(set(row["endings"])) == 4
         assert {len(e) for e in row["endings"]} == {config.eval.suites.cloze_ending_chars}
-    assert tasks["sora_cloze"]["chance"]["uniform"] == 0.25
+    assert tasks["sora_cloze"].chance.uniform == 0.25
 
 
 def test_materialized_yaml_names_local_files(small_dataset, tmp_path):
@@ -105,13 +108,13 @@ def test_materialized_yaml_names_local_files(small_dataset, tmp_path):
     local = materialize_suites(store, manifest, tmp_path / "suites", config.eval)
     spec = yaml.safe_load((local / "classify" / "sora_classify.yaml").read_text())
     assert spec["task"] == "sora_classify" and spec["tag"] == ["sora_suites"]
-    assert spec["doc_to_choice"] == index["tasks"]["sora_classify"]["classes"]
+    assert spec["doc_to_choice"] == index.tasks["sora_classify"].classes
     for split, path in spec["dataset_kwargs"]["data_files"].items():
         assert path == str(local / "classify" / f"{split}.jsonl")
         assert (local / "classify" / f"{split}.jsonl").read_bytes() == store.read(
-            f"{index['prefix']}/classify/{split}.jsonl"
+            f"{index.prefix}/classify/{split}.jsonl"
         )
-    stored = yaml.safe_load(store.read(f"{index['prefix']}/classify/sora_classify.yaml"))
+    stored = yaml.safe_load(store.read(f"{index.prefix}/classify/sora_classify.yaml"))
     assert stored["dataset_kwargs"]["data_files"]["test"] == "classify/test.jsonl"  # relative on the store
 
 
@@ -130,12 +133,16 @@ def heldout_manifest(store, rows, name="bad"):
         {**write_shard(store, f"datasets/{name}/shards/r/heldout/part-00000.arrow", table, 0), "docs": len(rows)}
     ]
     tokenizer = {"uri": "", "key": "", "sha256": "0" * 64, "vocab_size": 300, "eos_id": 0, "pad_id": 1}
-    return {
-        "dataset": name,
-        "version": 1,
-        "tokenizer": tokenizer,
-        "shards": {"train": [], "val": [], "heldout": entries if rows else []},
-    }
+    return Manifest.from_dict(
+        {
+            "dataset": name,
+            "version": 1,
+            "seq_len": 8,
+            "dtype": "uint16",
+            "tokenizer": tokenizer,
+            "shards": {"train": [], "val": [], "heldout": entries if rows else []},
+        }
+    )
 
 
 def lines(i, n=14):

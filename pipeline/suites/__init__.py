@@ -1,0 +1,3 @@
+"""Downstream suites built offline from a dataset version's held-out documents (heldout perplexity,
+cloze, classify), stored next to the version as lm-eval tasks. The fine-tune stage trains on the
+classify suite and the evaluation stage scores every checkpoint on them, so they sit below both."""
