@@ -7,21 +7,19 @@ results), so a second `sora run` on the same config redoes nothing and ends with
 
 from __future__ import annotations
 
-import json
 import sys
 
 from rich.console import Console
 from rich.table import Table
 
 from .config.run import RunConfig
-from .keys import RunKeys
+from .records import StoredConfig
 from .storage import ObjectStore, open_store
 
 
 def record_config(store: ObjectStore, config: RunConfig) -> None:
     """Store the run config next to the run (the report shows it; no secrets live in it)."""
-    run = config.finetune.source_run(config.train)
-    store.write(RunKeys(run).config, json.dumps(config.model_dump(mode="json"), indent=1).encode())
+    StoredConfig(config=config.model_dump(mode="json")).write(store, config.finetune.source_run(config.train))
 
 
 def run_all(config: RunConfig, console: Console | None = None) -> dict:
@@ -57,7 +55,7 @@ def run_all(config: RunConfig, console: Console | None = None) -> dict:
 def print_eval_table(store: ObjectStore, config: RunConfig, console: Console) -> None:
     from .report.tables import eval_rows_for_console
 
-    rows = eval_rows_for_console(store, config.finetune.source_run(config.train), config.finetune.method)
+    rows = eval_rows_for_console(store, config.finetune.source_run(config.train), config.finetune)
     if not rows:
         console.print("no evaluation results yet")
         return

@@ -68,10 +68,11 @@ class FinetuneConfig(LoopConfig):
         self.check_loop()
         return self
 
-    def source_run(self, train: TrainConfig) -> str:
-        return self.from_run or train.run
+    def source_run(self, train: TrainConfig | str) -> str:
+        """The pretrain run fine-tuned from: `from_run`, else the config's (or the given) run."""
+        return self.from_run or (train if isinstance(train, str) else train.run)
 
-    def run_name(self, train: TrainConfig, init: str) -> str:
+    def run_name(self, train: TrainConfig | str, init: str) -> str:
         """`<pretrain run>-ft-<method>-<init>`: each fine-tune is a run of its own (lease, checkpoints)."""
         return f"{self.source_run(train)}-{self.eval_name(init)}"
 
@@ -79,7 +80,7 @@ class FinetuneConfig(LoopConfig):
         """`ft-<method>-<init>`: the name its classifier is evaluated under (runs/<run>/eval/<name>/)."""
         return f"ft-{self.method}-{init}"
 
-    def run_names(self, train: TrainConfig) -> dict[str, str]:
+    def run_names(self, train: TrainConfig | str) -> dict[str, str]:
         """init -> fine-tune run name, for every init."""
         return {init: self.run_name(train, init) for init in INITS}
 

@@ -8,40 +8,31 @@ not run yet is reported as such, so the report is useful at any point of a run.
 from __future__ import annotations
 
 import base64
-import json
 
 import yaml
 from markdown_it import MarkdownIt
 
-from ..config.finetune import INITS
-from ..data.manifest import read_version
+from ..config.finetune import FinetuneConfig
 from ..keys import RunKeys
+from ..records import RunPin, StoredConfig, read_rows, read_version
 from ..storage import ObjectStore
-from ..train.metrics import read_rows
 from .curves import finetune_curves, pretrain_curves
 from .tables import data_table, eval_markdown, lineage_table, timing_table
 
 
-def _json(store: ObjectStore, key: str) -> dict | None:
-    try:
-        return json.loads(store.read(key))
-    except FileNotFoundError:
-        return None
-
-
-def finetune_runs(config: dict, run: str) -> dict[str, str]:
-    """init -> fine-tune run name, from the stored run config (see FinetuneConfig.run_name)."""
-    finetune = config.get("finetune") or {}
-    source = finetune.get("from_run") or run
-    return {init: f"{source}-ft-{finetune.get('method', 'full')}-{init}" for init in INITS}
+def finetune_settings(stored: StoredConfig | None) -> FinetuneConfig:
+    """The fine-tune section of the stored run config (defaults when none was stored)."""
+    return FinetuneConfig.model_validate(stored.section("finetune")) if stored else FinetuneConfig()
 
 
 def build_report(store: ObjectStore, run: str) -> dict[str, str]:
     """Write the report of `run`; returns the URIs of report.md and report.html."""
     keys = RunKeys(run)
-    config = _json(store, keys.config) or {}
-    pin = _json(store, keys.pin)
-    manifest = read_version(store, pin["dataset"], pin["dataset_version"]) if pin else None
+    stored = StoredConfig.load(store, run)
+    config = stored.config if stored else {}
+    finetune = finetune_settings(stored)
+    pin, _ = RunPin.load(store, run)
+    manifest = read_version(store, pin.dataset, pin.dataset_version) if pin else None
     images: dict[str, bytes] = {}
     parts = [f"# Sora run report: {run}\n"]
 
@@ -56,27 +47,27 @@ def build_report(store: ObjectStore, run: str) -> dict[str, str]:
     if rows:
         images["pretrain.png"] = pretrain_curves(rows)
         last = rows[-1]
-        val = [r for r in rows if "val_loss" in r]
+        val = [r for r in rows if r.val_loss is not None]
         parts.append(
-            f"{last['step']} steps, {last['tokens']:,} tokens, final loss {last['loss']:.3f}"
-            + (f", validation loss {val[-1]['val_loss']:.3f}" if val else "")
-            + f", median {sorted(r['tokens_per_s'] for r in rows)[len(rows) // 2]:,.0f} tokens/s.\n\n"
+            f"{last.step} steps, {last.tokens:,} tokens, final loss {last.loss:.3f}"
+            + (f", validation loss {val[-1].val_loss:.3f}" if val else "")
+            + f", median {sorted(r.tokens_per_s for r in rows)[len(rows) // 2]:,.0f} tokens/s.\n\n"
             "![pretraining curves](report/pretrain.png)\n"
         )
     else:
         parts.append("_not run yet_\n")
 
     parts.append("## Fine-tuning\n")
-    ft_rows = {init: read_rows(store, RunKeys(name).metrics) for init, name in finetune_runs(config, run).items()}
+    ft_runs = finetune.run_names(run)
+    ft_rows = {init: read_rows(store, RunKeys(name).metrics) for init, name in ft_runs.items()}
     ft_rows = {init: r for init, r in ft_rows.items() if r}
     if ft_rows:
         images["finetune.png"] = finetune_curves(ft_rows)
         for init, r in ft_rows.items():
-            val = [x for x in r if "val_accuracy" in x]
-            best = max((x["val_accuracy"] for x in val), default=None)
-            stop = " (early stopped)" if any(x.get("early_stopped") for x in r) else ""
+            best = max((x.val_accuracy for x in r if x.val_accuracy is not None), default=None)
+            stop = " (early stopped)" if any(x.early_stopped for x in r) else ""
             parts.append(
-                f"- from {init}: {r[-1]['step']} steps{stop}"
+                f"- from {init}: {r[-1].step} steps{stop}"
                 + (f", best validation accuracy {best:.1%}" if best is not None else "")
                 + "\n"
             )
@@ -85,10 +76,10 @@ def build_report(store: ObjectStore, run: str) -> dict[str, str]:
         parts.append("_not run yet_\n")
 
     parts.append("## Evaluation\n")
-    parts.append(eval_markdown(store, run, (config.get("finetune") or {}).get("method", "full")))
+    parts.append(eval_markdown(store, run, finetune))
 
     parts.append("## Lineage\n")
-    parts.append(lineage_table(store, run, finetune_runs(config, run), manifest))
+    parts.append(lineage_table(store, run, ft_runs, manifest))
 
     parts.append("## Wall time per stage\n")
     parts.append(timing_table(store, run))

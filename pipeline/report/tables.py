@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
-
+from ..config.finetune import FinetuneConfig
 from ..evaluation.table import eval_table
 from ..keys import RunKeys
+from ..records import ExportInfo, Manifest
 from ..storage import ObjectStore
 from .timings import read_timings
 
 
-def _columns(method: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _columns(finetune: FinetuneConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Evaluated names that fill the "pretrained" and "scratch" columns: the language models for
     the LM suites, the fine-tuned classifiers for classify (names: pipeline/evaluation/checkpoints.py)."""
-    return ("pretrained", f"ft-{method}-pretrained"), ("scratch", f"ft-{method}-scratch")
+    return ("pretrained", finetune.eval_name("pretrained")), ("scratch", finetune.eval_name("scratch"))
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -22,20 +22,21 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def data_table(manifest: dict) -> str:
-    stats = manifest.get("stats", {}).get("run", {})
+def data_table(manifest: Manifest) -> str:
+    tokenizer = manifest.tokenizer
     rows = [
-        ["dataset", f"{manifest['dataset']} v{manifest['version']} (parent {manifest.get('parent_version')})"],
-        ["tokenizer", f"vocab {manifest['tokenizer']['vocab_size']}, sha256 {manifest['tokenizer']['sha256'][:12]}"],
-        ["sequence length", str(manifest["seq_len"])],
+        ["dataset", f"{manifest.dataset} v{manifest.version} (parent {manifest.parent_version})"],
+        ["tokenizer", f"vocab {tokenizer.vocab_size}, sha256 {tokenizer.sha256[:12]}"],
+        ["sequence length", str(manifest.seq_len)],
     ]
-    if stats:
+    if manifest.stats:
+        stats = manifest.stats.run
         rows += [
-            ["documents read / kept", f"{stats['docs_read']:,} / {stats['docs_kept']:,}"],
-            ["duplicates exact / near", f"{stats['duplicates']['exact']:,} / {stats['duplicates']['near']:,}"],
-            ["rejected", ", ".join(f"{k} {v:,}" for k, v in stats["rejected"].items()) or "none"],
-            ["tokens " + " / ".join(stats["tokens"]), " / ".join(f"{v:,}" for v in stats["tokens"].values())],
-            ["source bytes", f"{stats['source_bytes']:,}"],
+            ["documents read / kept", f"{stats.docs_read:,} / {stats.docs_kept:,}"],
+            ["duplicates exact / near", f"{stats.duplicates['exact']:,} / {stats.duplicates['near']:,}"],
+            ["rejected", ", ".join(f"{k} {v:,}" for k, v in stats.rejected.items()) or "none"],
+            ["tokens " + " / ".join(stats.tokens), " / ".join(f"{v:,}" for v in stats.tokens.values())],
+            ["source bytes", f"{stats.source_bytes:,}"],
         ]
     return _table(["", ""], rows)
 
@@ -51,12 +52,12 @@ def _score(cell: dict | None) -> str:
     return text
 
 
-def eval_markdown(store: ObjectStore, run: str, method: str) -> str:
+def eval_markdown(store: ObjectStore, run: str, finetune: FinetuneConfig) -> str:
     rows = eval_table(store, run)
     if not rows:
         return "_not run yet_\n"
     body = []
-    pretrained_names, scratch_names = _columns(method)
+    pretrained_names, scratch_names = _columns(finetune)
     for row in rows:
         pretrained = next((row["scores"][n] for n in pretrained_names if n in row["scores"]), None)
         scratch = next((row["scores"][n] for n in scratch_names if n in row["scores"]), None)
@@ -86,9 +87,9 @@ def eval_markdown(store: ObjectStore, run: str, method: str) -> str:
     return _table(header, body) + note
 
 
-def eval_rows_for_console(store: ObjectStore, run: str, method: str) -> list[list[str]]:
+def eval_rows_for_console(store: ObjectStore, run: str, finetune: FinetuneConfig) -> list[list[str]]:
     """The same table as lists of strings (for the end of `sora run`)."""
-    text = eval_markdown(store, run, method)
+    text = eval_markdown(store, run, finetune)
     return [
         [cell.strip() for cell in line.strip("|").split("|")]
         for line in text.splitlines()
@@ -96,18 +97,17 @@ def eval_rows_for_console(store: ObjectStore, run: str, method: str) -> list[lis
     ]
 
 
-def lineage_table(store: ObjectStore, run: str, finetune_runs: dict[str, str], manifest: dict | None) -> str:
+def lineage_table(store: ObjectStore, run: str, finetune_runs: dict[str, str], manifest: Manifest | None) -> str:
     rows = []
     if manifest:
-        rows.append(["dataset", f"{manifest['dataset']} v{manifest['version']}", manifest["tokenizer"]["sha256"][:16]])
+        rows.append(["dataset", f"{manifest.dataset} v{manifest.version}", manifest.tokenizer.sha256[:16]])
     for label, name in [("pretrain", run), *((f"fine-tune from {i}", n) for i, n in finetune_runs.items())]:
-        try:
-            info = json.loads(store.read(f"{RunKeys(name).export}/sora_export.json"))
-        except FileNotFoundError:
+        info = ExportInfo.load(store, name)
+        if info is None:
             continue
-        detail = f"step {info['step']}, dataset v{info['dataset_version']}"
-        if info.get("init_from"):
-            detail += f", initialized from {info['init_from']}"
+        detail = f"step {info.step}, dataset v{info.dataset_version}"
+        if info.init_from:
+            detail += f", initialized from {info.init_from}"
         rows.append([label, store.uri(RunKeys(name).export), detail])
     return _table(["what", "where", "details"], rows) if rows else "_nothing exported yet_\n"
 
@@ -116,6 +116,6 @@ def timing_table(store: ObjectStore, run: str) -> str:
     timings = read_timings(store, run)
     if not timings:
         return "_no stage timings recorded (stages run one by one record theirs too)_\n"
-    rows = [[stage, f"{t['wall_s']:.1f}"] for stage, t in timings.items()]
-    rows.append(["total", f"{sum(t['wall_s'] for t in timings.values()):.1f}"])
+    rows = [[stage, f"{t.wall_s:.1f}"] for stage, t in timings.items()]
+    rows.append(["total", f"{sum(t.wall_s for t in timings.values()):.1f}"])
     return _table(["stage", "wall time (s)"], rows)

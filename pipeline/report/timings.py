@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import contextmanager
 
 from ..keys import RunKeys
+from ..records import StageTiming
 from ..storage import ObjectStore
 
 STAGES = ("data", "pretrain", "finetune", "evaluate")
-
-
-def _key(run: str, stage: str) -> str:
-    return f"{RunKeys(run).prefix}/timings/{stage}.json"
 
 
 @contextmanager
@@ -27,17 +23,11 @@ def timed(store: ObjectStore, run: str, stage: str):
     started = time.time()
     yield outcome
     finished = time.time()
-    if outcome.get("skipped") and store.exists(_key(run, stage)):
+    if outcome.get("skipped") and store.exists(RunKeys(run).timing(stage)):
         return
-    record = {"stage": stage, "started": started, "finished": finished, "wall_s": round(finished - started, 2)}
-    store.write(_key(run, stage), json.dumps(record).encode())
+    StageTiming(stage=stage, started=started, finished=finished, wall_s=round(finished - started, 2)).write(store, run)
 
 
-def read_timings(store: ObjectStore, run: str) -> dict[str, dict]:
-    out = {}
-    for stage in STAGES:
-        try:
-            out[stage] = json.loads(store.read(_key(run, stage)))
-        except FileNotFoundError:
-            continue
-    return out
+def read_timings(store: ObjectStore, run: str) -> dict[str, StageTiming]:
+    timings = {stage: StageTiming.load(store, run, stage) for stage in STAGES}
+    return {stage: timing for stage, timing in timings.items() if timing is not None}
