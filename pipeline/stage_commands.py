@@ -1,15 +1,65 @@
-"""CLI of the last stages: `sora finetune`, `sora evaluate`, `sora report` (registered by cli.py)."""
+"""Handlers of the model and stage commands: `sora info`, `preprocess`/`refresh`, `pretrain`, `run`,
+`finetune`, `evaluate`, `report` (declared in `pipeline.commands`).
+
+Each handler takes the parsed arguments and imports its stage (torch, ray) only when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
+from .config.loader import load_config_with_overrides
+from .errors import UserError
+
+
+def _load(args: argparse.Namespace):
+    return load_config_with_overrides(args.config, args.set)
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    """Print parameters and FLOPs/token of model presets."""
+    from sora import PRESETS, SoraConfig, count_parameters, flops_per_token
+
+    names = [args.preset] if args.preset else list(PRESETS)
+    if args.preset and args.preset not in PRESETS:
+        raise UserError(f"unknown model preset {args.preset!r}; choose one of {sorted(PRESETS)}")
+    print(f"{'preset':<8}{'params':>16}{'non-embedding':>16}{'FLOPs/token':>16}  (seq_len {args.seq_len})")
+    for name in names:
+        config = SoraConfig.from_preset(name)
+        counts = count_parameters(config)
+        flops = flops_per_token(config, args.seq_len)
+        print(f"{name:<8}{counts['total']:>16,}{counts['non_embedding']:>16,}{flops:>16.4g}")
+
+
+def cmd_preprocess(args: argparse.Namespace) -> None:
+    """Build or incrementally refresh the dataset of CONFIG (data stage)."""
+    from .data.stage import preprocess
+
+    manifest = preprocess(_load(args))
+    print(f"dataset {manifest['dataset']} v{manifest['version']}")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    """Pretrain (or resume) the run of CONFIG on its dataset."""
+    from .train.launch import pretrain
+
+    result = pretrain(_load(args), restart=args.restart)
+    final = result["final"]
+    print(
+        f"run finished at step {final.get('step')}: loss {final.get('loss', float('nan')):.4f}, "
+        f"val {final.get('val_loss', float('nan')):.4f}; export {result['export']}"
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """The main job: every stage of CONFIG in order."""
+    from .run import run_all
+
+    run_all(_load(args))
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     """Fine-tune on the classify suite from the pretrained export and from scratch (same budget)."""
-    from .cli import _load
     from .finetune.launch import finetune
     from .run import record_config
     from .storage import open_store
@@ -23,7 +73,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Evaluate the run's checkpoints with lm-evaluation-harness and print the eval table."""
-    from .cli import _load
+    from rich.console import Console
+
     from .evaluation.checkpoints import evaluate_run
     from .run import print_eval_table, record_config
     from .storage import open_store
@@ -41,7 +92,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     """Rebuild runs/RUN/report.md and report.html from stored files alone."""
     from .config.run import StorageConfig
-    from .errors import UserError
     from .keys import RunKeys
     from .report.build import build_report
     from .storage import open_store
@@ -53,17 +103,3 @@ def cmd_report(args: argparse.Namespace) -> None:
         raise UserError(f"no run {args.run!r} under {storage.root}")
     report = build_report(store, args.run)
     print(f"report: {report['md']} ({report['html']})")
-
-
-def register(sub, with_config) -> None:
-    finetune = with_config(sub.add_parser("finetune", help="fine-tune stage: classify, pretrained vs scratch"))
-    finetune.add_argument("--restart", action="store_true", help="restart runs whose checkpoints cannot be resumed")
-    finetune.set_defaults(func=cmd_finetune)
-    with_config(sub.add_parser("evaluate", help="evaluate the run's checkpoints with lm-eval")).set_defaults(
-        func=cmd_evaluate
-    )
-    report = sub.add_parser("report", help="rebuild a run's report from stored files")
-    report.add_argument("run", help="run name (train.run)")
-    report.add_argument("--root", default=".sora", help="storage root (default .sora; s3://bucket/prefix)")
-    report.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint")
-    report.set_defaults(func=cmd_report)

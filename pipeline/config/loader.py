@@ -36,3 +36,19 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in error.errors())
         raise UserError(f"invalid config {path}: {problems}") from None
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`--set` pairs `KEY=VALUE` (dotted key, YAML value) as the `overrides` of `load_config`."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects KEY=VALUE (dotted key, YAML value), got {pair!r}")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def load_config_with_overrides(path: str | Path, pairs: list[str]) -> RunConfig:
+    """`load_config(path)` with the `--set KEY=VALUE` pairs of the command line applied."""
+    return load_config(path, parse_overrides(pairs))

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import yaml
 
+from ..commands import stage_names, training_names
 from ..config import load_config
 from ..errors import UserError
 from . import cluster, job_env
 
-STAGES = ("run", "preprocess", "refresh", "pretrain", "finetune", "evaluate")
-TRAINING_STAGES = ("run", "pretrain")
+STAGES = stage_names()  # the commands a job may run: `submittable` in the command table
+TRAINING_STAGES = training_names()  # the ones that train: checked against `sora plan` first
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 CONFIG_IN_JOB = "sora-job/config.yaml"
 
@@ -45,11 +46,9 @@ class SubmitOptions:
 
 
 def _check_stage(stage: str) -> None:
-    from ..cli import build_parser
-
-    commands = build_parser()._subparsers._group_actions[0].choices
-    if stage not in commands:
-        raise UserError(f"stage {stage!r} is not a subcommand of this sora version (have: {', '.join(commands)})")
+    """`stage` must be a command of the table that may be submitted."""
+    if stage not in STAGES:
+        raise UserError(f"--stage {stage!r}: choose one of {', '.join(STAGES)}")
 
 
 def _check_storage(config, url: str, allow_local: bool) -> cluster.Inventory:
@@ -91,8 +90,6 @@ def _runtime_env(config, staging: Path, options: SubmitOptions) -> dict:
 
 def submit(config_path: str, options: SubmitOptions) -> str:
     """Validate, check the cluster, submit; returns the job id."""
-    if options.stage not in STAGES:
-        raise UserError(f"--stage {options.stage!r}: choose one of {', '.join(STAGES)}")
     _check_stage(options.stage)
     config = load_config(config_path, options.overrides)
     url = cluster.resolve_address(options.address)

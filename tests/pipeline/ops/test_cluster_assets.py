@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 from pipeline.cli import build_parser
+from pipeline.commands import COMMANDS, stage_names
 from pipeline.config import load_config
-from pipeline.ops.commands import subcommands
+from pipeline.config.loader import load_config_with_overrides
 
 CLUSTER = Path(__file__).resolve().parents[3] / "cluster"
 
@@ -88,7 +89,7 @@ def test_every_command_is_a_real_subcommand_with_a_valid_config():
     found = all_commands()
     assert {"kuberay/rayjob-pretrain.yaml", "kuberay/cronjob-refresh.yaml", "airflow/sora_refresh_dag.py"} <= set(found)
     parser = build_parser()
-    names = subcommands(parser)
+    names = {command.name for command in COMMANDS}
     checked = 0
     for where, commands in found.items():
         for argv in commands:
@@ -98,11 +99,10 @@ def test_every_command_is_a_real_subcommand_with_a_valid_config():
             except SystemExit:
                 pytest.fail(f"{where}: `sora {' '.join(argv)}` does not parse")
             if hasattr(args, "config"):
-                overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
-                load_config(args.config, overrides)  # raises on a missing config or an invalid field
+                load_config_with_overrides(args.config, args.set)  # raises on a missing config or an invalid field
                 checked += 1
             if getattr(args, "stage", None):
-                assert args.stage in names, (where, args.stage)
+                assert args.stage in stage_names(), (where, args.stage)
     assert checked >= 5
 
 
