@@ -36,7 +36,7 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     from .data.stage import preprocess
 
     manifest = preprocess(_load(args))
-    print(f"dataset {manifest['dataset']} v{manifest['version']}")
+    print(f"dataset {manifest.dataset} v{manifest.version}")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
