@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
+from ..config.evaluate import EvalConfig
 from ..config.run import RunConfig
 from ..errors import UserError
 from ..keys import RunKeys, safe_relative
@@ -57,30 +58,40 @@ def evaluate_checkpoint_to_store(
         stored = existing.lineage
         if (stored.checkpoint_uri, stored.kind) != (checkpoint_uri, kind):
             raise UserError(
-                f"{store.uri(results_key(run, name))} already holds results of {stored.kind} {stored.checkpoint_uri}; "
-                f"evaluate {checkpoint_uri} under another name"
+                f"{store.uri(results_key(run, name))} already holds results of {stored.kind} "
+                f"{stored.checkpoint_uri}; evaluate {checkpoint_uri} under another name"
             )
         return existing  # evaluated before: no work
-    eval_cfg = config.eval
     if "dataset" not in lineage:
         raise ValueError("lineage must name the dataset (and dataset_version) whose suites to evaluate on")
     manifest = read_version(store, lineage["dataset"], lineage.get("dataset_version", "LATEST"))
-    index = build_suites(store, manifest, eval_cfg)
+    index = build_suites(store, manifest, config.eval)
+    tasks = _tasks(kind, config.eval)
+    results = _run(store, manifest, checkpoint_uri, kind, tasks, config.eval)
+    return _store_results(store, run, name, results, index, manifest, checkpoint_uri, kind, lineage)
+
+
+def _tasks(kind: Kind, eval_cfg: EvalConfig) -> list[str]:
+    """The tasks a checkpoint of `kind` is scored on; bad settings fail here, before any work."""
     builtin = [TASK_NAMES[s] for s in TASK_NAMES if s in eval_cfg.suites.enabled]
     if kind == "classifier":
         if "sora_classify" not in builtin:
             raise UserError("a classifier is evaluated on sora_classify: add classify to eval.suites.enabled")
         if eval_cfg.num_fewshot:
             raise UserError("a classifier is evaluated zero-shot: set eval.num_fewshot to 0 or null")
-        tasks = ["sora_classify"]
-    else:
-        if not eval_cfg.lm_classify:
-            builtin = [t for t in builtin if t != "sora_classify"]
-        tasks = builtin + [t for t in eval_cfg.tasks if t not in builtin]
+        return ["sora_classify"]
+    if not eval_cfg.lm_classify:
+        builtin = [t for t in builtin if t != "sora_classify"]
     for path in eval_cfg.include_paths:
         if not Path(path).is_dir():
             raise UserError(f"eval.include_paths: {path} is not a directory of lm-eval task YAML files")
+    return builtin + [t for t in eval_cfg.tasks if t not in builtin]
 
+
+def _run(
+    store: ObjectStore, manifest: Manifest, checkpoint_uri: str, kind: Kind, tasks: list[str], eval_cfg: EvalConfig
+) -> dict[str, Any]:
+    """lm-eval's results for `tasks` on the checkpoint, with the suites materialized locally."""
     from .harness import run_lm_eval, task_manager
 
     with tempfile.TemporaryDirectory(prefix="sora-eval-") as tmp:
@@ -96,7 +107,7 @@ def evaluate_checkpoint_to_store(
                 "(`lm_eval --tasks list`) or add the folder holding their YAML to eval.include_paths"
             )
         checkpoint = fetch_checkpoint(store, checkpoint_uri, Path(tmp) / "checkpoint")
-        results = run_lm_eval(
+        return run_lm_eval(
             checkpoint,
             model=MODELS[kind],
             tasks=tasks,
@@ -106,7 +117,6 @@ def evaluate_checkpoint_to_store(
             limit=eval_cfg.limit,
             num_fewshot=eval_cfg.num_fewshot,
         )
-    return _store_results(store, run, name, results, index, manifest, checkpoint_uri, kind, lineage)
 
 
 def fetch_checkpoint(store: ObjectStore, uri: str, local: Path) -> Path:

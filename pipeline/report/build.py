@@ -43,37 +43,10 @@ def build_report(store: ObjectStore, run: str) -> dict[str, str]:
     parts.append(data_table(manifest) if manifest else "_the run has not pinned a dataset yet_\n")
 
     parts.append("## Pretraining\n")
-    rows = read_rows(store, keys.metrics)
-    if rows:
-        images["pretrain.png"] = pretrain_curves(rows)
-        last = rows[-1]
-        val = [r for r in rows if r.val_loss is not None]
-        parts.append(
-            f"{last.step} steps, {last.tokens:,} tokens, final loss {last.loss:.3f}"
-            + (f", validation loss {val[-1].val_loss:.3f}" if val else "")
-            + f", median {sorted(r.tokens_per_s for r in rows)[len(rows) // 2]:,.0f} tokens/s.\n\n"
-            "![pretraining curves](report/pretrain.png)\n"
-        )
-    else:
-        parts.append("_not run yet_\n")
-
+    parts.append(_pretraining(store, run, images))
     parts.append("## Fine-tuning\n")
     ft_runs = finetune.run_names(run)
-    ft_rows = {init: read_rows(store, RunKeys(name).metrics) for init, name in ft_runs.items()}
-    ft_rows = {init: r for init, r in ft_rows.items() if r}
-    if ft_rows:
-        images["finetune.png"] = finetune_curves(ft_rows)
-        for init, r in ft_rows.items():
-            best = max((x.val_accuracy for x in r if x.val_accuracy is not None), default=None)
-            stop = " (early stopped)" if any(x.early_stopped for x in r) else ""
-            parts.append(
-                f"- from {init}: {r[-1].step} steps{stop}"
-                + (f", best validation accuracy {best:.1%}" if best is not None else "")
-                + "\n"
-            )
-        parts.append("\n![fine-tuning curves](report/finetune.png)\n")
-    else:
-        parts.append("_not run yet_\n")
+    parts.append(_finetuning(store, ft_runs, images))
 
     parts.append("## Evaluation\n")
     parts.append(eval_markdown(store, run, finetune))
@@ -90,6 +63,40 @@ def build_report(store: ObjectStore, run: str) -> dict[str, str]:
     store.write(f"{keys.prefix}/report.md", markdown.encode())
     store.write(f"{keys.prefix}/report.html", _html(run, markdown, images).encode())
     return {"md": store.uri(f"{keys.prefix}/report.md"), "html": store.uri(f"{keys.prefix}/report.html")}
+
+
+def _pretraining(store: ObjectStore, run: str, images: dict[str, bytes]) -> str:
+    rows = read_rows(store, RunKeys(run).metrics)
+    if not rows:
+        return "_not run yet_\n"
+    images["pretrain.png"] = pretrain_curves(rows)
+    last = rows[-1]
+    val = [r for r in rows if r.val_loss is not None]
+    return (
+        f"{last.step} steps, {last.tokens:,} tokens, final loss {last.loss:.3f}"
+        + (f", validation loss {val[-1].val_loss:.3f}" if val else "")
+        + f", median {sorted(r.tokens_per_s for r in rows)[len(rows) // 2]:,.0f} tokens/s.\n\n"
+        "![pretraining curves](report/pretrain.png)\n"
+    )
+
+
+def _finetuning(store: ObjectStore, ft_runs: dict[str, str], images: dict[str, bytes]) -> str:
+    ft_rows = {init: read_rows(store, RunKeys(name).metrics) for init, name in ft_runs.items()}
+    ft_rows = {init: r for init, r in ft_rows.items() if r}
+    if not ft_rows:
+        return "_not run yet_\n"
+    images["finetune.png"] = finetune_curves(ft_rows)
+    lines = []
+    for init, r in ft_rows.items():
+        best = max((x.val_accuracy for x in r if x.val_accuracy is not None), default=None)
+        stop = " (early stopped)" if any(x.early_stopped for x in r) else ""
+        lines.append(
+            f"- from {init}: {r[-1].step} steps{stop}"
+            + (f", best validation accuracy {best:.1%}" if best is not None else "")
+            + "\n"
+        )
+    # One part each, joined as the report joins its parts (the markdown is unchanged by the split).
+    return "\n".join([*lines, "\n![fine-tuning curves](report/finetune.png)\n"])
 
 
 def _html(run: str, markdown: str, images: dict[str, bytes]) -> str:

@@ -147,36 +147,8 @@ def classify_rows(
             "eval.suites.classify_min_docs_per_class, or use a corpus with more labels"
         )
     classes = sorted(kept)
-    class_id = {label: i for i, label in enumerate(classes)}
-    split_of: dict[str, str] = {}
-    for label in classes:
-        members = sorted((d for d in labelled if d.label == label), key=lambda d: unit(cfg.salt, "split", d.doc_hash))
-        n = len(members)
-        n_test = max(1, round(n * cfg.classify_test_fraction))
-        n_val = max(1, round(n * cfg.classify_validation_fraction))
-        for i, doc in enumerate(members):
-            split_of[doc.doc_hash] = "test" if i < n_test else "validation" if i < n_test + n_val else "train"
-    caps = {"train": cfg.classify_train_max_per_class, "validation": cfg.classify_max_per_class}
-    caps["test"] = cfg.classify_max_per_class
-    rows: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
-    pools: dict[tuple[str, str], list] = {(label, split): [] for label in classes for split in rows}
-    for doc in labelled:
-        if doc.doc_hash in split_of:
-            pool = pools[doc.label, split_of[doc.doc_hash]]
-            pool += [(unit(cfg.salt, "snippet", doc.doc_hash, s), doc, s, text) for s, text in snippets(doc, cfg)]
-    for label in classes:
-        for split in rows:
-            pool = sorted(pools[label, split], key=lambda item: item[0])
-            for _, doc, start, text in pool[: caps[split]]:
-                rows[split].append(
-                    {
-                        "text": text,
-                        "label": label,
-                        "label_id": class_id[label],
-                        "doc_hash": doc.doc_hash,
-                        "offset": start,
-                    }
-                )
+    split_of = _split_documents(labelled, classes, cfg)
+    rows = _class_rows(labelled, classes, split_of, cfg)
     for split in rows:
         rows[split].sort(key=lambda r: (r["label_id"], r["doc_hash"], r["offset"]))
     info = _class_info(classes, rows, split_of, labelled, cfg)
@@ -189,6 +161,41 @@ def classify_rows(
             "or raise eval.suites.classify_snippets_per_doc / classify_max_per_class"
         )
     return rows, info
+
+
+def _split_documents(labelled: list[HeldoutDoc], classes: list[str], cfg: SuiteConfig) -> dict[str, str]:
+    """doc_hash -> test / validation / train, per class by hash (a document feeds one split)."""
+    split_of: dict[str, str] = {}
+    for label in classes:
+        members = sorted((d for d in labelled if d.label == label), key=lambda d: unit(cfg.salt, "split", d.doc_hash))
+        n = len(members)
+        n_test = max(1, round(n * cfg.classify_test_fraction))
+        n_val = max(1, round(n * cfg.classify_validation_fraction))
+        for i, doc in enumerate(members):
+            split_of[doc.doc_hash] = "test" if i < n_test else "validation" if i < n_test + n_val else "train"
+    return split_of
+
+
+def _class_rows(
+    labelled: list[HeldoutDoc], classes: list[str], split_of: dict[str, str], cfg: SuiteConfig
+) -> dict[str, list[dict]]:
+    """Snippet rows per split: each class's snippets in hash order, up to the split's cap."""
+    class_id = {label: i for i, label in enumerate(classes)}
+    caps = {"train": cfg.classify_train_max_per_class, "validation": cfg.classify_max_per_class}
+    caps["test"] = cfg.classify_max_per_class
+    rows: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
+    pools: dict[tuple[str, str], list] = {(label, split): [] for label in classes for split in rows}
+    for doc in labelled:
+        if doc.doc_hash in split_of:
+            pool = pools[doc.label, split_of[doc.doc_hash]]
+            pool += [(unit(cfg.salt, "snippet", doc.doc_hash, s), doc, s, text) for s, text in snippets(doc, cfg)]
+    for label in classes:
+        for split in rows:
+            pool = sorted(pools[label, split], key=lambda item: item[0])
+            for _, doc, start, text in pool[: caps[split]]:
+                row = {"text": text, "label": label, "label_id": class_id[label], "doc_hash": doc.doc_hash}
+                rows[split].append({**row, "offset": start})
+    return rows
 
 
 def _class_info(classes, rows, split_of, labelled, cfg) -> dict:
