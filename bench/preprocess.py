@@ -171,12 +171,12 @@ def tokenizer_baseline(tokenizer, texts: list[str]) -> dict:
 def _texts(config) -> list[str]:
     """The same documents the stage read (normalization aside), read again on the driver."""
     from pipeline.data.readers import read_unit
-    from pipeline.data.sources import list_all_units
+    from pipeline.data.sources import UnitPart, list_all_units
 
     settings = config.storage.settings()
     texts = []
     for index, unit in enumerate(list_all_units(config.data.sources, settings)):
-        table, _ = read_unit({**unit, "index": index, "pid": 0, "part": None}, config.data, settings)
+        table, _ = read_unit(UnitPart(unit, index, 0), config.data, settings)
         texts.extend(t for t in table["text"].to_pylist() if t)
     return texts
 
@@ -187,13 +187,13 @@ def measure(label: str, sources: list[dict], cores: int, with_peer: bool = True)
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest, wall, config, peak_rss = run_stage(f"file://{tmp}/store", sources, label)
-        stats = manifest["stats"]["run"]
+        stats = manifest.stats.run.to_dict()
         stage_tokens = sum(stats["tokens"].values())
-        tokenizer = load_stored_tokenizer(open_store(config.storage.root), manifest["tokenizer"])
+        tokenizer = load_stored_tokenizer(open_store(config.storage.root), manifest.tokenizer)
         texts = _texts(config)
         baseline = tokenizer_baseline(tokenizer, texts)
         peer_run = (
-            peer(texts, tokenizer.to_str(), manifest["tokenizer"]["eos_id"], config.data.seq_len, cores)
+            peer(texts, tokenizer.to_str(), manifest.tokenizer.eos_id, config.data.seq_len, cores)
             if with_peer
             else None
         )
@@ -258,7 +258,7 @@ def main() -> None:
             manifest, wall, _, (start, peak) = run_stage(
                 f"file://{tmp}/store", [{"kind": "jsonl", "uri": f"{tmp}/corpus"}], "chunks"
             )
-        stats = manifest["stats"]["run"]
+        stats = manifest.stats.run.to_dict()
         print(
             json.dumps(
                 {

@@ -8,6 +8,8 @@ that passed verification), never a row per document.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +19,9 @@ from ..config.data import DedupConfig
 from .blocks import Blocks, reduce_partitions, split_by, split_remote
 from .dedup import EDGE_SCHEMA, decide, find_edges, index_table, key_rows, load_index
 from .shards import to_ipc_bytes
+
+if TYPE_CHECKING:
+    from ..records import Manifest
 
 _OLD_FILE_SPAN = 1 << 34  # negative orders of one earlier index file: -(file << 34) - row - 1
 
@@ -81,9 +86,22 @@ def _by_block(removed: pa.Table, router, n: int) -> list[pa.Table]:
     return split_by(removed, block, n)
 
 
-def _summary(removed: pa.Table) -> dict[str, int]:
+@dataclass(frozen=True)
+class DedupStats:
+    """Documents a run's dedup removed: all, exact and near duplicates."""
+
+    removed: int = 0
+    exact: int = 0
+    near: int = 0
+
+    def by_reason(self) -> dict[str, int]:
+        """The manifest's `duplicates` counts."""
+        return {"exact": self.exact, "near": self.near}
+
+
+def _summary(removed: pa.Table) -> DedupStats:
     reasons = removed["reason"].to_numpy(zero_copy_only=False)
-    return {"removed": removed.num_rows, **{r: int((reasons == r).sum()) for r in ("exact", "near")}}
+    return DedupStats(removed.num_rows, *(int((reasons == r).sum()) for r in ("exact", "near")))
 
 
 def shuffle_partitions(live_docs: int, config: DedupConfig, layout: tuple[int, int], blocks: int, cpus: int) -> int:
@@ -99,8 +117,15 @@ PARTITION_BYTES = 256 << 20
 
 
 def deduplicate(
-    records: Blocks, store, settings, parent: dict | None, config: DedupConfig, cpus: int, layout, live_docs: int
-):
+    records: Blocks,
+    store,
+    settings,
+    parent: Manifest | None,
+    config: DedupConfig,
+    cpus: int,
+    layout,
+    live_docs: int,
+) -> tuple[list, DedupStats]:
     """(per record block, a reference to its removed documents' table; counts). The tables (order,
     reason ('exact'/'near'), match_order, jaccard, match_doc_key) are built and used on workers:
     the driver gets only the counts, nothing per document. `layout` is `dedup.bands(...)` (or a
@@ -119,7 +144,7 @@ def deduplicate(
     if not (config.exact or config.near):
         return [ray.put(empty)] * len(records), _summary(empty)
     blocks = records  # and earlier versions' index rows; `_prints` reduces each in its task
-    index_keys = (parent or {}).get("dedup_index", [])
+    index_keys = parent.dedup_index if parent is not None else []
     if index_keys:
         load = ray.remote(_load_old)
         old = [
@@ -128,7 +153,8 @@ def deduplicate(
         ]
         blocks = Blocks(blocks.refs + old)
     layout = layout.result() if hasattr(layout, "result") else layout
-    live_docs += int((parent or {}).get("stats", {}).get("total", {}).get("docs_kept", 0))  # earlier versions' rows
+    if parent is not None and parent.stats is not None:
+        live_docs += int(parent.stats.total.docs_kept)  # earlier versions' rows
     parts = shuffle_partitions(live_docs, config, layout, len(blocks), cpus)
     edges = reduce_partitions(_edges, blocks.partition(_key_partitions, parts, config, layout, parts), config)
     # The decision is sequential in document order ("keep first"), over the edge graph only: one

@@ -11,6 +11,8 @@ Document order is fixed by `doc_key` (`source|uri|line`): `order` is the same or
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,30 +20,30 @@ import pyarrow.compute as pc
 from ..config.data import DataConfig
 from ..storage import StorageSettings
 from .readers import MALFORMED_REASONS, _store, read_unit, splittable
+from .sources import SourceUnit, UnitPart
 from .steps import clean
 
 _LINE_BITS = 34  # lines per file < 2^34 (doc_key pads lines to 10 digits)
 MAX_PIECE_BYTES = 64 << 20
 
 
-def plan_pieces(units: list[dict], blocks: int, settings: StorageSettings) -> tuple[list[list[dict]], int]:
+def plan_pieces(units: list[SourceUnit], blocks: int, settings: StorageSettings) -> tuple[list[list[UnitPart]], int]:
     """Pieces (lists of unit parts) of about equal size; returns (pieces, number of parts)."""
-    total = sum(u["size"] for u in units)
+    total = sum(u.size for u in units)
     target = max(1, min(MAX_PIECE_BYTES, -(-total // max(1, blocks))))
-    pieces: list[list[dict]] = []
-    current: list[dict] = []
+    pieces: list[list[UnitPart]] = []
+    current: list[UnitPart] = []
     size = 0
     pid = 0
     for index, unit in enumerate(units):
-        unit = {**unit, "index": index}
-        if splittable(unit) and unit["size"] > target:
+        if splittable(unit) and unit.size > target:
             for part in _parts(unit, target, settings):
-                pieces.append([{**unit, "part": part, "pid": pid}])
+                pieces.append([UnitPart(unit, index, pid, part)])
                 pid += 1
             continue
-        current.append({**unit, "part": None, "pid": pid})
+        current.append(UnitPart(unit, index, pid))
         pid += 1
-        size += unit["size"]
+        size += unit.size
         if size >= target:
             pieces.append(current)
             current, size = [], 0
@@ -50,61 +52,86 @@ def plan_pieces(units: list[dict], blocks: int, settings: StorageSettings) -> tu
     return pieces, pid
 
 
-def _parts(unit: dict, target: int, settings: StorageSettings) -> list[tuple[int, int]]:
-    if unit["kind"] == "jsonl":
-        return [(start, min(start + target, unit["size"])) for start in range(0, unit["size"], target)]
+def _parts(unit: SourceUnit, target: int, settings: StorageSettings) -> list[tuple[int, int] | None]:
+    if unit.kind == "jsonl":
+        return [(start, min(start + target, unit.size)) for start in range(0, unit.size, target)]
     import pyarrow.parquet as pq
 
-    store = _store(unit["root"], settings)
+    store = _store(unit.root, settings)
     try:
-        with store.fs.open_input_file(store.path(unit["key"])) as handle:
+        with store.fs.open_input_file(store.path(unit.key)) as handle:
             groups = pq.ParquetFile(handle).num_row_groups
     except (OSError, ValueError, pa.ArrowException):
         return [None]  # read whole: the reader quarantines it as unreadable
-    count = max(1, min(groups, -(-unit["size"] // target)))
+    count = max(1, min(groups, -(-unit.size // target)))
     bounds = np.linspace(0, groups, count + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a] or [(0, 0)]
 
 
+@dataclass
+class UnitCounts:
+    """Records of one file read in a run: all, malformed, and per reject reason."""
+
+    records: int = 0
+    malformed: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: UnitCounts) -> None:
+        self.records += other.records
+        self.malformed += other.malformed
+        for reason, count in other.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + count
+
+
+@dataclass
+class PieceMeta:
+    """What a read task reports besides its records: line starts per part (`pid`), counts per
+    file (`unit_index`) and the UTF-8 bytes of its live records."""
+
+    lines: dict[int, int]
+    units: dict[int, UnitCounts]
+    live_bytes: int
+
+
 def read_piece(
-    piece: list[dict], config: DataConfig, settings: StorageSettings, finalize: Finalize | None = None
-) -> tuple[pa.Table, dict]:
+    piece: list[UnitPart], config: DataConfig, settings: StorageSettings, finalize: Finalize | None = None
+) -> tuple[pa.Table, PieceMeta]:
     """Read and clean one piece; returns (records, counts) where counts has per-part line starts,
     per-file (records, malformed, by reason) numbers and the UTF-8 bytes of the live records.
     With `finalize` (when no line of the piece needs another piece's line count), the records are
     numbered here too."""
     tables, lines = [], {}
-    for unit in piece:
-        table, starts = read_unit(unit, config, settings)
+    for part in piece:
+        table, starts = read_unit(part, config, settings)
         tables.append(table)
-        lines[unit["pid"]] = starts
+        lines[part.pid] = starts
     table = clean(pa.concat_tables(tables), config)
     live_bytes = int(pc.sum(table["n_bytes"]).as_py() or 0)  # 0 for rejected records
-    meta = {"lines": lines, "units": unit_counts(table), "live_bytes": live_bytes}
+    meta = PieceMeta(lines, unit_counts(table), live_bytes)
     return (finalize(table) if finalize is not None else table), meta
 
 
-def unit_counts(table: pa.Table) -> dict[int, dict]:
+def unit_counts(table: pa.Table) -> dict[int, UnitCounts]:
     """Per file: records, malformed records and reasons (for error rates and stats)."""
     frame = table.select(["unit_index", "reject"]).group_by(["unit_index", "reject"]).aggregate([([], "count_all")])
-    out: dict[int, dict] = {}
+    out: dict[int, UnitCounts] = {}
     for unit, reason, count in zip(*(frame[c].to_pylist() for c in ("unit_index", "reject", "count_all")), strict=True):
-        entry = out.setdefault(unit, {"records": 0, "malformed": 0, "reasons": {}})
-        entry["records"] += count
+        entry = out.setdefault(unit, UnitCounts())
+        entry.records += count
         if reason is not None:
-            entry["reasons"][reason] = entry["reasons"].get(reason, 0) + count
-            entry["malformed"] += count if reason in MALFORMED_REASONS else 0
+            entry.reasons[reason] = entry.reasons.get(reason, 0) + count
+            entry.malformed += count if reason in MALFORMED_REASONS else 0
     return out
 
 
-def unit_prefixes(units: list[dict]) -> list[str]:
-    return [f"{u['source_index']:03d}|{u['uri']}|" for u in units]
+def unit_prefixes(units: list[SourceUnit]) -> list[str]:
+    return [f"{u.source_index:03d}|{u.uri}|" for u in units]
 
 
 class Finalize:
     """Block callable: global line numbers, `doc_key` and `order` from (unit, part, line)."""
 
-    def __init__(self, units: list[dict], part_offsets: np.ndarray) -> None:
+    def __init__(self, units: list[SourceUnit], part_offsets: np.ndarray) -> None:
         prefixes = unit_prefixes(units)
         self.prefixes = pa.array(prefixes, pa.string())
         rank = np.empty(len(prefixes), np.int64)

@@ -9,11 +9,18 @@ for a near duplicate, the estimated Jaccard similarity of the two.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import UserError
 from .shards import to_ipc_bytes
+
+if TYPE_CHECKING:
+    from .plan import UnitCounts
+    from .sources import SourceUnit
 
 REJECTS_SCHEMA = pa.schema(
     [
@@ -30,7 +37,7 @@ DUPLICATE_REASONS = {"exact": "exact_duplicate", "near": "near_duplicate"}
 
 
 def check_error_rates(
-    per_unit: dict[int, dict], units: list[dict], max_error_rate: float, single_doc_sources: set[int]
+    per_unit: dict[int, UnitCounts], units: list[SourceUnit], max_error_rate: float, single_doc_sources: set[int]
 ) -> None:
     """Fail, naming the file(s), when malformed records exceed `max_error_rate`.
 
@@ -41,36 +48,42 @@ def check_error_rates(
     scopes: dict[str, dict] = {}
     for index, counts in per_unit.items():
         unit = units[index]
-        single = unit["source_index"] in single_doc_sources
-        name = f"source #{unit['source_index']}" if single else unit["uri"]
-        scope = scopes.setdefault(name, {"bad": 0, "count": 0, "files": set(), "reasons": {}})
-        scope["bad"] += counts["malformed"]
-        scope["count"] += counts["records"]
-        if counts["malformed"]:
-            scope["files"].add(unit["uri"])
-            for reason, n in counts["reasons"].items():
+        single = unit.source_index in single_doc_sources
+        name = f"source #{unit.source_index}" if single else unit.uri
+        scope = scopes.setdefault(name, _Scope())
+        scope.bad += counts.malformed
+        scope.count += counts.records
+        if counts.malformed:
+            scope.files.add(unit.uri)
+            for reason, n in counts.reasons.items():
                 if reason in _malformed():
-                    scope["reasons"][reason] = scope["reasons"].get(reason, 0) + n
+                    scope.reasons[reason] = scope.reasons.get(reason, 0) + n
     failing = sorted(
-        (
-            (s["bad"] / s["count"], name)
-            for name, s in scopes.items()
-            if s["count"] and s["bad"] / s["count"] > max_error_rate
-        ),
+        ((s.bad / s.count, name) for name, s in scopes.items() if s.count and s.bad / s.count > max_error_rate),
         key=lambda pair: (-pair[0], pair[1]),
     )
     if not failing:
         return
     rate, name = failing[0]
     scope = scopes[name]
-    reasons = dict(sorted(scope["reasons"].items(), key=lambda kv: (-kv[1], kv[0])))
-    files = sorted(scope["files"])
+    reasons = dict(sorted(scope.reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+    files = sorted(scope.files)
     where = files[0] if len(files) == 1 else f"{name} ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''})"
     more = f" (and {len(failing) - 1} more)" if len(failing) > 1 else ""
     raise UserError(
-        f"{where}: {scope['bad']} of {scope['count']} records malformed ({rate:.1%} > "
+        f"{where}: {scope.bad} of {scope.count} records malformed ({rate:.1%} > "
         f"max_error_rate {max_error_rate:.1%}; {reasons}){more}. Nothing was published."
     )
+
+
+@dataclass
+class _Scope:
+    """Error-rate scope: one file, or one source of single-document files."""
+
+    bad: int = 0
+    count: int = 0
+    files: set[str] = field(default_factory=set)
+    reasons: dict[str, int] = field(default_factory=dict)
 
 
 def _malformed():
@@ -110,13 +123,13 @@ def _write(store_root: str, settings, key: str, *tables: pa.Table) -> int:
     return table.num_rows
 
 
-def write_rejects(records, removed, units: list[dict], store, key: str, settings=None):
+def write_rejects(records, removed, units: list[SourceUnit], store, key: str, settings=None):
     """Write the rejects file on a worker (the driver holds only block references); returns a
     reference to the number of rows, so the driver goes on while it is written.
     `records` are `blocks.Blocks`; `removed` has, per block, (a reference to) its removed documents
     (`dedup_stage.deduplicate`)."""
     import ray
 
-    uris = pa.array([u["uri"] for u in units], pa.string())
+    uris = pa.array([u.uri for u in units], pa.string())
     rejects = records.map(reject_rows, uris, each=removed)
     return ray.remote(_write).options(name="write_rejects").remote(store.root_uri, settings, key, *rejects.refs)

@@ -10,6 +10,7 @@ training sample, whose size is bounded by `tokenizer.sample_bytes`, not by the c
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -17,13 +18,30 @@ import pyarrow as pa
 from ..config.data import DataConfig
 from ..storage import StorageSettings
 from .blocks import Blocks
-from .plan import _LINE_BITS, Finalize, plan_pieces, read_piece
+from .plan import _LINE_BITS, Finalize, UnitCounts, plan_pieces, read_piece
+from .sources import SourceUnit, UnitPart
 from .tokenize_pack import SPLITS, split_codes
 
 
+@dataclass
+class ReadStats:
+    """Counts of a run's read: per file (`units`, by position in the run's unit list), rejected
+    records by reason, records read, live (not rejected) records and their UTF-8 bytes."""
+
+    units: dict[int, UnitCounts]
+    rejected: dict[str, int]
+    docs_read: int
+    live: int
+    live_bytes: int
+
+    def source_bytes(self, units: list[SourceUnit]) -> int:
+        """Bytes of the files that yielded at least one record."""
+        return int(sum(units[i].size for i, counts in self.units.items() if counts.records))
+
+
 def read_records(
-    units: list[dict], data: DataConfig, settings: StorageSettings, blocks: int, track=None
-) -> tuple[RecordBlocks, dict]:
+    units: list[SourceUnit], data: DataConfig, settings: StorageSettings, blocks: int, track=None
+) -> tuple[RecordBlocks, ReadStats]:
     """(records, counts) for this run's units: one block of records per read piece. `track(refs,
     what)` waits for the read tasks showing progress (`Reporter.track`)."""
     import ray
@@ -48,9 +66,9 @@ def read_records(
     part_lines = np.zeros(n_parts, np.int64)
     for piece in pieces:
         for part in piece:
-            part_unit[part["pid"]] = part["index"]
+            part_unit[part.pid] = part.index
     for meta in metas:
-        for pid, lines in meta["lines"].items():
+        for pid, lines in meta.lines.items():
             part_lines[pid] = lines
     # Offsets of each part's first line within its file: the line starts of the file's earlier parts.
     offsets = np.zeros(n_parts, np.int64)
@@ -58,27 +76,7 @@ def read_records(
         if part_unit[pid] == part_unit[pid - 1]:
             offsets[pid] = offsets[pid - 1] + part_lines[pid - 1]
 
-    per_unit: dict[int, dict] = {}
-    for meta in metas:
-        for unit, entry in meta["units"].items():
-            total = per_unit.setdefault(unit, {"records": 0, "malformed": 0, "reasons": {}})
-            total["records"] += entry["records"]
-            total["malformed"] += entry["malformed"]
-            for reason, count in entry["reasons"].items():
-                total["reasons"][reason] = total["reasons"].get(reason, 0) + count
-    rejected: dict[str, int] = {}
-    for entry in per_unit.values():
-        for reason, count in entry["reasons"].items():
-            rejected[reason] = rejected.get(reason, 0) + count
-    docs_read = sum(e["records"] for e in per_unit.values())
-    counts = {
-        "units": per_unit,
-        "rejected": rejected,
-        "docs_read": docs_read,
-        "live": docs_read - sum(rejected.values()),
-        "live_bytes": sum(meta["live_bytes"] for meta in metas),
-    }
-
+    counts = _read_stats(metas)
     finalize = Finalize(units, offsets)
     if any(later):
         shifted = Blocks([t for t, late in zip(tables, later, strict=True) if late]).map(_finalize, finalize)
@@ -87,7 +85,7 @@ def read_records(
     part_block = np.zeros(n_parts, np.int64)
     for block, piece in enumerate(pieces):
         for part in piece:
-            part_block[part["pid"]] = block
+            part_block[part.pid] = block
     first_orders = (finalize.rank[part_unit] << _LINE_BITS) | offsets
     return RecordBlocks(tables, BlockRouter(first_orders, part_block)), counts
 
@@ -114,9 +112,24 @@ class RecordBlocks(Blocks):
         self.router = router
 
 
-def _later_range(part: dict) -> bool:
+def _read_stats(metas: list) -> ReadStats:
+    """The read tasks' per-file counts summed into the run's `ReadStats`."""
+    per_unit: dict[int, UnitCounts] = {}
+    for meta in metas:
+        for unit, entry in meta.units.items():
+            per_unit.setdefault(unit, UnitCounts()).add(entry)
+    rejected: dict[str, int] = {}
+    for entry in per_unit.values():
+        for reason, count in entry.reasons.items():
+            rejected[reason] = rejected.get(reason, 0) + count
+    docs_read = sum(e.records for e in per_unit.values())
+    live_bytes = sum(meta.live_bytes for meta in metas)
+    return ReadStats(per_unit, rejected, docs_read, docs_read - sum(rejected.values()), live_bytes)
+
+
+def _later_range(part: UnitPart) -> bool:
     """A byte range (row groups) of a split file other than its first."""
-    return bool(part["part"]) and part["part"][0] != 0
+    return bool(part.part) and part.part[0] != 0
 
 
 def _finalize(table: pa.Table, finalize: Finalize) -> pa.Table:

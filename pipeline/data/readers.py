@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from ..config.data import DataConfig, SourceConfig
 from ..storage import StorageSettings, open_store
+from .sources import SourceUnit, UnitPart
 
 # Reasons that count as malformed input for the per-file error-rate limit.
 MALFORMED_REASONS = ("malformed_json", "invalid_utf8", "missing_text", "unreadable")
@@ -46,8 +47,8 @@ def _store(root: str, settings: StorageSettings):
 class Records:
     """Column builder for the records of one unit (no per-record dicts)."""
 
-    def __init__(self, unit: dict) -> None:
-        self.unit = unit
+    def __init__(self, part: UnitPart) -> None:
+        self.part = part
         self.line: list[int] = []
         self.text: list[str | None] = []
         self.reject: list[str | None] = []
@@ -61,16 +62,16 @@ class Records:
         self.text.append(text)
         self.reject.append(reject)
         self.raw.append(raw)
-        self.label.append(label if label is not None else self.unit.get("label"))
+        self.label.append(label if label is not None else self.part.unit.label)
 
     def table(self) -> pa.Table:
         n = len(self.line)
         return pa.table(
             {
-                "unit_index": pa.array([self.unit["index"]] * n, pa.int32()),
-                "pid": pa.array([self.unit["pid"]] * n, pa.int32()),
+                "unit_index": pa.array([self.part.index] * n, pa.int32()),
+                "pid": pa.array([self.part.pid] * n, pa.int32()),
                 "line": pa.array(self.line, pa.int64()),
-                "source_index": pa.array([self.unit["source_index"]] * n, pa.int32()),
+                "source_index": pa.array([self.part.unit.source_index] * n, pa.int32()),
                 "label": pa.array(self.label, pa.string()),
                 "text": pa.array(self.text, pa.string()),
                 "reject": pa.array(self.reject, pa.string()),
@@ -99,9 +100,9 @@ def _decompress(key: str, data: bytes) -> bytes:
     return data
 
 
-def splittable(unit: dict) -> bool:
+def splittable(unit: SourceUnit) -> bool:
     """Files whose byte ranges / row groups can be read by separate tasks (uncompressed)."""
-    return unit["kind"] in ("jsonl", "parquet") and not unit["key"].endswith((".gz", ".zst"))
+    return unit.kind in ("jsonl", "parquet") and not unit.key.endswith((".gz", ".zst"))
 
 
 def read_jsonl(out: Records, source: SourceConfig, data: bytes, max_bytes: int) -> None:
@@ -170,11 +171,11 @@ def read_parquet(out: Records, source: SourceConfig, handle, row_groups: tuple[i
         _rows(out, source, table, max_bytes, first_row)
 
 
-def read_hf(out: Records, unit: dict, source: SourceConfig, max_bytes: int) -> None:
+def read_hf(out: Records, unit: SourceUnit, source: SourceConfig, max_bytes: int) -> None:
     import datasets
 
-    if unit["kind"] == "hf_disk":
-        loaded = datasets.load_from_disk(unit["uri"].removeprefix("file://"))
+    if unit.kind == "hf_disk":
+        loaded = datasets.load_from_disk(unit.uri.removeprefix("file://"))
         if isinstance(loaded, datasets.DatasetDict):
             loaded = loaded[source.split]
     else:
@@ -203,32 +204,33 @@ def _read_range(store, key: str, start: int, end: int) -> tuple[bytes, int]:
     return data, starts
 
 
-def read_unit(unit: dict, config: DataConfig, settings: StorageSettings) -> tuple[pa.Table, int]:
+def read_unit(planned: UnitPart, config: DataConfig, settings: StorageSettings) -> tuple[pa.Table, int]:
     """Records of one unit (or one part of it); returns (table, line starts in this part)."""
-    source = config.sources[unit["source_index"]]
+    unit = planned.unit
+    source = config.sources[unit.source_index]
     max_bytes = config.filters.max_doc_bytes
-    part = unit.get("part")  # (start, end) bytes for jsonl, row groups for parquet; None: whole
-    out = Records(unit)
+    part = planned.part  # (start, end) bytes for jsonl, row groups for parquet; None: whole
+    out = Records(planned)
     lines = 0
     try:
-        if unit["kind"] in ("hf_disk", "hf_hub"):
+        if unit.kind in ("hf_disk", "hf_hub"):
             read_hf(out, unit, source, max_bytes)
             return out.table(), 0
-        store = _store(unit["root"], settings)
-        if unit["kind"] == "parquet" and part is not None:
-            with store.fs.open_input_file(store.path(unit["key"])) as handle:
+        store = _store(unit.root, settings)
+        if unit.kind == "parquet" and part is not None:
+            with store.fs.open_input_file(store.path(unit.key)) as handle:
                 read_parquet(out, source, handle, tuple(part), max_bytes)
             return out.table(), 0
-        if unit["kind"] == "jsonl" and part is not None:
-            data, lines = _read_range(store, unit["key"], *part)
+        if unit.kind == "jsonl" and part is not None:
+            data, lines = _read_range(store, unit.key, *part)
             read_jsonl(out, source, data, max_bytes)
             return out.table(), lines
-        data = store.read(unit["key"])
-        if unit["kind"] == "text":
+        data = store.read(unit.key)
+        if unit.kind == "text":
             read_text(out, data, max_bytes)
             return out.table(), 1
-        data = _decompress(unit["key"], data)
-        if unit["kind"] == "jsonl":
+        data = _decompress(unit.key, data)
+        if unit.kind == "jsonl":
             read_jsonl(out, source, data, max_bytes)
             return out.table(), 0
         read_parquet(out, source, io.BytesIO(data), None, max_bytes)
@@ -236,6 +238,6 @@ def read_unit(unit: dict, config: DataConfig, settings: StorageSettings) -> tupl
     except (OSError, EOFError, ValueError, pa.ArrowException) as error:
         # Unreadable as a whole (truncated gzip, broken parquet footer...): one reject record
         # naming the file; the error-rate check then fails the run with this file's name.
-        out = Records(unit)
+        out = Records(planned)
         out.add(0, None, "unreadable", f"{type(error).__name__}: {error}".encode())
         return out.table(), 0

@@ -9,7 +9,9 @@ from __future__ import annotations
 import fnmatch
 import os
 import sysconfig
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -25,11 +27,37 @@ EXTENSIONS = {
 }
 
 
+@dataclass(frozen=True)
+class SourceUnit:
+    """One file (or one HF dataset) of a configured source: what a read task reads."""
+
+    source_index: int
+    kind: str
+    root: str
+    key: str
+    uri: str
+    size: int
+    version: str
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class UnitPart:
+    """A unit, or one byte range (jsonl) / run of row groups (parquet) of it, as planned for a read
+    task: `index` is the unit's position in this run's unit list, `pid` the part's id in the run,
+    `part` (start, end) or None for the whole unit."""
+
+    unit: SourceUnit
+    index: int
+    pid: int
+    part: tuple[int, int] | None = None
+
+
 def stdlib_directory() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def _stdlib_units(source_index: int) -> list[dict]:
+def _stdlib_units(source_index: int) -> list[SourceUnit]:
     """Every .py file of this interpreter's standard library (site-packages excluded)."""
     root = stdlib_directory()
     units = []
@@ -48,17 +76,8 @@ def _stdlib_units(source_index: int) -> list[dict]:
     return units
 
 
-def _unit(index: int, kind: str, root: str, key: str, size: int, version: str, label: str | None = None) -> dict:
-    return {
-        "source_index": index,
-        "kind": kind,
-        "root": root,
-        "key": key,
-        "uri": f"{root}/{key}",
-        "size": size,
-        "version": version,
-        "label": label,
-    }
+def _unit(index: int, kind: str, root: str, key: str, size: int, version: str, label: str | None = None) -> SourceUnit:
+    return SourceUnit(index, kind, root, key, f"{root}/{key}", size, version, label)
 
 
 def _split_glob(uri: str) -> tuple[str, str | None]:
@@ -69,7 +88,7 @@ def _split_glob(uri: str) -> tuple[str, str | None]:
     return uri, None
 
 
-def list_units(source: SourceConfig, index: int, settings: StorageSettings) -> list[dict]:
+def list_units(source: SourceConfig, index: int, settings: StorageSettings) -> list[SourceUnit]:
     """Read units of one source, sorted; raises `UserError` if the source is missing or empty."""
     if source.kind == "python-stdlib":
         return _stdlib_units(index)
@@ -103,12 +122,13 @@ def list_units(source: SourceConfig, index: int, settings: StorageSettings) -> l
     return units
 
 
-def list_all_units(sources: list[SourceConfig], settings: StorageSettings) -> list[dict]:
-    units: list[dict] = []
+def list_all_units(sources: list[SourceConfig], settings: StorageSettings) -> list[SourceUnit]:
+    units: list[SourceUnit] = []
     for index, source in enumerate(sources):
         units.extend(list_units(source, index, settings))
     return units
 
 
-def fingerprint(unit: dict) -> tuple[str, int, str]:
-    return unit["uri"], unit["size"], unit["version"]
+def fingerprint(unit: SourceUnit | Any) -> tuple[str, int, Any]:
+    """(uri, size, version) of a unit, or of a manifest's `SourceEntry` (what a refresh diffs)."""
+    return unit.uri, unit.size, unit.version

@@ -4,9 +4,13 @@ stderr)."""
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from ..records import Manifest
 
 
 class Reporter:
@@ -40,23 +44,19 @@ class Reporter:
         self.console.print(f"  {name}: {now - self.last:.1f}s")
         self.last = now
 
-    def finish(self, manifest: dict) -> None:
+    def finish(self, manifest: Manifest) -> None:
         elapsed = time.perf_counter() - self.started
-        stats = manifest["stats"]["run"]
-        tokens = sum(stats["tokens"].values())
-        table = Table(title=f"dataset {manifest['dataset']} v{manifest['version']} published", show_header=False)
-        table.add_row("documents read", f"{stats['docs_read']:,}")
-        table.add_row("documents kept", f"{stats['docs_kept']:,}")
-        for reason, count in stats["rejected"].items():
+        stats = manifest.stats.run
+        tokens = sum(stats.tokens.values())
+        table = Table(title=f"dataset {manifest.dataset} v{manifest.version} published", show_header=False)
+        table.add_row("documents read", f"{stats.docs_read:,}")
+        table.add_row("documents kept", f"{stats.docs_kept:,}")
+        for reason, count in stats.rejected.items():
             table.add_row(f"  rejected: {reason}", f"{count:,}")
-        table.add_row(
-            "  duplicates: exact / near", f"{stats['duplicates']['exact']:,} / {stats['duplicates']['near']:,}"
-        )
-        table.add_row("tokens train / val / heldout", " / ".join(f"{stats['tokens'][s]:,}" for s in stats["tokens"]))
-        shards = {s: len(v) for s, v in manifest["shards"].items()}
+        table.add_row("  duplicates: exact / near", f"{stats.duplicates['exact']:,} / {stats.duplicates['near']:,}")
+        table.add_row("tokens train / val / heldout", " / ".join(f"{n:,}" for n in stats.tokens.values()))
+        shards = {s: len(v) for s, v in manifest.shards.items()}
         table.add_row("shards (all versions)", ", ".join(f"{s} {n}" for s, n in shards.items()))
         table.add_row("wall time", f"{elapsed:.1f}s")
-        table.add_row(
-            "throughput", f"{stats['source_bytes'] / 1e6 / elapsed:.2f} MB/s, {tokens / elapsed:,.0f} tokens/s"
-        )
+        table.add_row("throughput", f"{stats.source_bytes / 1e6 / elapsed:.2f} MB/s, {tokens / elapsed:,.0f} tokens/s")
         self.console.print(table)

@@ -12,9 +12,9 @@ import pyarrow.compute as pc
 from tokenizers import Tokenizer
 
 from ..config.data import DataConfig
+from ..records import SPLITS
 from ..storage import StorageSettings, open_store
 from .blocks import split_by
-from .manifest_types import SPLITS  # noqa: F401  (re-exported: stage.py imports it from here)
 from .shards import blocks_table, pack_flat, token_dtype, write_shard
 
 

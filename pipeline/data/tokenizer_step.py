@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 from contextlib import contextmanager
+from typing import Any
 
 from tokenizers import Tokenizer
 
 from ..config.data import DataConfig
 from ..errors import UserError
+from ..records import TokenizerInfo
 from ..storage import ObjectStore
 
 
@@ -71,24 +73,30 @@ def _parallel_tokenizers():
             os.environ["TOKENIZERS_PARALLELISM"] = previous
 
 
-def store_tokenizer(store: ObjectStore, dataset_prefix: str, tokenizer: Tokenizer, eos_id: int, pad_id: int) -> dict:
+def store_tokenizer(
+    store: ObjectStore, dataset_prefix: str, tokenizer: Tokenizer, eos_id: int, pad_id: int
+) -> TokenizerInfo:
     """Upload (create-if-absent, content-addressed) and return the manifest's tokenizer block."""
     body = tokenizer.to_str().encode()
     sha = hashlib.sha256(body).hexdigest()
     key_dir = f"{dataset_prefix}/tokenizer/{sha}"
     store.create(f"{key_dir}/tokenizer.json", body)
-    return {
-        "uri": store.uri(f"{key_dir}/tokenizer.json"),
-        "key": f"{key_dir}/tokenizer.json",
-        "sha256": sha,
-        "vocab_size": tokenizer.get_vocab_size(),
-        "eos_id": eos_id,
-        "pad_id": pad_id,
-    }
+    return TokenizerInfo(
+        uri=store.uri(f"{key_dir}/tokenizer.json"),
+        key=f"{key_dir}/tokenizer.json",
+        sha256=sha,
+        vocab_size=tokenizer.get_vocab_size(),
+        eos_id=eos_id,
+        pad_id=pad_id,
+    )
 
 
-def load_stored_tokenizer(store: ObjectStore, block: dict) -> Tokenizer:
-    body = store.read(block["key"])
-    if hashlib.sha256(body).hexdigest() != block["sha256"]:
-        raise UserError(f"tokenizer {block['uri']} does not match its sha256 in the manifest")
+def load_stored_tokenizer(store: ObjectStore, info: TokenizerInfo | dict[str, Any]) -> Tokenizer:
+    """The tokenizer of a manifest's `tokenizer` block, checked against its sha256. (A plain dict
+    is accepted while callers move to `TokenizerInfo`.)"""
+    if not isinstance(info, TokenizerInfo):
+        info = TokenizerInfo.from_dict(info)
+    body = store.read(info.key)
+    if hashlib.sha256(body).hexdigest() != info.sha256:
+        raise UserError(f"tokenizer {info.uri} does not match its sha256 in the manifest")
     return Tokenizer.from_str(body.decode())

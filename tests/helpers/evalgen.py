@@ -60,9 +60,9 @@ def export_tiny(directory, manifest, store, head: str = "causal_lm", classes=Non
     from pipeline.train.export import hf_tokenizer
     from sora import SoraConfig, SoraForCausalLM, SoraForSequenceClassification
 
-    block = manifest["tokenizer"]
+    block = manifest.tokenizer
     torch.manual_seed(0)
-    overrides = dict(vocab_size=block["vocab_size"], eos_token_id=block["eos_id"], pad_token_id=block["pad_id"])
+    overrides = dict(vocab_size=block.vocab_size, eos_token_id=block.eos_id, pad_token_id=block.pad_id)
     overrides |= config_fields
     if head == "classifier":
         overrides |= dict(num_labels=len(classes), id2label=dict(enumerate(classes)))
@@ -71,23 +71,23 @@ def export_tiny(directory, manifest, store, head: str = "causal_lm", classes=Non
     else:
         model = SoraForCausalLM(SoraConfig.from_preset("tiny", **overrides))
     model.save_pretrained(directory)
-    hf_tokenizer(load_stored_tokenizer(store, block), block["eos_id"], block["pad_id"]).save_pretrained(directory)
+    hf_tokenizer(load_stored_tokenizer(store, block), block.eos_id, block.pad_id).save_pretrained(directory)
     return directory
 
 
-def publish_in_process(root: str, docs: list[dict], config) -> dict:
+def publish_in_process(root: str, docs: list[dict], config):
     """Publish a dataset version from `docs` with the data stage's own step functions, in this process
     (no Ray, no dedup): content-hash split, BPE tokenizer, packed train/val shards, held-out text shard,
     manifest published under a lease. Seconds instead of a Ray Data job, for tests that need a dataset
     version but do not test the data stage itself."""
     import pyarrow as pa
 
-    from pipeline.data.manifest import publish
     from pipeline.data.shards import blocks_table, pack, token_dtype, write_shard
     from pipeline.data.steps import content_hash
     from pipeline.data.tokenize_pack import assign_split
     from pipeline.data.tokenizer_step import store_tokenizer, train_tokenizer
     from pipeline.keys import DatasetKeys
+    from pipeline.records import BuildStats, Manifest, ManifestStats, ShardEntry, publish
     from pipeline.storage import open_store
     from pipeline.storage.lease import acquire_lease
 
@@ -98,7 +98,7 @@ def publish_in_process(root: str, docs: list[dict], config) -> dict:
     train = [(content_hash(d["text"]), d["text"]) for i, d in enumerate(docs) if split_of[i] == "train"]
     tokenizer, eos_id, pad_id = train_tokenizer(data, train)
     block = store_tokenizer(store, keys.prefix, tokenizer, eos_id, pad_id)
-    dtype = token_dtype(block["vocab_size"])
+    dtype = token_dtype(block.vocab_size)
     shards = {"train": [], "val": [], "heldout": []}
     for split in shards:
         members = sorted((d for i, d in enumerate(docs) if split_of[i] == split), key=lambda d: d["text"])
@@ -116,18 +116,18 @@ def publish_in_process(root: str, docs: list[dict], config) -> dict:
             ids = [tokenizer.encode(d["text"], add_special_tokens=False).ids for d in members]
             blocks, valid = pack(ids, eos_id, pad_id, data.seq_len + 1, dtype)
             entry = write_shard(store, key, blocks_table(blocks, valid), tokens=int(valid.sum()))
-        shards[split].append({**entry, "docs": len(members)})
-    manifest = {
-        "schema_version": 1,
-        "version": 1,
-        "parent_version": None,
-        "dataset": data.name,
-        "seq_len": data.seq_len,
-        "dtype": str(dtype),
-        "tokenizer": block,
-        "shards": shards,
-        "stats": {},
-    }
+        shards[split].append(ShardEntry(**entry, docs=len(members)))
+    manifest = Manifest(
+        schema_version=1,
+        version=1,
+        parent_version=None,
+        dataset=data.name,
+        seq_len=data.seq_len,
+        dtype=str(dtype),
+        tokenizer=block,
+        shards=shards,
+        stats=ManifestStats(run=BuildStats(), total=BuildStats()),
+    )
     lease = acquire_lease(store, keys.lease, 60)
     publish(store, manifest, None, lease)
     lease.release()

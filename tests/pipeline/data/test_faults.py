@@ -14,10 +14,10 @@ import yaml
 from datagen import data_config, make_documents, write_jsonl
 
 from pipeline.cli import main as cli_main
-from pipeline.data.manifest import read_latest, read_version
 from pipeline.data.stage import preprocess
 from pipeline.data.summary import Reporter
 from pipeline.errors import UserError
+from pipeline.records import read_latest, read_version
 from pipeline.storage import open_store
 
 
@@ -48,9 +48,9 @@ def test_every_bad_input_kind_is_quarantined_and_counted(tmp_path):
     lines = write_bad_file(tmp_path / "src" / "bad.jsonl", docs)
     config = data_config(f"file://{tmp_path}/root", str(tmp_path / "src"), max_error_rate=0.5)
     manifest = run(config)
-    stats = manifest["stats"]["run"]
-    assert stats["rejected"] == {"empty": 1, "invalid_utf8": 1, "malformed_json": 1, "missing_text": 1, "oversized": 1}
-    assert stats["docs_kept"] == 40  # all good lines survive, including the neighbours of bad ones
+    stats = manifest.stats.run
+    assert stats.rejected == {"empty": 1, "invalid_utf8": 1, "malformed_json": 1, "missing_text": 1, "oversized": 1}
+    assert stats.docs_kept == 40  # all good lines survive, including the neighbours of bad ones
 
     store = open_store(config.storage.root)
     (key,) = store.list("datasets/test/rejects")
@@ -119,8 +119,8 @@ def test_crash_before_latest_moves_leaves_readers_on_previous_version(tmp_path, 
     code, _, err = _cli(path)  # the next run publishes cleanly
     assert code == 0, err
     latest, _ = read_latest(store, "crashy")
-    assert latest["version"] == 3 and latest["parent_version"] == 1
-    assert latest["stats"]["run"]["docs_kept"] == 20
+    assert latest.version == 3 and latest.parent_version == 1
+    assert latest.stats.run.docs_kept == 20
 
 
 @pytest.mark.e2e
@@ -136,7 +136,7 @@ def test_two_concurrent_refreshes_exactly_one_publishes(tmp_path, corpus):
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     assert store.list("datasets/crashy/manifests") == ["datasets/crashy/manifests/v000001.json"]
-    assert read_latest(store, "crashy")[0]["version"] == 1
+    assert read_latest(store, "crashy")[0].version == 1
 
 
 def test_missing_source_is_one_clear_error(tmp_path, capsys):

@@ -15,6 +15,7 @@ from pipeline.data.shards import to_ipc_bytes
 from pipeline.data.stage import check_dedup_scheme
 from pipeline.data.steps import shingles
 from pipeline.errors import UserError
+from pipeline.records import Manifest
 
 M = 1 << 64
 
@@ -92,10 +93,11 @@ def test_index_of_another_scheme_is_refused_up_front():
     class Data:
         name, dedup = "web", config
 
-    legacy = {"version": 3, "dedup_index": ["datasets/web/dedup/r/part-1.arrow"]}  # no dedup_scheme recorded
+    # No dedup_scheme recorded (fields other than the two the check reads are left out).
+    legacy = Manifest.model_construct(version=3, dedup_index=["datasets/web/dedup/r/part-1.arrow"])
     with pytest.raises(UserError, match=r"v3 was deduplicated with MinHash scheme 'minhash-sha1-affine32-v1'.*new"):
         check_dedup_scheme(legacy, Data)
-    check_dedup_scheme({**legacy, "dedup_scheme": minhash.SCHEME}, Data)
+    check_dedup_scheme(legacy.model_copy(update={"dedup_scheme": minhash.SCHEME}), Data)
     Data.dedup = DedupConfig(near=False)  # exact dedup only: signatures are never compared
     check_dedup_scheme(legacy, Data)
 

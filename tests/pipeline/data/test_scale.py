@@ -24,14 +24,14 @@ REFERENCE = Path(__file__).parent / "reference_outputs.json"
 
 
 def _outputs(manifest, store):
-    rejects = [k for k in store.list(f"datasets/{manifest['dataset']}/rejects") if manifest["run_id"] in k]
+    rejects = [k for k in store.list(f"datasets/{manifest.dataset}/rejects") if manifest.run_id in k]
     rows = pa.ipc.open_file(store.read(rejects[0])).read_all().to_pylist() if rejects else []
-    heldout = [store.read(e["key"]) for e in manifest["shards"]["heldout"]]
+    heldout = [store.read(e.key) for e in manifest.split("heldout")]
     return {
-        "shards": {s: [e["sha256"] for e in manifest["shards"][s]] for s in ("train", "val")},
+        "shards": {s: [e.sha256 for e in manifest.split(s)] for s in ("train", "val")},
         "heldout": heldout,
-        "tokenizer": manifest["tokenizer"]["sha256"],
-        "stats": manifest["stats"],
+        "tokenizer": manifest.tokenizer.sha256,
+        "stats": manifest.stats.to_dict(),
         "rejects": rows,
     }
 
@@ -42,7 +42,7 @@ def test_output_is_independent_of_block_count(tmp_path, corpus):
         config = data_config(f"file://{tmp_path}/root-{blocks}", str(corpus["dir"]), read_blocks=blocks)
         manifest = preprocess(config, Reporter(quiet=True))
         outputs.append(_outputs(manifest, open_store(config.storage.root)))
-        run_ids.add(manifest["run_id"])
+        run_ids.add(manifest.run_id)
     assert len(run_ids) == 3  # three separate runs, one output
     assert outputs[0] == outputs[1] == outputs[2]
     stats = outputs[0]["stats"]["run"]
@@ -89,7 +89,7 @@ def test_large_jsonl_file_is_read_by_several_tasks(tmp_path):
 
     settings = config.storage.settings()
     units = list_all_units(config.data.sources, settings)
-    assert units[0]["size"] >= 50 << 20
+    assert units[0].size >= 50 << 20
     pieces, _ = plan_pieces(units, 4, settings)
     assert len(pieces) == 4  # one 50 MB file, four read tasks
 
@@ -99,8 +99,8 @@ def test_large_jsonl_file_is_read_by_several_tasks(tmp_path):
         return table.sort_by("doc_key"), counts
 
     split, counts = keyed(4)
-    assert counts["docs_read"] == copies * len(lines)
-    assert counts["rejected"] == {"malformed_json": copies, "invalid_utf8": copies}
+    assert counts.docs_read == copies * len(lines)
+    assert counts.rejected == {"malformed_json": copies, "invalid_utf8": copies}
     assert split.equals(keyed(1)[0])  # the same records, numbered the same, as one whole-file read
     last = split["doc_key"][-1].as_py()
     assert last.endswith(f"|{copies * (len(lines) + 1) - 2:010d}")
