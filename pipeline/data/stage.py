@@ -1,6 +1,8 @@
 """The data stage: sources -> Ray tasks over Arrow blocks (read, clean, fingerprint) -> global dedup
 (hash-partitioned shuffle) -> tokenizer -> tokenize + split (shuffle by shard group) -> pack + write
 shards -> publish a manifest version. `blocks.py` says why tasks and not a Ray Data pass per step.
+This module takes the lease and diffs against LATEST; the build itself is the phases of `phases.py`
+(read, dedup, tokenizer, tokenize + pack, publish) run in order over one `BuildState`.
 
 The same function serves the first build and every incremental refresh: it diffs the sources'
 fingerprints against the latest published manifest, processes only new or changed files,
