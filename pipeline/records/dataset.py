@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from ..errors import UserError
 from ..faults import fail_point
@@ -121,6 +121,16 @@ class Manifest(Record):
         return (self.config.get("split") or {}).get("heldout_fraction")
 
 
+class ManifestHeader(Record):
+    """The chain fields of a manifest, parsed without building its source and shard lists (a
+    manifest of a large corpus lists every source file: walking the version chain parses only this)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: int
+    parent_version: int | None = None
+
+
 class LatestPointer(Record):
     json_indent = None
     json_sort_keys = False
@@ -160,12 +170,13 @@ def read_version(store: ObjectStore, name: str, version: int | str | None = "LAT
 
 def published_versions(store: ObjectStore, name: str) -> list[int]:
     """Versions LATEST has pointed at: the parent chain from the newest manifest."""
-    manifest, _ = read_latest(store, name)
+    pointer = store.read_with_etag(DatasetKeys(name).latest)
+    header = ManifestHeader.from_bytes(store.read(LatestPointer.from_bytes(pointer[0]).manifest)) if pointer else None
     versions = []
-    while manifest is not None:
-        versions.append(manifest.version)
-        parent = manifest.parent_version
-        manifest = Manifest.from_bytes(store.read(DatasetKeys(name).manifest(parent))) if parent else None
+    while header is not None:
+        versions.append(header.version)
+        parent = header.parent_version
+        header = ManifestHeader.from_bytes(store.read(DatasetKeys(name).manifest(parent))) if parent else None
     return versions
 
 
