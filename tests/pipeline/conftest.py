@@ -1,5 +1,6 @@
-"""Fixtures for evaluation tests: a labelled dataset built by the real data stage (Ray) for the
-disjointness test, and the same corpus published in-process (seconds) for the lm-eval tests."""
+"""Fixtures for the suites and evaluation tests: a labelled dataset built by the real data stage
+(Ray) for the disjointness test, and the same corpus published in-process (seconds) for the
+lm-eval tests."""
 
 import pytest
 from evalgen import labelled_config, labelled_documents, publish_in_process
