@@ -34,8 +34,8 @@ def build_dataset(root: str):
 def ray_job(config, steps: int, workers: int, global_batch: int, micro_batch: int, strategy: str = "zero3") -> dict:
     from pipeline.config.run import RunConfig
     from pipeline.keys import RunKeys
+    from pipeline.pretrain.launch import pretrain
     from pipeline.storage import open_store
-    from pipeline.train.launch import pretrain
     from pipeline.train.metrics import read_rows
 
     raw = config.model_dump(mode="json")
@@ -73,9 +73,9 @@ def ray_job(config, steps: int, workers: int, global_batch: int, micro_batch: in
 
 
 def plain_loop(config, manifest, steps: int, global_batch: int, micro_batch: int) -> dict:
+    from pipeline.pretrain.launch import model_config_for
     from pipeline.storage import open_store
     from pipeline.train.engine import lr_lambda
-    from pipeline.train.launch import model_config_for
     from pipeline.train.loader import BlockStore, GlobalOrder, TrainLoader
     from sora import SoraForCausalLM, causal_lm_loss, flops_per_token
     from sora.flops import measure_cpu_matmul_peak
@@ -87,7 +87,7 @@ def plain_loop(config, manifest, steps: int, global_batch: int, micro_batch: int
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, betas=(0.9, 0.95), weight_decay=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.train))
     store = open_store(config.storage.root)
-    blocks = BlockStore(store, manifest["shards"]["train"])
+    blocks = BlockStore(store, manifest.split("train"))
     loader = TrainLoader(blocks, GlobalOrder(len(blocks), config.train.seed), global_batch, micro_batch, 0, 1)
     rates = []
     for _ in range(steps):
@@ -100,12 +100,12 @@ def plain_loop(config, manifest, steps: int, global_batch: int, micro_batch: int
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        rates.append(global_batch * manifest["seq_len"] / (time.perf_counter() - started))
+        rates.append(global_batch * manifest.seq_len / (time.perf_counter() - started))
     tokens_per_s = statistics.median(rates[2:] or rates)
     peak = measure_cpu_matmul_peak()
     return {
         "tokens_per_s": tokens_per_s,
-        "mfu": tokens_per_s * flops_per_token(model_config, manifest["seq_len"]) / peak,
+        "mfu": tokens_per_s * flops_per_token(model_config, manifest.seq_len) / peak,
         "threads": torch.get_num_threads(),
     }
 
@@ -129,7 +129,7 @@ def main() -> None:
             {
                 "bench": "train",
                 "model": "tiny",
-                "seq_len": manifest["seq_len"],
+                "seq_len": manifest.seq_len,
                 "global_batch": args.global_batch,
                 "steps": args.steps,
                 f"ray_deepspeed_{args.strategy}": {

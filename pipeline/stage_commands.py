@@ -41,7 +41,7 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     """Pretrain (or resume) the run of CONFIG on its dataset."""
-    from .train.launch import pretrain
+    from .pretrain.launch import pretrain
 
     result = pretrain(_load(args), restart=args.restart)
     final = result["final"]

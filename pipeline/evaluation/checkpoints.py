@@ -36,7 +36,7 @@ def scratch_language_model(
         torch.manual_seed(seed)
         model = SoraForCausalLM(model_config)
         lineage = info.model_copy(update={"run": name, "step": 0, "initialized_like": run, "seed": seed})
-        upload_hf_model(store, store, name, model, manifest, lineage)
+        upload_hf_model(store, name, model, manifest, lineage)
     return store.uri(key)
 
 

@@ -1,6 +1,6 @@
 """Driver side of `sora finetune`: the classify suite, then two fine-tune runs with one budget.
 
-Both runs use the pretrain stage's `run_training` (lease, Ray Train, DeepSpeed, checkpoints,
+Both runs use the training job's `run_training` (lease, Ray Train, DeepSpeed, checkpoints,
 resume); they differ only in where the weights start: the pretrain run's HF export, or random
 initialization of the same architecture with the same seed. A run that already finished (its
 export records the last step, or early stopping) is skipped, so re-running does no work.
@@ -8,59 +8,45 @@ export records the last step, or early stopping) is skipped, so re-running does 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sora import SoraConfig
 
 from ..config.finetune import INITS
 from ..config.run import RunConfig
-from ..data.manifest import read_version
 from ..errors import UserError
 from ..keys import RunKeys
-from ..storage import ObjectStore, open_store
+from ..records import read_version
+from ..records.export import load_export
+from ..storage import open_store
+from ..suites.build import build_suites
 from ..train.launch import finished_export, pin_dataset, run_training
+from .objective import Classification
 from .task import FinetuneTask
-
-
-def pretrained_export(store: ObjectStore, run: str) -> tuple[str, dict, SoraConfig]:
-    """(export key, lineage info, model config) of a pretrain run's HF export; a clear error if absent."""
-    key = RunKeys(run).export
-    if not store.exists(f"{key}/config.json") or not store.exists(f"{key}/sora_export.json"):
-        raise UserError(
-            f"run {run!r} has no complete pretrained export at {store.uri(key)}: run `sora pretrain` to its "
-            "last step first, or set finetune.from_run to a run that has one"
-        )
-    info = json.loads(store.read(f"{key}/sora_export.json"))
-    config = SoraConfig.from_dict(json.loads(store.read(f"{key}/config.json")))
-    return key, info, config
 
 
 def finetune(config: RunConfig, quiet: bool = False, restart: bool = False) -> dict[str, Any]:
     """Fine-tune from the pretrained export and from scratch; returns per-init outcome and export URI."""
-    from ..suites.build import build_suites
-
     store = open_store(config.storage.root, config.storage.settings())
     store.check()
     ft = config.finetune
-    source = ft.source_run(config.train)
-    export_key, info, model_config = pretrained_export(store, source)
-    manifest = read_version(store, info["dataset"], info["dataset_version"])
+    export_key, info, hf_config = load_export(store, ft.source_run(config.train))
+    model_config = SoraConfig.from_dict(hf_config)
+    manifest = read_version(store, info.dataset, info.dataset_version)
     suites = build_suites(store, manifest, config.eval)
-    classify = suites["tasks"].get("sora_classify")
+    classify = suites.tasks.get("sora_classify")
     if classify is None:
         raise UserError("fine-tuning needs the classify suite: add classify to eval.suites.enabled")
-    classes = classify["classes"]
+    suite_prefix = f"{suites.prefix}/classify"
     outcome: dict[str, Any] = {}
     for init in INITS:
-        train = ft.train_config(config.train, init, info["dataset"], info["dataset_version"])
+        train = ft.train_config(config.train, init, info.dataset, info.dataset_version)
         run_config = config.model_copy(update={"train": train})
         keys = RunKeys(train.run)
-        suite_prefix = f"{suites['prefix']}/classify"
         done = finished_export(store, keys, train.max_steps)
-        if done and done.get("suite_prefix", suite_prefix) != suite_prefix:
+        if done and (done.suite_prefix or suite_prefix) != suite_prefix:
             raise UserError(
-                f"fine-tune run {train.run!r} was trained on {store.uri(done['suite_prefix'])}, but eval.suites now "
+                f"fine-tune run {train.run!r} was trained on {store.uri(done.suite_prefix)}, but eval.suites now "
                 f"builds {store.uri(suite_prefix)}: restore the eval.suites settings it was trained with, or "
                 f"delete {store.uri(keys.prefix)} (and its eval results) to fine-tune again on the new suite"
             )
@@ -71,7 +57,7 @@ def finetune(config: RunConfig, quiet: bool = False, restart: bool = False) -> d
             method=ft.method,
             init=init,
             init_from=export_key if init == "pretrained" else None,
-            classes=classes,
+            classes=classify.classes,
             suite_prefix=suite_prefix,
             max_length=ft.max_length,
             patience=ft.patience,
@@ -79,7 +65,8 @@ def finetune(config: RunConfig, quiet: bool = False, restart: bool = False) -> d
             lora={"rank": ft.lora_rank, "alpha": ft.lora_alpha, "dropout": ft.lora_dropout, "targets": ft.lora_targets},
         )
         pinned = pin_dataset(store, run_config)
+        objective = Classification(task)
         outcome[init] = run_training(
-            run_config, store, pinned, model_config, "finetune", task=task.to_dict(), quiet=quiet, restart=restart
+            run_config, store, pinned, model_config, "finetune", objective, quiet=quiet, restart=restart
         )
     return outcome

@@ -1,5 +1,5 @@
-"""Fine-tuning objective: `SoraForSequenceClassification` on the classify suite (see
-`pipeline/train/objective.py` for the interface the shared training loop calls).
+"""Fine-tuning objective: `SoraForSequenceClassification` on the classify suite (the
+`pipeline.train.objective.Objective` the training job runs for `sora finetune`).
 
 `init: pretrained` loads the pretrain run's HF export (downloaded once per node; under ZeRO-3
 `from_pretrained` partitions it while loading) and adds a fresh classifier head; `init: scratch`
@@ -20,11 +20,10 @@ import torch.nn.functional as F
 
 from sora import SoraConfig, SoraForSequenceClassification
 
-from ..data.manifest_types import Manifest
 from ..data.tokenizer_step import load_stored_tokenizer
+from ..records import ExportInfo, Manifest
 from ..storage import ObjectStore
 from ..train.checkpoint import node_lock
-from ..train.export import upload_hf_model
 from .examples import ExampleSet
 from .task import FinetuneTask
 
@@ -32,12 +31,19 @@ SPLIT_FILES = {"train": "train.jsonl", "validation": "validation.jsonl"}
 
 
 class Classification:
+    """Built on the driver from the task alone (it is pickled to every worker); `bind` gives it the
+    store and the node directory there."""
+
     name = "classify"
 
-    def __init__(self, task: dict, store: ObjectStore, node_dir: Path, manifest: dict) -> None:
-        self.task = FinetuneTask(**task)
-        self.store, self.node_dir, self.manifest = store, node_dir, manifest
-        self.patience = self.task.patience
+    def __init__(self, task: FinetuneTask) -> None:
+        self.task = task
+        self.patience = task.patience
+        self.store: ObjectStore | None = None
+        self.node_dir: Path | None = None
+
+    def bind(self, store: ObjectStore, node_dir: Path) -> None:
+        self.store, self.node_dir = store, node_dir
 
     # -- model -----------------------------------------------------------------------------------
     def classifier_config(self, model_config: SoraConfig) -> SoraConfig:
@@ -109,7 +115,7 @@ class Classification:
 
     # -- data ------------------------------------------------------------------------------------
     def samples(self, store: ObjectStore, manifest: Manifest, split: str) -> ExampleSet | None:
-        tokenizer = load_stored_tokenizer(store, manifest.raw["tokenizer"])
+        tokenizer = load_stored_tokenizer(store, manifest.tokenizer)
         key = f"{self.task.suite_prefix}/{SPLIT_FILES[split]}"
         return ExampleSet(store, key, tokenizer, self.task.max_length, manifest.tokenizer.pad_id)
 
@@ -132,23 +138,19 @@ class Classification:
         return torch.stack([loss.double(), torch.tensor(float(len(labels)), dtype=torch.float64), correct.double()])
 
     # -- export ----------------------------------------------------------------------------------
-    def export(
-        self,
-        store: ObjectStore,
-        run: str,
-        model_config: SoraConfig,
-        state: dict[str, torch.Tensor],
-        manifest: dict,
-        info: dict,
-    ) -> str:
+    def export_model(self, model_config: SoraConfig, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
         """A plain `SoraForSequenceClassification` (LoRA merged into the weights)."""
         model = SoraForSequenceClassification(self.classifier_config(model_config))
         if self.task.method == "lora":
             model = self._with_lora(model)
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state_dict, strict=True)
         if self.task.method == "lora":
             model = model.merge_and_unload()
-        info = {**info, "task": "classify", "method": self.task.method, "init": self.task.init}
-        info["suite_prefix"] = self.task.suite_prefix  # which suite build it learned from
-        info["init_from"] = store.uri(self.task.init_from) if self.task.init_from else None
-        return upload_hf_model(store, store, run, model, manifest, info)
+        return model
+
+    def export_info(self, info: ExportInfo) -> ExportInfo:
+        """Which task, method and init, and which suite build it learned from."""
+        task = self.task
+        init_from = self.store.uri(task.init_from) if task.init_from else None
+        update = {"task": "classify", "method": task.method, "init": task.init, "suite_prefix": task.suite_prefix}
+        return info.model_copy(update={**update, "init_from": init_from})

@@ -69,6 +69,11 @@ class TrainerState(Record):
         """(data-parallel size, pipeline stages) it was written with."""
         return self.dp_size, self.pp
 
+    @property
+    def bf16(self) -> bool | None:
+        """The precision it was written with (None: not recorded)."""
+        return self.compatibility.get("bf16")
+
     @classmethod
     def load(cls, store: ObjectStore, keys: RunKeys, step: int) -> TrainerState:
         return cls.from_bytes(store.read(keys.checkpoint_file(step, STATE)))

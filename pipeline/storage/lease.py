@@ -102,6 +102,24 @@ def _encode(owner: str, epoch: int, expires_at: float) -> bytes:
     return json.dumps({"owner": owner, "epoch": epoch, "expires_at": expires_at}).encode()
 
 
+@dataclass(frozen=True)
+class LeaseState:
+    """The lease object's content: who holds it, under which fencing epoch, until when."""
+
+    owner: str | None
+    epoch: int | None
+    expires_at: float
+
+
+def read_lease_state(store: ObjectStore, key: str) -> LeaseState | None:
+    """The lease object at `key` as it is stored now, or None when there is none."""
+    current = store.read_with_etag(key)
+    if current is None:
+        return None
+    state = json.loads(current[0])
+    return LeaseState(state.get("owner"), state.get("epoch"), state["expires_at"])
+
+
 def default_owner() -> str:
     return f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
 

@@ -18,10 +18,8 @@ killed saves and committed checkpoints older than the newest sound one beyond `k
 
 from __future__ import annotations
 
-import base64
 import fcntl
-import json
-import random
+import hashlib
 import re
 import shutil
 from collections.abc import Callable
@@ -29,15 +27,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from ..errors import UserError
 from ..keys import RunKeys, checkpoint_tag, safe_relative
+from ..records import COMMITTED, STATE, Committed, CommittedFile, TrainerState
 from ..storage import ObjectStore
 
-COMMITTED = "COMMITTED"
-STATE = "trainer_state.json"
 # DeepSpeed names a rank's ZeRO partition `[bf16_]zero_pp_rank_<dp>_mp_rank_<mp>_...`; every other
 # file of a checkpoint (model states of ZeRO-1/2, pipeline layers, trainer state) is shared.
 _PARTITION = re.compile(r"(?:^|/)(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_")
@@ -52,53 +46,32 @@ def tag_for(step: int) -> str:
 
 
 # -- saving ------------------------------------------------------------------------------------
-def upload_rank_files(store: ObjectStore, keys: RunKeys, step: int, local: Path) -> list[dict]:
-    """Stream every file under `local` (one rank's DeepSpeed save) up; returns [{name, size, sha256}]."""
+def upload_rank_files(store: ObjectStore, keys: RunKeys, step: int, local: Path) -> list[CommittedFile]:
+    """Stream every file under `local` (one rank's DeepSpeed save) up; returns its listing entries."""
     files = []
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         name = path.relative_to(local).as_posix()
         size, sha = store.upload_file(keys.checkpoint_file(step, name), path)
-        files.append({"name": name, "size": size, "sha256": sha})
+        files.append(CommittedFile(name=name, size=size, sha256=sha))
     return files
 
 
 def commit(
-    store: ObjectStore, keys: RunKeys, step: int, files: list[dict], state: dict, epoch: int, fence: Callable[[], None]
+    store: ObjectStore,
+    keys: RunKeys,
+    step: int,
+    files: list[CommittedFile],
+    state: TrainerState,
+    epoch: int,
+    fence: Callable[[], None],
 ) -> None:
     """Rank 0, after every rank uploaded: write the trainer state, check the lease, then COMMITTED."""
-    body = json.dumps(state, indent=1, sort_keys=True).encode()
+    body = state.to_bytes()
     store.write(keys.checkpoint_file(step, STATE), body)
-    entries = sorted(files, key=lambda f: f["name"]) + [{"name": STATE, "size": len(body), "sha256": _sha256(body)}]
+    listed = sorted(files, key=lambda f: f.name)
+    listed.append(CommittedFile(name=STATE, size=len(body), sha256=hashlib.sha256(body).hexdigest()))
     fence()
-    marker = {"step": step, "lease_epoch": epoch, "files": entries}
-    store.write(keys.checkpoint_file(step, COMMITTED), json.dumps(marker, indent=1).encode())
-
-
-def rng_state() -> dict:
-    """RNG states of rank 0. Training draws no random numbers today (no dropout); kept so any
-    future stochastic component resumes exactly."""
-    return {
-        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
-        "numpy": base64.b64encode(json.dumps(_jsonable(np.random.get_state())).encode()).decode(),
-        "python": base64.b64encode(json.dumps(_jsonable(random.getstate())).encode()).decode(),
-    }
-
-
-def restore_rng(state: dict) -> None:
-    torch.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(state["torch"]), dtype=np.uint8).copy()))
-    if "numpy" in state and "python" in state:
-        kind, keys, pos, has_gauss, gauss = json.loads(base64.b64decode(state["numpy"]))
-        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-        version, internal, gauss_next = json.loads(base64.b64decode(state["python"]))
-        random.setstate((version, tuple(internal), gauss_next))
-
-
-def _jsonable(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    return value
+    Committed(step=step, lease_epoch=epoch, files=listed).write(store, keys)
 
 
 # -- finding what to resume from ---------------------------------------------------------------
@@ -138,11 +111,9 @@ def inventory(store: ObjectStore, keys: RunKeys) -> Inventory:
     return found
 
 
-def read_committed(store: ObjectStore, keys: RunKeys, step: int) -> dict:
-    marker = json.loads(store.read(keys.checkpoint_file(step, COMMITTED)))
-    for entry in marker["files"]:
-        safe_relative(entry["name"])
-    return marker
+def read_committed(store: ObjectStore, keys: RunKeys, step: int) -> Committed:
+    """The listing of a checkpoint (names validated as safe relative paths while parsing)."""
+    return Committed.load(store, keys, step)
 
 
 def _listing_problem(store: ObjectStore, keys: RunKeys, step: int, present: set[str]) -> str | None:
@@ -150,12 +121,12 @@ def _listing_problem(store: ObjectStore, keys: RunKeys, step: int, present: set[
         marker = read_committed(store, keys, step)
     except (ValueError, KeyError, TypeError) as error:
         return f"COMMITTED is unreadable or unsafe ({error})"
-    for entry in marker["files"]:
-        if entry["name"] not in present:
-            return f"file {entry['name']} listed in COMMITTED is missing"
-        actual = store.size(keys.checkpoint_file(step, entry["name"]))
-        if actual != entry["size"]:
-            return f"file {entry['name']} has {actual} bytes, COMMITTED lists {entry['size']}"
+    for entry in marker.files:
+        if entry.name not in present:
+            return f"file {entry.name} listed in COMMITTED is missing"
+        actual = store.size(keys.checkpoint_file(step, entry.name))
+        if actual != entry.size:
+            return f"file {entry.name} has {actual} bytes, COMMITTED lists {entry.size}"
     return None
 
 
@@ -173,8 +144,8 @@ def find_resume(store: ObjectStore, keys: RunKeys, restart: bool = False) -> tup
     return None, found
 
 
-def read_state(store: ObjectStore, keys: RunKeys, step: int) -> dict:
-    return json.loads(store.read(keys.checkpoint_file(step, STATE)))
+def read_state(store: ObjectStore, keys: RunKeys, step: int) -> TrainerState:
+    return TrainerState.load(store, keys, step)
 
 
 def check_compatible(saved: dict, current: dict) -> None:
@@ -236,10 +207,10 @@ def download_for_rank(
     """
     marker = read_committed(store, keys, step)
     downloaded = 0
-    for entry in marker["files"]:
-        if not needed_by(entry["name"], dp_rank, everything):
+    for entry in marker.files:
+        if not needed_by(entry.name, dp_rank, everything):
             continue
-        name = safe_relative(entry["name"])
+        name = safe_relative(entry.name)
         path = node_dir / tag_for(step) / name
         path.parent.mkdir(parents=True, exist_ok=True)
         # Locks and "verified" markers live beside the checkpoint folder, not in it: DeepSpeed and
@@ -247,14 +218,14 @@ def download_for_rank(
         bookkeeping = node_dir / ".state" / tag_for(step) / name
         with node_lock(bookkeeping.with_name(bookkeeping.name + ".lock")):
             done = bookkeeping.with_name(bookkeeping.name + ".verified")
-            if done.exists() and done.read_text() == entry["sha256"]:
+            if done.exists() and done.read_text() == entry.sha256:
                 continue
             try:
-                store.download_file(keys.checkpoint_file(step, entry["name"]), path, entry["sha256"], entry["size"])
+                store.download_file(keys.checkpoint_file(step, entry.name), path, entry.sha256, entry.size)
             except ValueError as error:
                 raise ResumeError(f"checkpoint {tag_for(step)} of run {keys.run!r} is corrupt: {error}") from None
-            done.write_text(entry["sha256"])
-            downloaded += entry["size"]
+            done.write_text(entry.sha256)
+            downloaded += entry.size
     return downloaded
 
 
@@ -293,9 +264,3 @@ def garbage_collect(
         for key in store.list(prefix):
             store.delete(key)
     return sorted(set(doomed), reverse=True)
-
-
-def _sha256(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()

@@ -1,7 +1,8 @@
 """The one place where parallelism is applied: wrap a Sora model in a DeepSpeed engine.
 
 `zero1/2/3`: the flat model of the run's objective (`objective.py`: `SoraForCausalLM` for
-pretraining, `SoraForSequenceClassification` for fine-tuning), data parallel with ZeRO sharding. `pipeline`: a
+pretraining, `SoraForSequenceClassification` for fine-tuning), data parallel with ZeRO sharding.
+`pipeline` (causal LM only): a
 `PipelineModule` built from `sora.pipeline_view` (tied embeddings via `TiedLayerSpec`), trained
 with `train_batch`, data parallel across pipeline replicas with ZeRO-0/1. Both expose the same
 small interface to the training loop.

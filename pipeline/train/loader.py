@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..data.manifest_types import ShardEntry
 from ..data.shards import CorruptShardError
+from ..records import ShardEntry
 from ..storage import ObjectStore
 from .checkpoint import node_lock
 

@@ -11,10 +11,10 @@ are uploaded when a checkpoint commits and at the end, each file once it is clos
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..keys import RunKeys
+from ..records.metrics import encode_rows, read_segment
 from ..storage import ObjectStore
 
 SEGMENT_ROWS = 1000
@@ -25,11 +25,12 @@ def _segment_key(prefix: str, first_step: int) -> str:
 
 
 def read_rows(store: ObjectStore, prefix: str) -> list[dict]:
-    """Every row of the segments under `prefix`, in step order."""
+    """Every row of the segments under `prefix`, in step order, as plain dicts (metrics rows, or
+    the sample-id rows under `keys.samples`; `pipeline.records.read_rows` gives typed metrics rows)."""
     rows = []
     for key in store.list(prefix):
         if key.endswith(".jsonl"):
-            rows += [json.loads(line) for line in store.read(key).decode().splitlines() if line.strip()]
+            rows += read_segment(store, key)
     return rows
 
 
@@ -48,7 +49,7 @@ class SegmentLog:
             if first > step:
                 self.store.delete(key)  # wholly after the resume point: those steps are redone
                 continue
-            rows = [json.loads(line) for line in self.store.read(key).decode().splitlines() if line.strip()]
+            rows = read_segment(self.store, key)
             kept = [r for r in rows if r["step"] <= step]
             if len(kept) < SEGMENT_ROWS:
                 self.open, self.open_key = kept, key  # keep filling the newest segment
@@ -66,7 +67,7 @@ class SegmentLog:
             self._write(self.open_key, self.open)
 
     def _write(self, key: str, rows: list[dict]) -> None:
-        self.store.write(key, "".join(json.dumps(r) + "\n" for r in rows).encode())
+        self.store.write(key, encode_rows(rows))
 
 
 class MetricsLog:

@@ -1,65 +1,58 @@
-"""What a training run optimizes: the model it builds, the samples it reads, its loss, its export.
+"""What a training run optimizes: the part of a run that differs between pretraining and fine-tuning.
 
-The training loop (`trainer.py`), the DeepSpeed engine (`engine.py`) and the checkpoint protocol
-(`checkpoint.py`) are the same for every run; an objective is the part that differs. Pretraining
-is `LanguageModeling`; fine-tuning adds `pipeline.finetune.objective.Classification`. Each has
-the same small interface:
-
-    build_model(model_config, ds_config) -> (model, keep_alive)
-    samples(store, manifest, split) -> an object with len() and batch(ids) -> tuple of tensors
-    loss(module, batch) -> scalar loss (mean over the batch's targets)
-    eval_sums(module, batch) -> float64 tensor [loss x targets, targets, correct]
-    export(store, run, model_config, state_dict, manifest, info) -> URI
+The training job (`trainer.py`, `engine.py`, `checkpoint_manager.py`) is the same for every run
+and knows objectives only through this protocol; `pipeline.pretrain.objective.LanguageModeling`
+and `pipeline.finetune.objective.Classification` implement it. An objective is built on the
+driver and pickled into the `WorkerSpec`, so it holds only light settings; on each worker the
+trainer calls `bind(store, node_dir)` once before anything else.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
+if TYPE_CHECKING:  # the driver imports this module; torch and transformers load on the workers
+    import torch
+    from transformers import PreTrainedModel
 
-from sora import SoraConfig, causal_lm_loss
+    from sora import SoraConfig
 
-from ..data.manifest_types import Manifest
-from ..storage import ObjectStore
-from .engine import build_flat_model
-from .export import export_hf
-from .loader import BlockStore
+    from ..records import ExportInfo, Manifest
+    from ..storage import ObjectStore
 
 
-class LanguageModeling:
-    """Pretraining: next-token prediction on the dataset's packed token blocks."""
+class Samples(Protocol):
+    """A sample source: `len()` samples, `batch(ids)` -> the model inputs of those samples."""
 
-    name = "causal_lm"
-    patience: int | None = None  # no early stopping: pretraining runs its token budget
+    def __len__(self) -> int: ...
+
+    def batch(self, ids: Any) -> tuple[torch.Tensor, ...]: ...
+
+
+class Objective(Protocol):
+    name: str  # "causal_lm" (next-token loss, tied LM head) or a task name (accuracy reported)
+    patience: int | None  # evaluations without a better validation loss before stopping; None: never
+
+    def bind(self, store: ObjectStore, node_dir: Path) -> None:
+        """On the worker: the run's store and the node-local directory it may cache into."""
 
     def build_model(self, model_config: SoraConfig, ds_config: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
-        return build_flat_model(model_config, ds_config)
+        """(model, keep_alive): keep_alive must live as long as the model (ZeRO-3 construction)."""
 
-    def samples(self, store: ObjectStore, manifest: Manifest, split: str) -> BlockStore | None:
-        entries = manifest.split("val" if split == "validation" else split)
-        return BlockStore(store, entries) if entries else None
+    def samples(self, store: ObjectStore, manifest: Manifest, split: str) -> Samples | None:
+        """The `train` or `validation` samples (None: this run has no validation split)."""
 
-    def tokens_per_sample(self, manifest: Manifest) -> int:
-        return manifest.seq_len
+    def tokens_per_sample(self, manifest: Manifest) -> int: ...
 
     def loss(self, module: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        inputs, labels = batch
-        return causal_lm_loss(module(input_ids=inputs, use_cache=False).logits, labels)
+        """Scalar loss, the mean over the batch's targets."""
 
     def eval_sums(self, module: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        inputs, labels = batch
-        tokens = (labels != -100).sum()
-        loss = causal_lm_loss(module(input_ids=inputs, use_cache=False).logits, labels)
-        return torch.stack([loss.double() * tokens, tokens.double(), torch.zeros((), dtype=torch.float64)])
+        """float64 tensor [loss x targets, targets, correct]."""
 
-    def export(
-        self,
-        store: ObjectStore,
-        run: str,
-        model_config: SoraConfig,
-        state: dict[str, torch.Tensor],
-        manifest: dict,
-        info: dict,
-    ) -> str:
-        return export_hf(store, store, run, model_config, state, manifest, info)
+    def export_model(self, model_config: SoraConfig, state_dict: dict[str, torch.Tensor]) -> PreTrainedModel:
+        """The plain HF model to export, holding the consolidated trained weights."""
+
+    def export_info(self, info: ExportInfo) -> ExportInfo:
+        """The export's `sora_export.json`: the trainer's base lineage plus what the objective adds."""

@@ -1,23 +1,20 @@
 """The training loop that runs on every Ray Train worker, as named steps.
 
-    trainer = Trainer(spec, rank, local_rank, world)
-    trainer.build()        # device, precision, DeepSpeed engine, loaders
-    trainer.resume()       # newest sound checkpoint: per-rank download, compatibility check
+    trainer = Trainer(spec, rank, local_rank, world, device)   # built and resumed: ready to step
     while trainer.step < trainer.stop_at:
-        trainer.train_step()
-        trainer.maybe_evaluate(); trainer.maybe_checkpoint()
+        row = trainer.train_step()
+        trainer.maybe_evaluate(row); trainer.maybe_checkpoint()
     trainer.export()
 
-Resume discovery is the same whether Ray restarted the workers after a failure or a user
-re-launched the run: rank 0 picks the newest committed checkpoint whose listing is sound and
-broadcasts the choice; each rank downloads only what it needs. A checkpoint written with another
-data-parallel layout is converted to DeepSpeed's universal format, once per node.
+Construction builds the DeepSpeed engine and loaders, then resumes: the `CheckpointManager`
+(checkpoint_manager.py) finds the newest sound checkpoint (rank 0 decides, every rank downloads
+only what it needs; another data-parallel layout is converted to DeepSpeed's universal format)
+and restores the engine and the stateful parts (progress, loader position, RNG, early stopping).
+It is the same whether Ray restarted the workers after a failure or a user re-launched the run.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,21 +27,17 @@ from sora import SoraConfig, flops_per_token
 from sora.flops import peak_flops
 
 from ..faults import kill_once
-from ..keys import RunKeys
+from ..records import ExportInfo
 from ..storage import open_store
 from . import checkpoint as ckpt
-from . import warm_start
+from .checkpoint_manager import CheckpointManager, ResumePoint, discover
 from .ds_config import deepspeed_config
 from .engine import Engine
+from .export import upload_hf_model
 from .loader import GlobalOrder, TrainLoader, cache_directory, validation_batches
 from .metrics import MetricsLog, mfu
 from .spec import WorkerSpec
-
-
-def broadcast(value, src: int = 0):
-    box = [value]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
+from .state import EarlyStopping, Progress, RngState
 
 
 def resolve_bf16(precision: str, device: torch.device) -> bool:
@@ -58,45 +51,50 @@ def resolve_bf16(precision: str, device: torch.device) -> bool:
 
 
 class Trainer:
-    def __init__(self, spec: WorkerSpec, rank: int, local_rank: int, world: int) -> None:
+    """One worker's share of the run, complete once constructed (built, resumed, metrics ready)."""
+
+    def __init__(self, spec: WorkerSpec, rank: int, local_rank: int, world: int, device: torch.device) -> None:
         self.spec, self.rank, self.local_rank, self.world = spec, rank, local_rank, world
         self.config = spec.run_config
         self.train = self.config.train
-        self.keys = spec.keys
-        self.manifest = spec.dataset
+        self.keys, self.manifest = spec.keys, spec.manifest
         self.model_config = SoraConfig(**spec.model_config)
         self.store = open_store(self.config.storage.root, self.config.storage.settings())
         self.local = Path(tempfile.mkdtemp(prefix=f"sora-{self.train.run}-rank{rank}-"))
         self.node_dir = cache_directory() / "checkpoints" / self.train.run
-        self.step = 0
+        self.objective = spec.objective
+        self.objective.bind(self.store, self.node_dir)
+        self.tokens_per_sample = self.objective.tokens_per_sample(self.manifest)
+        self.progress, self.early = Progress(), EarlyStopping(self.objective.patience)
         self.stop_at = min(self.train.max_steps, self.train.stop_after_steps or self.train.max_steps)
         self.last_val: float | None = None
         self.stall = 0.0
-        self.resume_bytes: list[int] | None = None
-        self.objective = spec.objective(self.store, self.node_dir)
-        # Early stopping (objectives with a patience): identical on every rank, because the
-        # validation loss it compares is all-reduced.
-        self.best_val: float | None = None
-        self.evals_since_best = 0
-        self.stopped_early = False
+        point, universal = self._build(device)
+        self.checkpoints = self._checkpoint_manager()
+        self.resume_bytes = self.checkpoints.restore(point, universal, local_rank, self.dp_rank) if point else None
+        if self.early.stopped:  # stopped early before the restart: straight to the export
+            self.stop_at = self.step
+        self.metrics = MetricsLog(self.store, self.keys, self.local, self.step) if rank == 0 else None
+        self.flops_per_token = flops_per_token(self.model_config, self.tokens_per_sample)
+        peak, self.peak_label = peak_flops(device) if rank == 0 else (0.0, "")
+        self.peak_total = peak * world
+
+    @property
+    def step(self) -> int:
+        return self.progress.step
 
     # -- build -------------------------------------------------------------------------------------
-    def build(self, device: torch.device) -> None:
+    def _build(self, device: torch.device) -> tuple[ResumePoint | None, bool]:
+        """Device, precision, DeepSpeed engine, loaders; returns where to resume from and whether
+        that checkpoint needs the universal format (written with another layout)."""
         import deepspeed
 
         self.device = device
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
         self.bf16 = resolve_bf16(self.train.precision, device)
-        found = broadcast(self._find_resume() if self.rank == 0 else None)
-        if isinstance(found, ckpt.ResumeError):
-            raise found  # on every rank, so none waits in a collective for the others
-        self.found = found
-        saved_layout = self.found["layout"] if self.found else None
-        self.universal = saved_layout is not None and saved_layout != (
-            self.train.data_parallel,
-            self.train.pipeline_stages,
-        )
-        ds_config = deepspeed_config(self.train, self.bf16, load_universal=self.universal)
+        point = discover(self.store, self.keys, self.spec.restart, self.spec.init_from, self.compatibility)
+        universal = point is not None and point.layout != (self.train.data_parallel, self.train.pipeline_stages)
+        ds_config = deepspeed_config(self.train, self.bf16, load_universal=universal)
         self.engine = Engine(self.train, self.model_config, ds_config, device, self.objective)
         # Parameters this rank holds after construction: ~total/world under ZeRO-3 (partitioned
         # while built), the whole model otherwise. Logged once, for the memory contract.
@@ -105,91 +103,40 @@ class Trainer:
         self.held_parameters = held
         self.dp_rank = self.engine.engine.grid.data_parallel_id if self.engine.pipeline else self.rank
         samples = self.objective.samples(self.store, self.manifest, "train")
-        self.loader = TrainLoader(
-            samples,
-            GlobalOrder(len(samples), self.train.seed),
-            self.train.global_batch,
-            self.train.micro_batch,
-            self.dp_rank,
-            self.train.data_parallel,
-        )
+        order = GlobalOrder(len(samples), self.train.seed)
+        batch, micro, dp = self.train.global_batch, self.train.micro_batch, self.train.data_parallel
+        self.loader = TrainLoader(samples, order, batch, micro, self.dp_rank, dp)
         val = self.objective.samples(self.store, self.manifest, "validation")
-        self.val_batches = (
-            validation_batches(
-                val,
-                self.train.eval_batches,
-                self.train.global_batch,
-                self.train.micro_batch,
-                self.dp_rank,
-                self.train.data_parallel,
-            )
-            if val is not None
-            else []
-        )
-
-    def _find_resume(self) -> dict | ckpt.ResumeError | None:
-        """Rank 0: the checkpoint to resume from (this run's own, else the warm-start parent's,
-        see `warm_start.py`) and the settings it was written with."""
-        try:
-            step, _ = ckpt.find_resume(self.store, self.keys, restart=self.spec.restart)
-            if step is not None:
-                state = ckpt.read_state(self.store, self.keys, step)
-                ckpt.check_compatible(state.get("compatibility", {}), self.compatibility)
-                return {"step": step, "run": self.keys.run, "warm": False, "layout": (state["dp_size"], state["pp"])}
-            if self.spec.init_from is None:
-                return None
-            parent = self.spec.init_from
-            state = warm_start.parent_state(self.store, parent)
-            warm_start.check_parent(state.get("compatibility", {}), self.compatibility, parent["run"])
-        except ckpt.ResumeError as error:
-            return error
-        return {"step": parent["step"], "run": parent["run"], "warm": True, "layout": (state["dp_size"], state["pp"])}
+        evals = self.train.eval_batches
+        self.val_batches = validation_batches(val, evals, batch, micro, self.dp_rank, dp) if val is not None else []
+        return point, universal
 
     @property
     def compatibility(self) -> dict:
         return ckpt.compatibility_fields(self.train, self.spec.model_config, self.bf16)
 
-    # -- resume ------------------------------------------------------------------------------------
-    def resume(self) -> None:
-        if not self.found:
-            self.metrics = MetricsLog(self.store, self.keys, self.local, 0) if self.rank == 0 else None
-            return
-        step, source, warm = self.found["step"], RunKeys(self.found["run"]), self.found["warm"]
-        tag = ckpt.tag_for(step)
-        downloaded = ckpt.download_for_rank(
-            self.store, source, step, self.node_dir, self.dp_rank, everything=self.universal
-        )
-        if self.universal:
-            with ckpt.node_lock(self.node_dir / f"{tag}.convert.lock"):
-                tag = _to_universal(self.node_dir, tag)
-        self.engine.load(str(self.node_dir), tag, warm_start=warm)
-        if not warm:  # a warm start takes weights + optimizer moments only (see warm_start.py)
-            self._restore_progress(ckpt.read_state(self.store, source, step))
-        sizes = [None] * self.world
-        dist.all_gather_object(sizes, downloaded)
-        self.resume_bytes = sizes
-        dist.barrier()  # every rank of the node has loaded: the node copy can go
-        if self.local_rank == 0:
-            ckpt.remove_node_copy(self.node_dir)
-        self.metrics = MetricsLog(self.store, self.keys, self.local, self.step) if self.rank == 0 else None
-
-    def _restore_progress(self, state: dict) -> None:
-        """Where a resumed run stands: step, data order position, RNG, early stopping."""
-        self.loader.load_state_dict(state["loader"])
-        ckpt.restore_rng(state["rng"])
-        self.step = state["step"]
-        early = state.get("early_stopping") or {}
-        self.best_val, self.evals_since_best = early.get("best_val"), early.get("evals_since_best", 0)
-        if early.get("stopped"):
-            self.stopped_early, self.stop_at = True, self.step
+    def _checkpoint_manager(self) -> CheckpointManager:
+        states = {"progress": self.progress, "loader": self.loader, "rng": RngState(), "early_stopping": self.early}
+        fixed = {
+            "dp_size": self.train.data_parallel,
+            "pp": self.train.pipeline_stages,
+            "world_size": self.world,
+            "dataset": self.manifest.dataset,
+            "dataset_version": self.manifest.version,
+            "compatibility": self.compatibility,
+            "config": self.spec.config,
+        }
+        dirs, keep = (self.local, self.node_dir), self.train.keep_last
+        return CheckpointManager(self.store, self.keys, self.spec.lease, self.engine, states, fixed, dirs, keep)
 
     # -- step --------------------------------------------------------------------------------------
     def train_step(self) -> dict | None:
+        """One optimizer step on every rank; rank 0 returns the step's metrics row."""
         started = time.perf_counter()
         micro, ids = self.loader.next_step()
         fetched = time.perf_counter()
         loss = self.engine.train_step(micro)
-        self.step += 1
+        self.progress.advance(self.train.global_batch * self.tokens_per_sample)
         kill_once(self.spec.kill_worker, self.rank, self.step, self.spec.fault_dir or tempfile.gettempdir())
         finished = time.perf_counter()
         if self.train.record_sample_ids:
@@ -198,10 +145,10 @@ class Trainer:
             if self.rank == 0:
                 by_dp = dict(sorted(gathered))
                 self.metrics.log_samples(self.step, [i for d in sorted(by_dp) for i in by_dp[d]])
-        if self.rank != 0:
-            return None
-        seq_len = self.objective.tokens_per_sample(self.manifest)
-        tokens_per_s = self.train.global_batch * seq_len / (finished - started)
+        return self._row(loss, started, fetched, finished) if self.rank == 0 else None
+
+    def _row(self, loss: float, started: float, fetched: float, finished: float) -> dict:
+        tokens_per_s = self.train.global_batch * self.tokens_per_sample / (finished - started)
         row = {
             "step": self.step,
             "time": time.time(),
@@ -213,7 +160,7 @@ class Trainer:
             "data_wait_s": fetched - started,
             "compute_s": finished - fetched,
             "checkpoint_stall_s": self.stall,
-            "tokens": self.loader.consumed * seq_len,
+            "tokens": self.progress.tokens,
             "peak": self.peak_label,
         }
         if self.held_parameters is not None:
@@ -225,11 +172,6 @@ class Trainer:
         self.stall = 0.0
         return row
 
-    def prepare_metrics(self) -> None:
-        self.flops_per_token = flops_per_token(self.model_config, self.objective.tokens_per_sample(self.manifest))
-        peak, self.peak_label = peak_flops(self.device) if self.rank == 0 else (0.0, "")
-        self.peak_total = peak * self.world
-
     # -- evaluate ----------------------------------------------------------------------------------
     def maybe_evaluate(self, row: dict | None) -> None:
         """Every rank decides identically (same step, same number of batches everywhere)."""
@@ -240,23 +182,13 @@ class Trainer:
                 row.update(val_loss=self.last_val, val_ppl=float(np.exp(min(self.last_val, 50))))
                 if "accuracy" in result:
                     row["val_accuracy"] = result["accuracy"]
-            self._early_stopping(row)
+            # Early stopping: checkpoint and export where the validation loss stopped improving.
+            if self.early.update(self.last_val, can_stop=self.step < self.stop_at):
+                self.stop_at = self.step
+                if row is not None:
+                    row["early_stopped"] = True
         if self.rank == 0:
             self.metrics.log(row)
-
-    def _early_stopping(self, row: dict | None) -> None:
-        """Stop after `patience` evaluations without a better validation loss (checkpoint + export there)."""
-        patience = self.objective.patience
-        if patience is None:
-            return
-        if self.best_val is None or self.last_val < self.best_val:
-            self.best_val, self.evals_since_best = self.last_val, 0
-        else:
-            self.evals_since_best += 1
-        if self.evals_since_best >= patience and self.step < self.stop_at:
-            self.stopped_early, self.stop_at = True, self.step
-            if row is not None:
-                row["early_stopped"] = True
 
     # -- checkpoint --------------------------------------------------------------------------------
     def maybe_checkpoint(self) -> bool:
@@ -265,101 +197,39 @@ class Trainer:
                 self.metrics.flush()
             return False
         started = time.perf_counter()
-        self.save()
+        self.checkpoints.save(self.step, after_commit=self._publish_metrics)
         self.stall = time.perf_counter() - started
         return True
 
-    def save(self) -> None:
-        """All ranks save + upload their files; rank 0 commits (fenced by the run lease), then GC."""
-        tag = ckpt.tag_for(self.step)
-        rank_dir = self.local / f"save-rank{self.rank}"
-        self.engine.save(str(rank_dir), tag)
-        files = ckpt.upload_rank_files(self.store, self.keys, self.step, rank_dir / tag)
-        everyone = [None] * self.world
-        dist.all_gather_object(everyone, files)
-        if self.rank == 0:
-            merged = {f["name"]: f for part in everyone for f in part}
-            fence = lambda: self.spec.lease.assert_held(self.store, self.keys)  # noqa: E731
-            ckpt.commit(
-                self.store, self.keys, self.step, list(merged.values()), self._state(), self.spec.lease.epoch, fence
-            )
-            ckpt.garbage_collect(self.store, self.keys, self.train.keep_last, self.step, fence)
-            self.metrics.flush()
-            self.metrics.publish_tensorboard(self.step)
-        dist.barrier()
-        _remove_tree(rank_dir)
-
-    def _state(self) -> dict:
-        return {
-            "step": self.step,
-            "loader": self.loader.state_dict(),
-            "dp_size": self.train.data_parallel,
-            "pp": self.train.pipeline_stages,
-            "world_size": self.world,
-            "rng": ckpt.rng_state(),
-            "tokens": self.loader.consumed * self.objective.tokens_per_sample(self.manifest),
-            "dataset": self.manifest.dataset,
-            "dataset_version": self.manifest.version,
-            "compatibility": self.compatibility,
-            "early_stopping": {
-                "best_val": self.best_val,
-                "evals_since_best": self.evals_since_best,
-                "stopped": self.stopped_early,
-            },
-            "config": self.spec.config,
-        }
+    def _publish_metrics(self) -> None:
+        self.metrics.flush()
+        self.metrics.publish_tensorboard(self.step)
 
     # -- export ------------------------------------------------------------------------------------
     def export(self) -> None:
-        if self.train.export and (self.step >= self.train.max_steps or self.stopped_early):
+        """The finished run's HF export (the objective's model and lineage), written by rank 0."""
+        if self.train.export and (self.step >= self.train.max_steps or self.early.stopped):
             state_dict = self.engine.full_state_dict()
             if self.rank == 0:
-                info = {
-                    "step": self.step,
-                    "val_loss": self.last_val,
-                    "dataset": self.manifest.dataset,
-                    "dataset_version": self.manifest.version,
-                    "run": self.train.run,
-                    "early_stopped": self.stopped_early,
-                    "tokenizer_sha256": self.manifest.tokenizer.sha256,
-                }
-                if self.spec.init_from:  # warm start: the same object as run.json's `init_from`
-                    info["warm_start"] = self.spec.init_from
-                    info["init_from"] = self.spec.init_from["checkpoint"]
-                run, raw = self.train.run, self.manifest.raw
-                self.objective.export(self.store, run, self.model_config, state_dict, raw, info)
+                model = self.objective.export_model(self.model_config, state_dict)
+                info = self.objective.export_info(self.export_info())
+                upload_hf_model(self.store, self.train.run, model, self.manifest, info)
         if self.rank == 0:
-            self.metrics.flush()
-            self.metrics.publish_tensorboard(self.step)
+            self._publish_metrics()
         dist.barrier()
 
-
-def _to_universal(local: Path, tag: str) -> str:
-    """Convert a downloaded checkpoint to DeepSpeed's universal format (once per node); returns the new tag."""
-    target = local / f"{tag}-universal"
-    if not target.exists():
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "deepspeed.checkpoint.ds_to_universal",
-                "--input_folder",
-                str(local / tag),
-                "--output_folder",
-                str(target),
-                "--num_extract_workers",
-                "1",
-                "--num_merge_workers",
-                "1",
-            ],
-            capture_output=True,
-            text=True,
+    def export_info(self) -> ExportInfo:
+        """What every export records: step, validation loss, dataset version, warm-start lineage."""
+        info = ExportInfo(
+            step=self.step,
+            val_loss=self.last_val,
+            dataset=self.manifest.dataset,
+            dataset_version=self.manifest.version,
+            run=self.train.run,
+            early_stopped=self.early.stopped,
+            tokenizer_sha256=self.manifest.tokenizer.sha256,
         )
-        if done.returncode:
-            raise RuntimeError(f"converting checkpoint {tag} to universal format failed:\n{done.stderr[-2000:]}")
-    return target.name
-
-
-def _remove_tree(path: Path) -> None:
-    for child in sorted(path.rglob("*"), reverse=True):
-        child.unlink() if child.is_file() else child.rmdir()
+        lineage = self.spec.init_from
+        if lineage:  # warm start: the same object as run.json's `init_from`
+            info = info.model_copy(update={"warm_start": lineage, "init_from": lineage.checkpoint})
+        return info

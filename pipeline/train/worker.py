@@ -12,10 +12,8 @@ def train_worker(spec: WorkerSpec) -> None:
     import ray.train
 
     context = ray.train.get_context()
-    trainer = Trainer(spec, context.get_world_rank(), context.get_local_rank(), context.get_world_size())
-    trainer.build(ray.train.torch.get_device() if spec.use_gpu else torch.device("cpu"))
-    trainer.resume()
-    trainer.prepare_metrics()
+    device = ray.train.torch.get_device() if spec.use_gpu else torch.device("cpu")
+    trainer = Trainer(spec, context.get_world_rank(), context.get_local_rank(), context.get_world_size(), device)
     while trainer.step < trainer.stop_at:
         row = trainer.train_step()
         trainer.maybe_evaluate(row)

@@ -12,9 +12,9 @@ def pretrained_run(tmp_path_factory):
     """(config, store): a labelled dataset and a tiny model pretrained on it for 12 steps (run 'base')."""
     from pipeline.data.stage import preprocess
     from pipeline.data.summary import Reporter
+    from pipeline.pretrain.launch import pretrain
     from pipeline.ray_runtime import ensure_ray
     from pipeline.storage import open_store
-    from pipeline.train.launch import pretrain
 
     data = labelled_config(tmp_path_factory.mktemp("finetune"))
     ensure_ray(data.ray)

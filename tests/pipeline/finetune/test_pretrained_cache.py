@@ -19,7 +19,9 @@ def publish_export(store, step: int, weights: bytes, val_loss: float = 5.0) -> N
 
 def node_copy(store, node_dir) -> bytes:
     task = FinetuneTask("full", "pretrained", EXPORT, ["a", "b"], "suites/x", 16, None, 0)
-    directory = Classification(task.to_dict(), store, node_dir, {})._pretrained_directory()
+    objective = Classification(task)
+    objective.bind(store, node_dir)
+    directory = objective._pretrained_directory()
     return (directory / "model.safetensors").read_bytes()
 
 

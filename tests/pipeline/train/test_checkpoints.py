@@ -7,6 +7,7 @@ import time
 import pytest
 
 from pipeline.keys import RunKeys
+from pipeline.records import TrainerState
 from pipeline.storage import open_store
 from pipeline.storage.lease import LeaseHeldError, acquire_lease
 from pipeline.train import checkpoint as ckpt
@@ -25,6 +26,12 @@ def no_fence():
     return None
 
 
+def trainer_state(step, consumed=0):
+    return TrainerState(
+        step=step, loader={"consumed": consumed}, dp_size=2, pp=1, world_size=2, dataset="d", dataset_version=1
+    )
+
+
 def make_checkpoint(store, local, step, commit=True, files=None):
     directory = local / f"step{step}"
     directory.mkdir(parents=True)
@@ -32,7 +39,7 @@ def make_checkpoint(store, local, step, commit=True, files=None):
         (directory / name).write_bytes(bytes([step % 256]) * size)
     uploaded = ckpt.upload_rank_files(store, KEYS, step, directory)
     if commit:
-        state = {"step": step, "loader": {"consumed": step * 8}}
+        state = trainer_state(step, step * 8)
         ckpt.commit(store, KEYS, step, uploaded, state, epoch=1, fence=no_fence)
 
 
@@ -134,7 +141,7 @@ def test_commit_and_gc_are_fenced_by_the_run_lease(tmp_path):
     (directory / "mp_rank_00_model_states.pt").write_bytes(b"late")
     files = ckpt.upload_rank_files(store, KEYS, 2, directory)
     with pytest.raises(LeaseHeldError, match="lease lost to new-driver"):
-        ckpt.commit(store, KEYS, 2, files, {"step": 2}, old.epoch, lambda: old.assert_held(store, KEYS))
+        ckpt.commit(store, KEYS, 2, files, trainer_state(2), old.epoch, lambda: old.assert_held(store, KEYS))
     assert not store.exists(KEYS.checkpoint_file(2, ckpt.COMMITTED))
     with pytest.raises(LeaseHeldError):
         ckpt.garbage_collect(store, KEYS, keep_last=1, newest=2, fence=lambda: old.assert_held(store, KEYS))

@@ -15,10 +15,10 @@ from traingen import train_config
 from pipeline.data.shards import pack
 from pipeline.errors import UserError
 from pipeline.keys import RunKeys
+from pipeline.pretrain.launch import pretrain
 from pipeline.storage import open_store
 from pipeline.storage.lease import acquire_lease
 from pipeline.train import checkpoint as ckpt
-from pipeline.train.launch import pretrain
 from pipeline.train.loader import to_tensors, validation_batches
 from pipeline.train.metrics import read_rows
 from sora import causal_lm_loss

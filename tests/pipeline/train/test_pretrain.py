@@ -10,11 +10,11 @@ from safetensors.torch import load_file
 from traingen import train_config
 from transformers import AutoModelForCausalLM
 
-from pipeline.data.manifest import read_version
 from pipeline.keys import RunKeys
+from pipeline.pretrain.launch import pretrain
+from pipeline.records import read_version
 from pipeline.storage import open_store
 from pipeline.train import checkpoint as ckpt
-from pipeline.train.launch import pretrain
 from pipeline.train.loader import BlockStore, GlobalOrder, validation_batches
 from pipeline.train.metrics import read_rows
 from sora import causal_lm_loss
@@ -45,7 +45,7 @@ def hf_val_loss(path, store, config):
     """Validation loss of the exported model, on the same validation batches the trainer used."""
     manifest = read_version(store, "test")
     model = AutoModelForCausalLM.from_pretrained(path).eval()
-    blocks = BlockStore(store, manifest["shards"]["val"])
+    blocks = BlockStore(store, manifest.split("val"))
     batches = validation_batches(
         blocks, config.train.eval_batches, config.train.global_batch, config.train.micro_batch, 0, 1
     )
@@ -102,7 +102,7 @@ def test_exact_resume_same_losses_parameters_and_samples(dataset_root, tmp_path)
 
     ids = [i for row in samples(store, "resumed") for i in row["ids"]]
     assert ids == [i for row in samples(store, "straight") for i in row["ids"]]
-    blocks = len(BlockStore(store, read_version(store, "test")["shards"]["train"]))
+    blocks = len(BlockStore(store, read_version(store, "test").split("train")))
     assert len(ids) == 12 * 8 <= blocks
     assert len(set(ids)) == len(ids)  # no duplicate
     assert ids == GlobalOrder(blocks, 1234).ids(0, len(ids)).tolist()  # no gap: exactly the global order
@@ -114,7 +114,7 @@ def test_resume_on_one_worker_continues_the_same_sample_sequence(dataset_root):
     pretrain(train_config(dataset_root, "elastic", record_sample_ids=True, workers=1, micro_batch=4), quiet=True)
     rows = samples(store, "elastic")
     assert [r["step"] for r in rows] == list(range(1, 13))
-    blocks = len(BlockStore(store, read_version(store, "test")["shards"]["train"]))
+    blocks = len(BlockStore(store, read_version(store, "test").split("train")))
     ids = [i for row in rows for i in row["ids"]]
     assert ids == GlobalOrder(blocks, 1234).ids(0, 12 * 8).tolist()
     losses = [r["loss"] for r in metrics(store, "elastic")]

@@ -9,13 +9,14 @@ import torch
 from datagen import data_config, make_corpus, make_documents, write_jsonl
 from traingen import train_config
 
-from pipeline.data.manifest import read_version
 from pipeline.errors import UserError
 from pipeline.keys import RunKeys
+from pipeline.pretrain import warm_start
+from pipeline.pretrain.launch import model_config_for, pretrain
+from pipeline.records import read_version
 from pipeline.storage import open_store
 from pipeline.train import checkpoint as ckpt
-from pipeline.train import launch, warm_start
-from pipeline.train.launch import model_config_for, pretrain
+from pipeline.train import launch
 from pipeline.train.loader import BlockStore, GlobalOrder
 from pipeline.train.metrics import read_rows
 
@@ -45,7 +46,7 @@ def refuses(config, match):
 def optimizer_steps(store, run, step, tmp_path):
     """Adam's per-parameter step counter in rank 0's optimizer partition of a checkpoint."""
     marker = ckpt.read_committed(store, RunKeys(run), step)
-    name = next(f["name"] for f in marker["files"] if "zero_pp_rank_0_" in f["name"] and "optim_states" in f["name"])
+    name = next(f.name for f in marker.files if "zero_pp_rank_0_" in f.name and "optim_states" in f.name)
     path = tmp_path / f"{run}-optim.pt"
     path.write_bytes(store.read(RunKeys(run).checkpoint_file(step, name)))
     state = torch.load(path, map_location="cpu", weights_only=False)["optimizer_state_dict"]
@@ -66,7 +67,7 @@ def test_warm_start_on_refreshed_dataset(data, tmp_path, monkeypatch):
     # A scheduled refresh publishes v2 (one more corpus file; same tokenizer).
     write_jsonl(corpus / "part-4.jsonl", make_documents(seed=7, n=60, prefix="new "))
     v2 = preprocess(data_cfg, Reporter(quiet=True))
-    assert v2["version"] == 2
+    assert v2.version == 2
 
     # Bad parents: one clear line, before Ray is asked for anything.
     with monkeypatch.context() as patch:
@@ -121,7 +122,7 @@ def test_warm_start_on_refreshed_dataset(data, tmp_path, monkeypatch):
     assert [r["step"] for r in rows] == list(range(1, CHILD_STEPS + 1))
     assert rows[0]["lr"] == pytest.approx(parent_rows[0]["lr"])
     ids = [i for row in read_rows(store, RunKeys("child").samples) for i in row["ids"]]
-    blocks = len(BlockStore(store, read_version(store, "warm", 2)["shards"]["train"]))
+    blocks = len(BlockStore(store, read_version(store, "warm", 2).split("train")))
     assert ids == GlobalOrder(blocks, 1234).ids(0, CHILD_STEPS * 8).tolist()
     # The optimizer moments carried: Adam's step counter continued from the parent's.
     assert optimizer_steps(store, "parent", PARENT_STEPS, tmp_path) == {PARENT_STEPS}
@@ -133,4 +134,7 @@ def test_warm_start_on_refreshed_dataset(data, tmp_path, monkeypatch):
     manifest = read_version(store, "warm", 2)
     resume_step = launch.preflight_resume(store, relaunch, model_config_for(relaunch, manifest), restart=False)
     assert resume_step == CHILD_STEPS
-    assert warm_start.plan(store, relaunch, manifest, model_config_for(relaunch, manifest), resume_step) == lineage
+    assert (
+        warm_start.plan(store, relaunch, manifest, model_config_for(relaunch, manifest), resume_step).to_dict()
+        == lineage
+    )

@@ -1,0 +1,1 @@
+"""Pretrain stage: next-token prediction on a dataset version (the objective and its driver)."""
