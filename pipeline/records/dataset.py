@@ -116,6 +116,13 @@ class Manifest(Record):
     def key(self) -> str:
         return DatasetKeys(self.dataset).manifest(self.version)
 
+    def training_view(self) -> Manifest:
+        """What training workers read (shards, tokenizer, shape, identity), without the per-file
+        source list, the dedup index and the stats: the spec pickled to every worker must not grow
+        with the number of source files (256k files: 54 MB pickled, 2 s to unpickle per worker).
+        Never published: it is a view, not a version."""
+        return self.model_copy(update={"sources": [], "dedup_index": [], "runs": [], "stats": None, "config": {}})
+
     @property
     def heldout_fraction(self) -> float | None:
         return (self.config.get("split") or {}).get("heldout_fraction")

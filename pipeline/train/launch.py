@@ -131,7 +131,7 @@ def run_training(
             use_gpu = _use_gpu(train)
             spec = WorkerSpec(
                 config=config.model_dump(mode="json"),
-                manifest=manifest,
+                manifest=manifest.training_view(),
                 model_config=model_config.to_dict(),
                 use_gpu=use_gpu,
                 lease=LeaseToken(lease.owner, lease.epoch),
