@@ -118,6 +118,9 @@ def tokenize_pack(state: BuildState) -> None:
     state.shards = {split: [] for split in SPLITS}
     for row in rows:
         state.shards[row.pop("split")].append(ShardEntry(**{k: row[k] for k in _SHARD_FIELDS}))
+    # The blocks are written out: drop their references so the object store can free them before
+    # the manifest is published (as the stage did before it kept a build state).
+    state.records, state.kept, state.removed, state.index, state.rejects = None, None, [], None, None
 
 
 def publish(state: BuildState) -> None:

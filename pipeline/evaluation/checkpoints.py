@@ -19,7 +19,7 @@ from sora import SoraConfig, SoraForCausalLM
 from ..config.finetune import INITS
 from ..config.run import RunConfig
 from ..keys import RunKeys
-from ..records import ExportInfo, Manifest, read_version
+from ..records import DatasetVersion, ExportInfo, read_dataset
 from ..records.export import load_export
 from ..storage import ObjectStore, open_store
 from ..train.export import upload_hf_model
@@ -27,7 +27,7 @@ from .stage import evaluate_checkpoint_to_store
 
 
 def scratch_language_model(
-    store: ObjectStore, run: str, model_config: SoraConfig, info: ExportInfo, manifest: Manifest, seed: int
+    store: ObjectStore, run: str, model_config: SoraConfig, info: ExportInfo, manifest: DatasetVersion, seed: int
 ) -> str:
     """A randomly initialized LM of the pretrained architecture (the "scratch" column), stored once."""
     name = f"{run}-scratch-init"
@@ -47,7 +47,7 @@ def evaluate_run(config: RunConfig) -> dict[str, Any]:
     run = config.finetune.source_run(config.train)
     export_key, info, hf_config = load_export(store, run)
     model_config = SoraConfig.from_dict(hf_config)
-    manifest = read_version(store, info.dataset, info.dataset_version)
+    manifest = read_dataset(store, info.dataset, info.dataset_version)
     lineage = {"dataset": info.dataset, "dataset_version": info.dataset_version, "run": run}
     checkpoints = {
         "pretrained": (store.uri(export_key), "causal_lm"),

@@ -22,7 +22,7 @@ from ..config.evaluate import EvalConfig
 from ..config.run import RunConfig
 from ..errors import UserError
 from ..keys import RunKeys, safe_relative
-from ..records import EvalResults, Manifest, SuiteIndex, read_version
+from ..records import DatasetVersion, EvalResults, SuiteIndex, read_dataset
 from ..storage import ObjectStore
 from ..suites.build import TASK_NAMES, build_suites, materialize_suites
 
@@ -64,7 +64,7 @@ def evaluate_checkpoint_to_store(
         return existing  # evaluated before: no work
     if "dataset" not in lineage:
         raise ValueError("lineage must name the dataset (and dataset_version) whose suites to evaluate on")
-    manifest = read_version(store, lineage["dataset"], lineage.get("dataset_version", "LATEST"))
+    manifest = read_dataset(store, lineage["dataset"], lineage.get("dataset_version", "LATEST"))
     index = build_suites(store, manifest, config.eval)
     tasks = _tasks(kind, config.eval)
     results = _run(store, manifest, checkpoint_uri, kind, tasks, config.eval)
@@ -73,6 +73,9 @@ def evaluate_checkpoint_to_store(
 
 def _tasks(kind: Kind, eval_cfg: EvalConfig) -> list[str]:
     """The tasks a checkpoint of `kind` is scored on; bad settings fail here, before any work."""
+    for path in eval_cfg.include_paths:
+        if not Path(path).is_dir():
+            raise UserError(f"eval.include_paths: {path} is not a directory of lm-eval task YAML files")
     builtin = [TASK_NAMES[s] for s in TASK_NAMES if s in eval_cfg.suites.enabled]
     if kind == "classifier":
         if "sora_classify" not in builtin:
@@ -82,14 +85,16 @@ def _tasks(kind: Kind, eval_cfg: EvalConfig) -> list[str]:
         return ["sora_classify"]
     if not eval_cfg.lm_classify:
         builtin = [t for t in builtin if t != "sora_classify"]
-    for path in eval_cfg.include_paths:
-        if not Path(path).is_dir():
-            raise UserError(f"eval.include_paths: {path} is not a directory of lm-eval task YAML files")
     return builtin + [t for t in eval_cfg.tasks if t not in builtin]
 
 
 def _run(
-    store: ObjectStore, manifest: Manifest, checkpoint_uri: str, kind: Kind, tasks: list[str], eval_cfg: EvalConfig
+    store: ObjectStore,
+    manifest: DatasetVersion,
+    checkpoint_uri: str,
+    kind: Kind,
+    tasks: list[str],
+    eval_cfg: EvalConfig,
 ) -> dict[str, Any]:
     """lm-eval's results for `tasks` on the checkpoint, with the suites materialized locally."""
     from .harness import run_lm_eval, task_manager
@@ -152,7 +157,7 @@ def _store_results(
     name: str,
     results: dict[str, Any],
     index: SuiteIndex,
-    manifest: Manifest,
+    manifest: DatasetVersion,
     checkpoint_uri: str,
     kind: Kind,
     lineage: dict[str, Any],

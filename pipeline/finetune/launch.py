@@ -16,7 +16,7 @@ from ..config.finetune import INITS
 from ..config.run import RunConfig
 from ..errors import UserError
 from ..keys import RunKeys
-from ..records import read_version
+from ..records import read_dataset
 from ..records.export import load_export
 from ..storage import open_store
 from ..suites.build import build_suites
@@ -32,7 +32,7 @@ def finetune(config: RunConfig, quiet: bool = False, restart: bool = False) -> d
     ft = config.finetune
     export_key, info, hf_config = load_export(store, ft.source_run(config.train))
     model_config = SoraConfig.from_dict(hf_config)
-    manifest = read_version(store, info.dataset, info.dataset_version)
+    manifest = read_dataset(store, info.dataset, info.dataset_version)
     suites = build_suites(store, manifest, config.eval)
     classify = suites.tasks.get("sora_classify")
     if classify is None:

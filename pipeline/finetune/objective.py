@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from sora import SoraConfig, SoraForSequenceClassification
 
 from ..data.tokenizer_step import load_stored_tokenizer
-from ..records import ExportInfo, Manifest
+from ..records import DatasetVersion, ExportInfo
 from ..storage import ObjectStore
 from ..train.checkpoint import node_lock
 from .examples import ExampleSet
@@ -114,12 +114,12 @@ class Classification:
         return target
 
     # -- data ------------------------------------------------------------------------------------
-    def samples(self, store: ObjectStore, manifest: Manifest, split: str) -> ExampleSet | None:
+    def samples(self, store: ObjectStore, manifest: DatasetVersion, split: str) -> ExampleSet | None:
         tokenizer = load_stored_tokenizer(store, manifest.tokenizer)
         key = f"{self.task.suite_prefix}/{SPLIT_FILES[split]}"
         return ExampleSet(store, key, tokenizer, self.task.max_length, manifest.tokenizer.pad_id)
 
-    def tokens_per_sample(self, manifest: Manifest) -> int:
+    def tokens_per_sample(self, manifest: DatasetVersion) -> int:
         return self.task.max_length
 
     # -- loss ------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from sora import SoraConfig
 from ..config.run import RunConfig
 from ..errors import UserError
 from ..keys import RunKeys
-from ..records import Manifest
+from ..records import DatasetVersion
 from ..storage import open_store
 from ..train.launch import finished_export, pin_dataset, run_training
 from ..train.metrics import read_rows
@@ -18,7 +18,7 @@ from . import warm_start
 from .objective import LanguageModeling
 
 
-def model_config_for(config: RunConfig, manifest: Manifest) -> SoraConfig:
+def model_config_for(config: RunConfig, manifest: DatasetVersion) -> SoraConfig:
     tokenizer = manifest.tokenizer
     overrides = dict(config.train.model_overrides)
     if "vocab_size" in overrides and overrides["vocab_size"] != tokenizer.vocab_size:

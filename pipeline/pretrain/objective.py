@@ -10,7 +10,7 @@ import torch
 
 from sora import SoraConfig, SoraForCausalLM, causal_lm_loss
 
-from ..records import ExportInfo, Manifest
+from ..records import DatasetVersion, ExportInfo
 from ..storage import ObjectStore
 from ..train.loader import BlockStore
 
@@ -29,11 +29,11 @@ class LanguageModeling:
 
         return build_flat_model(model_config, ds_config)
 
-    def samples(self, store: ObjectStore, manifest: Manifest, split: str) -> BlockStore | None:
+    def samples(self, store: ObjectStore, manifest: DatasetVersion, split: str) -> BlockStore | None:
         entries = manifest.split("val" if split == "validation" else split)
         return BlockStore(store, entries) if entries else None
 
-    def tokens_per_sample(self, manifest: Manifest) -> int:
+    def tokens_per_sample(self, manifest: DatasetVersion) -> int:
         return manifest.seq_len
 
     def loss(self, module: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -13,14 +13,14 @@ from sora import SoraConfig
 from ..config.run import RunConfig
 from ..errors import UserError
 from ..keys import RunKeys
-from ..records import Manifest, RunPin, WarmStartLineage, read_version
+from ..records import DatasetVersion, RunPin, WarmStartLineage, read_dataset
 from ..storage import ObjectStore
 from ..train import checkpoint as ckpt
 from ..train.warm_start import check_parent
 
 
 def plan(
-    store: ObjectStore, config: RunConfig, manifest: Manifest, model_config: SoraConfig, resume_step: int | None
+    store: ObjectStore, config: RunConfig, manifest: DatasetVersion, model_config: SoraConfig, resume_step: int | None
 ) -> WarmStartLineage | None:
     """Driver, under the run lease: the warm-start lineage of this launch (None: none).
 
@@ -40,7 +40,7 @@ def plan(
 
 
 def _parent_lineage(
-    store: ObjectStore, config: RunConfig, manifest: Manifest, model_config: SoraConfig
+    store: ObjectStore, config: RunConfig, manifest: DatasetVersion, model_config: SoraConfig
 ) -> WarmStartLineage:
     """The newest sound checkpoint of `train.init_from`, checked against this run's settings."""
     train = config.train
@@ -59,7 +59,7 @@ def _parent_lineage(
     # bf16 is decided on the workers (their hardware); they check it again (`check_parent`).
     current = ckpt.compatibility_fields(train, model_config.to_dict(), state.bf16)
     check_parent(state.compatibility, current, parent.run)
-    source = read_version(store, state.dataset, state.dataset_version)
+    source = read_dataset(store, state.dataset, state.dataset_version)
     if source.tokenizer.sha256 != manifest.tokenizer.sha256:
         raise UserError(
             f"train.init_from: run {parent.run!r} was trained with another tokenizer ({state.dataset} "

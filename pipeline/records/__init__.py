@@ -11,6 +11,7 @@ from .checkpoint import COMMITTED, STATE, Committed, CommittedFile, EarlyStoppin
 from .dataset import (
     SPLITS,
     BuildStats,
+    DatasetVersion,
     LatestPointer,
     Manifest,
     ManifestStats,
@@ -20,6 +21,7 @@ from .dataset import (
     next_version,
     publish,
     published_versions,
+    read_dataset,
     read_latest,
     read_version,
 )
@@ -35,6 +37,7 @@ __all__ = [
     "BuildStats",
     "Chance",
     "Committed",
+    "DatasetVersion",
     "CommittedFile",
     "EarlyStoppingState",
     "EvalLineage",
@@ -60,6 +63,7 @@ __all__ = [
     "next_version",
     "publish",
     "published_versions",
+    "read_dataset",
     "read_latest",
     "read_rows",
     "read_version",

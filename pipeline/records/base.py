@@ -18,7 +18,9 @@ R = TypeVar("R", bound="Record")
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    # NaN and infinity stay NaN and Infinity in the JSON, as json.dumps wrote them before records
+    # (lm-eval reports a NaN metric; null would drop it from the eval table).
+    model_config = ConfigDict(extra="allow", populate_by_name=True, ser_json_inf_nan="constants")
 
     # How the document is laid out on storage (kept as each writer laid it out before records existed).
     json_indent: ClassVar[int | None] = 1

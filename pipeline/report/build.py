@@ -11,10 +11,11 @@ import base64
 
 import yaml
 from markdown_it import MarkdownIt
+from pydantic import ValidationError
 
 from ..config.finetune import FinetuneConfig
 from ..keys import RunKeys
-from ..records import RunPin, StoredConfig, read_rows, read_version
+from ..records import RunPin, StoredConfig, read_dataset, read_rows
 from ..storage import ObjectStore
 from .curves import finetune_curves, pretrain_curves
 from .tables import data_table, eval_markdown, lineage_table, timing_table
@@ -22,7 +23,13 @@ from .tables import data_table, eval_markdown, lineage_table, timing_table
 
 def finetune_settings(stored: StoredConfig | None) -> FinetuneConfig:
     """The fine-tune section of the stored run config (defaults when none was stored)."""
-    return FinetuneConfig.model_validate(stored.section("finetune")) if stored else FinetuneConfig()
+    if stored is None:
+        return FinetuneConfig()
+    section = stored.section("finetune")
+    try:
+        return FinetuneConfig.model_validate(section)
+    except ValidationError:  # written by another Sora version: the fields that name its runs suffice
+        return FinetuneConfig.model_validate({k: v for k, v in section.items() if k in ("method", "from_run")})
 
 
 def build_report(store: ObjectStore, run: str) -> dict[str, str]:
@@ -32,7 +39,7 @@ def build_report(store: ObjectStore, run: str) -> dict[str, str]:
     config = stored.config if stored else {}
     finetune = finetune_settings(stored)
     pin, _ = RunPin.load(store, run)
-    manifest = read_version(store, pin.dataset, pin.dataset_version) if pin else None
+    manifest = read_dataset(store, pin.dataset, pin.dataset_version) if pin else None
     images: dict[str, bytes] = {}
     parts = [f"# Sora run report: {run}\n"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..config.finetune import FinetuneConfig
 from ..evaluation.table import eval_table
 from ..keys import RunKeys
-from ..records import ExportInfo, Manifest
+from ..records import DatasetVersion, ExportInfo
 from ..storage import ObjectStore
 from .timings import read_timings
 
@@ -22,7 +22,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def data_table(manifest: Manifest) -> str:
+def data_table(manifest: DatasetVersion) -> str:
     tokenizer = manifest.tokenizer
     rows = [
         ["dataset", f"{manifest.dataset} v{manifest.version} (parent {manifest.parent_version})"],
@@ -97,7 +97,7 @@ def eval_rows_for_console(store: ObjectStore, run: str, finetune: FinetuneConfig
     ]
 
 
-def lineage_table(store: ObjectStore, run: str, finetune_runs: dict[str, str], manifest: Manifest | None) -> str:
+def lineage_table(store: ObjectStore, run: str, finetune_runs: dict[str, str], manifest: DatasetVersion | None) -> str:
     rows = []
     if manifest:
         rows.append(["dataset", f"{manifest.dataset} v{manifest.version}", manifest.tokenizer.sha256[:16]])

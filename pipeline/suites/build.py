@@ -29,7 +29,7 @@ import yaml
 from ..config.evaluate import EvalConfig, SuiteConfig
 from ..errors import UserError
 from ..keys import DatasetKeys
-from ..records import Manifest, SuiteIndex, SuiteTask
+from ..records import DatasetVersion, SuiteIndex, SuiteTask
 from ..records.evaluation import INDEX
 from ..storage import ObjectStore
 from .heldout import read_heldout
@@ -46,7 +46,7 @@ def settings_id(cfg: SuiteConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def suites_prefix(manifest: Manifest, cfg: SuiteConfig) -> str:
+def suites_prefix(manifest: DatasetVersion, cfg: SuiteConfig) -> str:
     return f"{DatasetKeys(manifest.dataset).suites(manifest.version)}/{settings_id(cfg)}"
 
 
@@ -54,12 +54,14 @@ def _suite_config(eval_config: EvalConfig | SuiteConfig) -> SuiteConfig:
     return eval_config.suites if isinstance(eval_config, EvalConfig) else eval_config
 
 
-def read_index(store: ObjectStore, manifest: Manifest, eval_config: EvalConfig | SuiteConfig) -> SuiteIndex | None:
+def read_index(
+    store: ObjectStore, manifest: DatasetVersion, eval_config: EvalConfig | SuiteConfig
+) -> SuiteIndex | None:
     """The suites index of this version and settings, or None when they were never built."""
     return SuiteIndex.load(store, suites_prefix(manifest, _suite_config(eval_config)))
 
 
-def build_suites(store: ObjectStore, manifest: Manifest, eval_config: EvalConfig | SuiteConfig) -> SuiteIndex:
+def build_suites(store: ObjectStore, manifest: DatasetVersion, eval_config: EvalConfig | SuiteConfig) -> SuiteIndex:
     """Build (or reuse) the enabled suites of `manifest`'s version; returns the index (suites.json)."""
     cfg = _suite_config(eval_config)
     prefix = suites_prefix(manifest, cfg)
@@ -182,7 +184,10 @@ def task_yaml(suite: str, task: SuiteTask) -> str:
 
 
 def materialize_suites(
-    store: ObjectStore, manifest: Manifest, local_dir: str | Path, eval_config: EvalConfig | SuiteConfig | None = None
+    store: ObjectStore,
+    manifest: DatasetVersion,
+    local_dir: str | Path,
+    eval_config: EvalConfig | SuiteConfig | None = None,
 ) -> Path:
     """Download the built suites of `manifest`'s version into `local_dir` (sha256-verified) and write
     their task YAMLs with absolute local data paths; returns the folder to pass as lm-eval include_path.

@@ -16,7 +16,7 @@ from functools import cached_property
 from ..data.shards import read_shard
 from ..data.steps import content_hash
 from ..errors import UserError
-from ..records import Manifest
+from ..records import DatasetVersion
 from ..storage import ObjectStore
 
 
@@ -55,7 +55,7 @@ def doc_hash(text: str) -> str:
     return content_hash(text).hex()
 
 
-def read_heldout(store: ObjectStore, manifest: Manifest) -> list[HeldoutDoc]:
+def read_heldout(store: ObjectStore, manifest: DatasetVersion) -> list[HeldoutDoc]:
     """Every held-out document of `manifest` (sha256-verified shards), sorted by `doc_hash`.
 
     Raises UserError when the version has none (heldout_fraction 0, or too few documents).

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from ..data.tokenizer_step import load_stored_tokenizer
 from ..keys import RunKeys
-from ..records import ExportInfo, Manifest
+from ..records import DatasetVersion, ExportInfo
 from ..storage import ObjectStore
 
 EXPORT_SHARD_SIZE = "2GB"
@@ -26,7 +26,9 @@ def hf_tokenizer(tokenizer: Tokenizer, eos_id: int, pad_id: int) -> PreTrainedTo
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=eos, bos_token=eos, pad_token=pad)
 
 
-def upload_hf_model(store: ObjectStore, run: str, model: PreTrainedModel, manifest: Manifest, info: ExportInfo) -> str:
+def upload_hf_model(
+    store: ObjectStore, run: str, model: PreTrainedModel, manifest: DatasetVersion, info: ExportInfo
+) -> str:
     """Save `model` with the dataset's tokenizer and lineage to `runs/<run>/hf/`; returns its URI."""
     block = manifest.tokenizer
     tokenizer = hf_tokenizer(load_stored_tokenizer(store, block), block.eos_id, block.pad_id)

@@ -17,7 +17,7 @@ from ..config.run import RunConfig
 from ..errors import UserError
 from ..keys import RunKeys
 from ..ray_runtime import ensure_ray
-from ..records import ExportInfo, Manifest, RunPin, WarmStartLineage, last_row, read_version
+from ..records import DatasetVersion, ExportInfo, RunPin, WarmStartLineage, last_row, read_dataset
 from ..storage import ObjectStore
 from ..storage.lease import acquire_lease
 from . import checkpoint as ckpt
@@ -26,7 +26,7 @@ from .objective import Objective
 from .spec import LeaseToken, WorkerSpec
 
 
-def pin_dataset(store: ObjectStore, config: RunConfig) -> Manifest:
+def pin_dataset(store: ObjectStore, config: RunConfig) -> DatasetVersion:
     """The manifest this run trains on: pinned in `runs/<run>/run.json` at first launch."""
     train = config.train
     dataset = train.dataset or config.data.name
@@ -40,8 +40,8 @@ def pin_dataset(store: ObjectStore, config: RunConfig) -> Manifest:
             raise UserError(
                 f"run {train.run!r} is pinned to {dataset} v{pinned.dataset_version}, not v{train.dataset_version}"
             )
-        return read_version(store, dataset, pinned.dataset_version)
-    manifest = read_version(store, dataset, train.dataset_version)
+        return read_dataset(store, dataset, pinned.dataset_version)
+    manifest = read_dataset(store, dataset, train.dataset_version)
     RunPin(dataset=dataset, dataset_version=manifest.version).create(store, train.run)
     return manifest
 
@@ -107,7 +107,7 @@ def finished_export(store: ObjectStore, keys: RunKeys, max_steps: int) -> Export
 def run_training(
     config: RunConfig,
     store: ObjectStore,
-    manifest: Manifest,
+    manifest: DatasetVersion,
     model_config: SoraConfig,
     stage: str,
     objective: Objective,
@@ -131,7 +131,7 @@ def run_training(
             use_gpu = _use_gpu(train)
             spec = WorkerSpec(
                 config=config.model_dump(mode="json"),
-                manifest=manifest.training_view(),
+                manifest=manifest,
                 model_config=model_config.to_dict(),
                 use_gpu=use_gpu,
                 lease=LeaseToken(lease.owner, lease.epoch),
@@ -188,7 +188,7 @@ def _torch_trainer(spec: WorkerSpec, store: ObjectStore, use_gpu: bool):
     )
 
 
-def _headline(stage, train, use_gpu: bool, manifest: Manifest, resume_step, init_from) -> str:
+def _headline(stage, train, use_gpu: bool, manifest: DatasetVersion, resume_step, init_from) -> str:
     return (
         f"[bold]{stage} {train.run}[/bold]: {train.model} ({train.strategy}, {train.workers} workers, "
         f"{'GPU' if use_gpu else 'CPU'}, precision {train.precision}) on {manifest.dataset} "

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the driver imports this module; torch and transformers load
 
     from sora import SoraConfig
 
-    from ..records import ExportInfo, Manifest
+    from ..records import DatasetVersion, ExportInfo
     from ..storage import ObjectStore
 
 
@@ -40,10 +40,10 @@ class Objective(Protocol):
     def build_model(self, model_config: SoraConfig, ds_config: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
         """(model, keep_alive): keep_alive must live as long as the model (ZeRO-3 construction)."""
 
-    def samples(self, store: ObjectStore, manifest: Manifest, split: str) -> Samples | None:
+    def samples(self, store: ObjectStore, manifest: DatasetVersion, split: str) -> Samples | None:
         """The `train` or `validation` samples (None: this run has no validation split)."""
 
-    def tokens_per_sample(self, manifest: Manifest) -> int: ...
+    def tokens_per_sample(self, manifest: DatasetVersion) -> int: ...
 
     def loss(self, module: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Scalar loss, the mean over the batch's targets."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..config.run import RunConfig
 from ..keys import RunKeys
-from ..records import Manifest, WarmStartLineage
+from ..records import DatasetVersion, WarmStartLineage
 from ..storage import ObjectStore
 from ..storage.lease import LeaseHeldError, read_lease_state
 from .objective import Objective
@@ -43,7 +43,7 @@ class LeaseToken:
 @dataclass(frozen=True)
 class WorkerSpec:
     config: dict  # RunConfig as JSON (re-validated on the worker)
-    manifest: Manifest  # the pinned dataset version
+    manifest: DatasetVersion  # the pinned dataset version
     model_config: dict  # SoraConfig.to_dict()
     use_gpu: bool
     lease: LeaseToken
