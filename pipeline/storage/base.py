@@ -24,7 +24,8 @@ class StorageSettings:
     endpoint_url: S3-compatible endpoint (MinIO, moto, R2...); default AWS. Falls back to the
         `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` environment variables.
     region: S3 region; falls back to `AWS_REGION` / `AWS_DEFAULT_REGION`, then us-east-1.
-    max_attempts: attempts per request for throttling / 5xx errors (exponential backoff).
+    max_attempts: attempts per request (the first one included) for throttling, 5xx and
+        connection errors (exponential backoff).
     Credentials come from the usual AWS chain (environment, profile, instance role) and are never
     stored here or printed.
     """
@@ -111,7 +112,11 @@ class ObjectStore(ABC):
     # -- conditional operations ------------------------------------------------------------
     @abstractmethod
     def create(self, key: str, data: bytes) -> bool:
-        """Create `key` only if absent. True if this call created it, False if it already existed."""
+        """Create `key` only if absent. True if this call created it, False if it already existed.
+
+        A create whose answer was lost and that the client retried counts as created when the key
+        holds exactly `data` (see `s3.py`), so callers write bodies unique to the writer.
+        """
 
     @abstractmethod
     def read_with_etag(self, key: str) -> tuple[bytes, str] | None:
@@ -128,8 +133,14 @@ class ObjectStore(ABC):
         """
 
     @abstractmethod
-    def check(self) -> None:
-        """Fail with a clear `UserError` if the root is unreachable (missing bucket, credentials)."""
+    def check(self, write: bool = True) -> None:
+        """Fail with a clear `UserError` if the root is unreachable (missing bucket, credentials).
+
+        With `write` (opening the store to publish), also make sure the back end honours the
+        conditional writes `create` and `swap` rely on: S3 probes once per process per
+        bucket/prefix that `If-None-Match: *` and `If-Match` are enforced (see `s3.py`); pass
+        `write=False` for read-only uses to skip the probe.
+        """
 
     def translate_error(self, error: Exception, key: str) -> Exception:
         return error

@@ -4,19 +4,31 @@ The lease object is tiny JSON: {owner, epoch, expires_at}. Acquiring succeeds wh
 absent, expired or released; each acquisition increments `epoch`. A holder passes its epoch to
 `assert_held` before publishing, so a writer whose lease expired (and was taken over) is fenced
 off instead of publishing over the newer holder's work.
+
+Storage faults: a renewal whose answer was lost (the write landed, the caller saw an error) is
+recognised on the next try, because only this holder ever writes a body with its (owner, epoch):
+`Lease` adopts that object's tag and goes on. `Heartbeat` retries failed renewals with capped,
+jittered exponential backoff until the lease would expire (minus a safety margin), and only then
+declares the lease lost; see `Heartbeat` for how a long job learns about a loss.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import random
 import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from ..errors import UserError
 from .base import ObjectStore
+
+log = logging.getLogger(__name__)
 
 
 class LeaseHeldError(UserError):
@@ -31,59 +43,217 @@ class Lease:
     epoch: int
     expires_at: float
     etag: str
+    # Guards the (etag, expires_at) pair: a heartbeat thread renews while the job thread checks.
+    _state: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    _released: bool = field(default=False, init=False, repr=False, compare=False)
 
-    def keep_alive(self, duration_s: float) -> "Heartbeat":
+    def keep_alive(
+        self,
+        duration_s: float,
+        on_lost: Callable[[LeaseHeldError], None] | None = None,
+        margin_s: float | None = None,
+    ) -> Heartbeat:
         """Renew in the background every duration/3 until stopped (use as a context manager).
 
         A short lease plus a heartbeat means a crashed holder blocks others for at most one lease
-        duration, while a live holder keeps it for as long as its work takes.
+        duration, while a live holder keeps it for as long as its work takes. See `Heartbeat` for
+        `on_lost` and `margin_s`.
         """
-        return Heartbeat(self, duration_s)
+        return Heartbeat(self, duration_s, on_lost=on_lost, margin_s=margin_s)
 
     def renew(self, duration_s: float) -> None:
-        """Extend the lease; raises if it was lost (expired and taken by another writer)."""
+        """Extend the lease; raises `LeaseHeldError` if it was lost (taken by another writer).
+
+        Any other exception is a storage fault: the outcome is unknown and the call may be retried
+        (a renewal that landed although its answer was lost is recognised then).
+        """
         self._replace(time.time() + duration_s)
 
     def release(self) -> None:
-        """Give the lease up (it expires now); a lost lease is left alone."""
+        """Give the lease up (it expires now); best effort: a lost lease is left alone, and a storage
+        fault only means the lease runs out by itself (logged, never raised: this runs in `finally`)."""
+        self._released = True
         try:
-            self._replace(0.0)
+            self._replace(0.0, releasing=True)
         except LeaseHeldError:
             pass
+        except Exception as error:  # noqa: BLE001 - the lease expires on its own
+            log.warning("could not release lease %s (it expires by itself): %s", self.store.uri(self.key), error)
 
     def assert_held(self) -> None:
         """Fencing check before a publishing step."""
         current = self.store.read_with_etag(self.key)
-        if current is None or current[1] != self.etag:
-            raise LeaseHeldError(f"lease {self.store.uri(self.key)} was lost (epoch {self.epoch}); not publishing")
-        if time.time() > self.expires_at:
-            raise LeaseHeldError(f"lease {self.store.uri(self.key)} expired (epoch {self.epoch}); not publishing")
+        with self._state:
+            if current is not None and current[1] != self.etag:
+                self._adopt_if_ours(current)
+            if current is None or current[1] != self.etag:
+                raise LeaseHeldError(self._lost_message(current, "not publishing"))
+            if time.time() > self.expires_at:
+                raise LeaseHeldError(f"lease {self.store.uri(self.key)} expired (epoch {self.epoch}); not publishing")
 
-    def _replace(self, expires_at: float) -> None:
-        etag = self.store.swap(self.key, _encode(self.owner, self.epoch, expires_at), self.etag)
-        if etag is None:
-            raise LeaseHeldError(f"lease {self.store.uri(self.key)} was lost (epoch {self.epoch})")
-        self.expires_at, self.etag = expires_at, etag
+    # -- internals -------------------------------------------------------------------------
+    def _replace(self, expires_at: float, releasing: bool = False) -> None:
+        body = _encode(self.owner, self.epoch, expires_at)
+        for _ in range(3):  # a precondition failure caused by our own landed write is retried
+            with self._state:
+                expected = self.etag
+            etag = self.store.swap(self.key, body, expected)
+            if etag is not None:
+                with self._state:
+                    self.expires_at, self.etag = expires_at, etag
+                return
+            current = self.store.read_with_etag(self.key)
+            with self._state:
+                if self._released and not releasing:
+                    raise LeaseHeldError(f"lease {self.store.uri(self.key)} was released (epoch {self.epoch})")
+                if current is None or not self._adopt_if_ours(current):
+                    raise LeaseHeldError(self._lost_message(current))
+        raise LeaseHeldError(f"lease {self.store.uri(self.key)}: renewal kept racing (epoch {self.epoch})")
+
+    def _adopt_if_ours(self, current: tuple[bytes, str]) -> bool:
+        """If the stored lease is one of this holder's own writes (same owner and epoch: an earlier
+        renewal landed although its answer was lost), take its tag and expiry. Under `_state`."""
+        state = _decode(current[0])
+        if state is None or state.owner != self.owner or state.epoch != self.epoch:
+            return False
+        self.etag = current[1]
+        self.expires_at = state.expires_at
+        return True
+
+    def _lost_message(self, current: tuple[bytes, str] | None, consequence: str = "") -> str:
+        uri = self.store.uri(self.key)
+        tail = f"; {consequence}" if consequence else ""
+        if current is None:
+            return f"lease {uri} was lost: the lease object is gone (this writer held epoch {self.epoch}){tail}"
+        state = _decode(current[0])
+        if state is None:
+            return f"lease {uri} was lost: the lease object is unreadable (this writer held epoch {self.epoch}){tail}"
+        return (
+            f"lease {uri} was lost to {state.owner} (epoch {state.epoch}, expires {_when(state.expires_at)}); "
+            f"this writer held epoch {self.epoch}{tail}"
+        )
 
 
 class Heartbeat:
-    def __init__(self, lease: Lease, duration_s: float) -> None:
+    """Keeps a `Lease` alive from a background thread; a context manager.
+
+    Renews every `duration_s / 3`. A failed renewal (storage error, timeout) is retried with
+    capped, jittered exponential backoff until the lease would expire (`expires_at - margin_s`,
+    default a tenth of the lease). A renewal call that hangs is abandoned at that deadline too.
+
+    The lease is declared lost when another holder took it (renewal refused) or when renewals kept
+    failing until the deadline (an attempt that fails at or after it). Then, within one heartbeat:
+      * `on_lost(error)`, if given, is called once from the heartbeat thread (keep it short and
+        thread-safe: set a flag, signal the driver);
+      * then `lost` (a `threading.Event`) is set: long jobs poll `heartbeat.lost.is_set()` (or
+        wait on it) between steps and stop promptly;
+      * `lost_error` holds the `LeaseHeldError`, whose message names the new holder, and
+        `assert_held()` raises it, so the fencing check before publishing fails.
+    The heartbeat stops renewing after a loss: it never takes the lease back.
+    """
+
+    def __init__(
+        self,
+        lease: Lease,
+        duration_s: float,
+        on_lost: Callable[[LeaseHeldError], None] | None = None,
+        margin_s: float | None = None,
+    ) -> None:
         self.lease, self.duration_s = lease, duration_s
-        self.lost: Exception | None = None
+        self.interval_s = duration_s / 3
+        self.margin_s = duration_s / 10 if margin_s is None else margin_s
+        self.backoff_base_s = min(1.0, duration_s / 60)
+        self.backoff_cap_s = max(self.backoff_base_s, min(15.0, duration_s / 6))
+        self.on_lost = on_lost
+        self.lost = threading.Event()
+        self.lost_error: LeaseHeldError | None = None
         self._stop = threading.Event()
-        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
 
+    # -- the heartbeat thread ------------------------------------------------------------------
     def _run(self) -> None:
-        while not self._stop.wait(self.duration_s / 3):
-            try:
-                with self._lock:
-                    self.lease.renew(self.duration_s)
-            except Exception as error:  # lost or storage down: the publish-time fencing check fails
-                self.lost = error
+        next_at = time.time() + self.interval_s
+        failures, last_error = 0, None
+        while not self._stop.wait(max(0.0, next_at - time.time())):
+            deadline = self.lease.expires_at - self.margin_s
+            # A heartbeat that woke up late (a starved thread, a suspended process) still tries: the
+            # swap only succeeds if nobody took the lease meanwhile, and then it is still ours.
+            outcome = self._attempt(max(deadline, time.time() + self.margin_s))
+            if self._stop.is_set():
                 return
+            if outcome is None:
+                if failures:
+                    log.warning("lease %s renewed after %d failed attempts", self._uri(), failures)
+                failures, last_error = 0, None
+                next_at = time.time() + self.interval_s
+                continue
+            if isinstance(outcome, LeaseHeldError):
+                self._declare_lost(outcome)
+                return
+            failures, last_error = failures + 1, outcome
+            if time.time() >= deadline:
+                self._declare_lost(self._expired_error(failures, last_error))
+                return
+            delay = min(self.backoff_cap_s, self.backoff_base_s * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
+            # Never sleep past the deadline: near it, try again halfway to it (then give up there).
+            remaining = deadline - time.time()
+            if delay >= remaining:
+                delay = remaining / 2 if remaining > 2 * self.backoff_base_s else max(0.0, remaining)
+            log.warning(
+                "lease %s: renewal failed (%s); retry %d in %.2fs, lease expires %s",
+                self._uri(),
+                _describe(outcome),
+                failures,
+                delay,
+                _when(self.lease.expires_at),
+            )
+            next_at = time.time() + delay
 
-    def __enter__(self) -> "Heartbeat":
+    def _attempt(self, deadline: float) -> BaseException | None:
+        """One renewal, run in its own thread so that a hung storage call cannot outlive the lease:
+        None on success, the exception otherwise (`TimeoutError` when the deadline passed first)."""
+        done = threading.Event()
+        result: list[BaseException] = []
+
+        def renew() -> None:
+            try:
+                self.lease.renew(self.duration_s)
+            except BaseException as error:  # noqa: BLE001 - handed to the heartbeat thread
+                result.append(error)
+            finally:
+                done.set()
+
+        threading.Thread(target=renew, name="lease-renewal", daemon=True).start()
+        while not done.wait(max(0.0, min(0.1, deadline - time.time()))):
+            if self._stop.is_set():
+                return None
+            if time.time() >= deadline:
+                return TimeoutError("renewal still unanswered at the deadline")
+        return result[0] if result else None
+
+    def _expired_error(self, failures: int, last_error: BaseException | None) -> LeaseHeldError:
+        return LeaseHeldError(
+            f"lease {self._uri()} (epoch {self.lease.epoch}) could not be renewed before it expires "
+            f"({_when(self.lease.expires_at)}; {failures} failed attempts, last: {_describe(last_error)}); "
+            f"another writer may take it over, so this writer stops without publishing"
+        )
+
+    def _declare_lost(self, error: LeaseHeldError) -> None:
+        self.lost_error = error
+        log.error("%s", error)
+        try:
+            if self.on_lost is not None:
+                self.on_lost(error)
+        except Exception:  # noqa: BLE001 - a broken callback must not hide the loss
+            log.exception("lease on_lost callback failed")
+        finally:
+            self.lost.set()  # last: whoever sees it also sees lost_error and the callback's effects
+
+    def _uri(self) -> str:
+        return self.lease.store.uri(self.lease.key)
+
+    # -- the job's side ------------------------------------------------------------------------
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -92,14 +262,31 @@ class Heartbeat:
         self._thread.join()
 
     def assert_held(self) -> None:
-        if self.lost is not None:
-            raise LeaseHeldError(f"lease lost during the run: {self.lost}")
-        with self._lock:
-            self.lease.assert_held()
+        """Fencing check before publishing: raises `LeaseHeldError` (naming the new holder when there
+        is one) if the heartbeat declared the lease lost or the stored lease is no longer ours."""
+        if self.lost_error is not None:
+            raise LeaseHeldError(f"lease lost during the run: {self.lost_error}")
+        self.lease.assert_held()
 
 
 def _encode(owner: str, epoch: int, expires_at: float) -> bytes:
     return json.dumps({"owner": owner, "epoch": epoch, "expires_at": expires_at}).encode()
+
+
+def _decode(body: bytes) -> LeaseState | None:
+    try:
+        state = json.loads(body)
+        return LeaseState(state.get("owner"), state.get("epoch"), float(state["expires_at"]))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+
+
+def _describe(error: BaseException | None) -> str:
+    return "none" if error is None else f"{type(error).__name__}: {error}"
 
 
 @dataclass(frozen=True)

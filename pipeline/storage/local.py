@@ -105,7 +105,8 @@ class LocalStore(ObjectStore):
         with open(self._file(key), "rb") as handle:
             return receive(read_chunks(handle), Path(path), self.uri(key), expected_sha256, expected_size)
 
-    def check(self) -> None:
+    def check(self, write: bool = True) -> None:
+        # link() and flock() enforce create/swap locally: there is nothing to probe.
         root = Path(self.base)
         if root.exists() and not root.is_dir():
             raise UserError(f"storage root {self.root_uri} exists and is not a directory")

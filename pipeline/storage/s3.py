@@ -2,15 +2,30 @@
 
 Conditional writes use S3's own preconditions: `IfNoneMatch="*"` to create-if-absent and
 `IfMatch=<etag>` to compare-and-swap, so two writers racing on a pointer cannot both win. Both
-boto3 and pyarrow retry throttling and 5xx errors with exponential backoff. Error messages name
-the bucket and key, never credentials. Credentials are never copied out of the AWS credential
-chains, so they refresh during long runs and nothing picklable carries a secret. Whole files go
-through `upload_file` / `download_file`, streamed in chunks (multipart above one part).
+boto3 and pyarrow retry throttling, 5xx and connection errors with exponential backoff.
+
+In-doubt conditional writes: botocore retries a PUT whose answer was lost (connection dropped,
+timeout, 5xx after the write), and if the first attempt had landed the retry is refused (412),
+which would read as a lost race. So a refused conditional write that botocore retried
+(`ResponseMetadata.RetryAttempts > 0`) reads the object back: if it holds exactly the bytes this
+call wrote, the write was ours and succeeded (callers write unique bodies: leases and pointers
+embed owner/epoch/version and expiry). A refusal on the first attempt is a real lost race.
+
+Opening a store for writing (`check()`) probes once per process per bucket/prefix that the server
+honours `If-None-Match` and `If-Match` on PUT; a server that ignores them would let two writers
+both "win", so it is refused with a `UserError`; `check(write=False)` skips the probe.
+
+Error messages name the bucket and key, never credentials. Credentials are never copied out of the
+AWS credential chains, so they refresh during long runs and nothing picklable carries a secret.
+Whole files go through `upload_file` / `download_file`, streamed in chunks (multipart above one
+part).
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import uuid
 from contextlib import closing
 from pathlib import Path
 from urllib.parse import urlparse
@@ -26,7 +41,17 @@ from .base import ObjectStore, StorageSettings
 from .files import CHUNK_SIZE, check_unchanged, hash_stream, receive
 
 _PRECONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+_NOT_SUPPORTED_CODES = {"NotImplemented", "501", "InvalidArgument", "InvalidRequest"}
 _ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "403"}
+
+
+# (endpoint, bucket, prefix) -> None when conditional writes are honoured, else the refusal message.
+_PROBED: dict[tuple[str | None, str, str], str | None] = {}
+_PROBE_LOCK = threading.Lock()
+_REQUIREMENT = (
+    "Sora's leases and atomic publishes need them (AWS S3, Cloudflare R2 and recent MinIO releases "
+    "support conditional PUT)"
+)
 
 
 def _endpoint(settings: StorageSettings) -> str | None:
@@ -41,12 +66,14 @@ class S3Store(ObjectStore):
         if not self.bucket:
             raise UserError(f"bad S3 URI {root_uri!r}: expected s3://bucket[/prefix]")
         endpoint = _endpoint(settings)
+        self.endpoint = endpoint
         region = settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         session = boto3.session.Session(region_name=region)
         self.client = session.client(
             "s3",
             endpoint_url=endpoint,
-            config=Config(retries={"max_attempts": settings.max_attempts, "mode": "adaptive"}),
+            # total_max_attempts counts the first try (botocore's max_attempts would count retries only).
+            config=Config(retries={"total_max_attempts": settings.max_attempts, "mode": "adaptive"}),
         )
         # No keys are handed to pyarrow: its AWS SDK resolves them itself (environment, profile, web
         # identity, container or instance role) and refreshes them before they expire. Keys copied in
@@ -96,7 +123,7 @@ class S3Store(ObjectStore):
             return True
         except ClientError as error:
             if _is_precondition_failure(error):
-                return False
+                return self._landed_before_retry(error, key, data) is not None
             raise self._user_error(error, key) from None
 
     def read_with_etag(self, key: str) -> tuple[bytes, str] | None:
@@ -114,9 +141,22 @@ class S3Store(ObjectStore):
             response = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
             return response["ETag"]
         except ClientError as error:
-            if _is_precondition_failure(error) or error.response.get("Error", {}).get("Code") == "NoSuchKey":
+            if _is_precondition_failure(error):
+                return self._landed_before_retry(error, key, data)
+            if error.response.get("Error", {}).get("Code") == "NoSuchKey":
                 return None
             raise self._user_error(error, key) from None
+
+    def _landed_before_retry(self, error: ClientError, key: str, data: bytes) -> str | None:
+        """A conditional PUT was refused. If botocore had retried it, an earlier attempt may have
+        written (its answer lost) and made the retry fail its own precondition: then the object
+        holds exactly `data`. Returns the object's ETag when it does, else None (a lost race)."""
+        if not error.response.get("ResponseMetadata", {}).get("RetryAttempts"):
+            return None  # refused on the first attempt: nothing of ours can be there
+        current = self.read_with_etag(key)
+        if current is not None and current[0] == data:
+            return current[1]
+        return None
 
     def upload_file(self, key: str, path: Path, part_size: int | None = None) -> tuple[int, str]:
         part_size = multipart.PART_SIZE if part_size is None else part_size
@@ -160,9 +200,11 @@ class S3Store(ObjectStore):
             except BotoCoreError as error:  # connection lost or timed out mid-stream
                 raise self._user_error(error, key) from None
 
-    def check(self) -> None:
+    def check(self, write: bool = True) -> None:
         try:
             self.client.head_bucket(Bucket=self.bucket)
+            if write:
+                self._check_conditional_writes()
         except ClientError as error:
             code = str(error.response.get("Error", {}).get("Code", ""))
             if code in {"404", "NoSuchBucket", "NotFound"}:
@@ -172,6 +214,49 @@ class S3Store(ObjectStore):
             raise UserError(f"no AWS credentials found for {self.root_uri}") from None
         except BotoCoreError as error:
             raise UserError(f"cannot reach object storage for {self.root_uri}: {type(error).__name__}") from None
+
+    def _check_conditional_writes(self) -> None:
+        """Probe once per process per (endpoint, bucket, prefix) that the server refuses a create
+        of an existing key and a swap with a stale tag; refuse the store with one line if not."""
+        cache_key = (self.endpoint, self.bucket, self.prefix)
+        with _PROBE_LOCK:
+            if cache_key not in _PROBED:
+                _PROBED[cache_key] = self._probe_conditional_writes()
+            refusal = _PROBED[cache_key]
+        if refusal is not None:
+            raise UserError(refusal)
+
+    def _probe_conditional_writes(self) -> str | None:
+        """None when conditional writes are honoured, else the refusal message. Raises ClientError
+        / BotoCoreError for other failures (access, network), which `check` turns into UserErrors."""
+        key = self._key(f"_sora/probe-{uuid.uuid4().hex}")
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=b"sora conditional-write probe 1")
+        try:
+            ignored = []
+            for header, value in (("IfNoneMatch", "*"), ("IfMatch", '"00000000000000000000000000000000"')):
+                try:
+                    self.client.put_object(
+                        Bucket=self.bucket, Key=key, Body=b"sora conditional-write probe 2", **{header: value}
+                    )
+                    ignored.append(header)
+                except ClientError as error:
+                    if _is_precondition_failure(error):
+                        continue
+                    code = str(error.response.get("Error", {}).get("Code", ""))
+                    status = str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+                    if code in _NOT_SUPPORTED_CODES or status in _NOT_SUPPORTED_CODES:
+                        ignored.append(header)
+                        continue
+                    raise
+        finally:
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+            except (ClientError, BotoCoreError):
+                pass  # a stray probe object is harmless
+        if not ignored:
+            return None
+        names = " and ".join({"IfNoneMatch": "If-None-Match", "IfMatch": "If-Match"}[h] for h in ignored)
+        return f"{self.root_uri} does not honour conditional writes ({names}); {_REQUIREMENT}"
 
 
 def _is_precondition_failure(error: ClientError) -> bool:
