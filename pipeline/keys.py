@@ -3,10 +3,19 @@
 Keys are '/'-separated and relative to the storage root. Names that come from outside (a file
 name listed in a checkpoint's `COMMITTED`) go through `safe_relative` before they become keys or
 local paths, so nothing can point above the directory it belongs to.
+
+Checkpoints (DESIGN.md s.3, "files written under different lease epochs never share a key"): a
+checkpoint is named by its step and the run-lease epoch of the writer, `step-00000100-e0003/`, so
+a stale writer (an older epoch) uploading files for the same step writes beside the newer
+holder's checkpoint, never over it. `step-00000100/` (no epoch) is the layout written before the
+epoch was part of the key; it stays readable (`CheckpointId(step, None)`). Among checkpoints of one
+step, the newest epoch wins. A warm start pins its parent's checkpoint with
+`runs/<parent>/pins/<child>.json` (garbage collection leaves a pinned checkpoint alone).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -74,11 +83,20 @@ class RunKeys:
     def checkpoints(self) -> str:
         return f"{self.prefix}/checkpoints"
 
-    def checkpoint(self, step: int) -> str:
-        return f"{self.checkpoints}/{checkpoint_tag(step)}"
+    def checkpoint(self, checkpoint: int | CheckpointId) -> str:
+        """The folder of one checkpoint (a plain step: the layout without epoch, `step-00000100`)."""
+        return f"{self.checkpoints}/{as_checkpoint(checkpoint).tag}"
 
-    def checkpoint_file(self, step: int, name: str) -> str:
-        return f"{self.checkpoint(step)}/{safe_relative(name)}"
+    def checkpoint_file(self, checkpoint: int | CheckpointId, name: str) -> str:
+        return f"{self.checkpoint(checkpoint)}/{safe_relative(name)}"
+
+    @property
+    def warm_start_pins(self) -> str:
+        """`pins/<child>.json`: checkpoints of this run a warm-starting child is downloading."""
+        return f"{self.prefix}/pins"
+
+    def warm_start_pin(self, child: str) -> str:
+        return f"{self.warm_start_pins}/{safe_relative(child)}.json"
 
     @property
     def metrics(self) -> str:
@@ -111,5 +129,42 @@ class RunKeys:
         return f"{self.prefix}/eval"
 
 
-def checkpoint_tag(step: int) -> str:
-    return f"step-{step:08d}"
+def checkpoint_tag(step: int, epoch: int | None = None) -> str:
+    """`step-00000100` (no epoch: the layout before epochs were in the key) or `step-00000100-e0003`."""
+    return f"step-{step:08d}" if epoch is None else f"step-{step:08d}-e{epoch:04d}"
+
+
+_TAG = re.compile(r"step-(\d{8,})(?:-e(\d{4,}))?")
+
+
+@dataclass(frozen=True)
+class CheckpointId:
+    """One checkpoint of a run: its step and the lease epoch it was written under (None: written
+    before the epoch was part of the key). Ordered by (step, epoch); no epoch sorts first."""
+
+    step: int
+    epoch: int | None = None
+
+    @property
+    def tag(self) -> str:
+        return checkpoint_tag(self.step, self.epoch)
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return self.step, -1 if self.epoch is None else self.epoch
+
+    def __str__(self) -> str:
+        return f"{self.step}" if self.epoch is None else f"{self.step} (lease epoch {self.epoch})"
+
+    @classmethod
+    def parse(cls, tag: str) -> CheckpointId | None:
+        """The checkpoint a folder name names, or None for anything else."""
+        match = _TAG.fullmatch(tag)
+        if match is None:
+            return None
+        return cls(int(match.group(1)), int(match.group(2)) if match.group(2) is not None else None)
+
+
+def as_checkpoint(checkpoint: int | CheckpointId) -> CheckpointId:
+    """A plain step names the checkpoint without epoch (`step-00000100`)."""
+    return checkpoint if isinstance(checkpoint, CheckpointId) else CheckpointId(int(checkpoint))

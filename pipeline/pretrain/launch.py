@@ -49,14 +49,24 @@ def pretrain(config: RunConfig, quiet: bool = False, restart: bool = False) -> d
         return {"final": rows[-1] if rows else {}, "export": store.uri(keys.export), "skipped": True}
     manifest = pin_dataset(store, config)
     model_config = model_config_for(config, manifest)
-    return run_training(
-        config,
-        store,
-        manifest,
-        model_config,
-        "pretrain",
-        LanguageModeling(),
-        plan_warm_start=lambda resume_step: warm_start.plan(store, config, manifest, model_config, resume_step),
-        quiet=quiet,
-        restart=restart,
-    )
+    planned = []
+
+    def plan_warm_start(resume_step):
+        planned.append(warm_start.plan(store, config, manifest, model_config, resume_step))  # pins the parent
+        return planned[-1]
+
+    try:
+        return run_training(
+            config,
+            store,
+            manifest,
+            model_config,
+            "pretrain",
+            LanguageModeling(),
+            plan_warm_start=plan_warm_start,
+            quiet=quiet,
+            restart=restart,
+        )
+    finally:
+        for lineage in planned:  # the child's first commit removed it already unless the job failed before
+            warm_start.unpin(store, lineage, config.train.run)

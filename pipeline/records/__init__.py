@@ -7,7 +7,7 @@ compare-and-swap (`LATEST`, `run.json` lineage) or a plain write under a fence t
 indexes them by string key (tests/pipeline/test_records.py enforces it).
 """
 
-from .checkpoint import COMMITTED, STATE, Committed, CommittedFile, EarlyStoppingState, TrainerState
+from .checkpoint import COMMITTED, STATE, Committed, CommittedFile, EarlyStoppingState, TrainerState, WarmStartPin
 from .dataset import (
     SPLITS,
     BuildStats,
@@ -59,6 +59,7 @@ __all__ = [
     "SuiteTask",
     "TokenizerInfo",
     "WarmStartLineage",
+    "WarmStartPin",
     "last_row",
     "next_version",
     "publish",

@@ -1,16 +1,19 @@
 """Checkpoint records: `trainer_state.json` (where training stands) and `COMMITTED` (the listing
 that makes a checkpoint exist: every file with size and sha256, and the lease epoch it was
 written under). Both are plain writes: the checkpoint protocol (pipeline/train/checkpoint.py)
-fences `COMMITTED` with the run lease and writes it last.
+fences `COMMITTED` with the run lease and writes it last. `WarmStartPin` (`runs/<parent>/pins/
+<child>.json`) keeps a parent's checkpoint out of garbage collection while a child warm-starts
+from it.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pydantic import Field, field_validator
 
-from ..keys import RunKeys, safe_relative
+from ..keys import CheckpointId, RunKeys, as_checkpoint, safe_relative
 from ..storage import ObjectStore
 from .base import Record
 
@@ -36,12 +39,12 @@ class Committed(Record):
     lease_epoch: int | None = None
     files: list[CommittedFile]
 
-    def write(self, store: ObjectStore, keys: RunKeys) -> None:
-        store.write(keys.checkpoint_file(self.step, COMMITTED), self.to_bytes())
+    def write(self, store: ObjectStore, keys: RunKeys, checkpoint: int | CheckpointId) -> None:
+        store.write(keys.checkpoint_file(checkpoint, COMMITTED), self.to_bytes())
 
     @classmethod
-    def load(cls, store: ObjectStore, keys: RunKeys, step: int) -> Committed:
-        return cls.from_bytes(store.read(keys.checkpoint_file(step, COMMITTED)))
+    def load(cls, store: ObjectStore, keys: RunKeys, checkpoint: int | CheckpointId) -> Committed:
+        return cls.from_bytes(store.read(keys.checkpoint_file(checkpoint, COMMITTED)))
 
 
 class EarlyStoppingState(Record):
@@ -75,5 +78,49 @@ class TrainerState(Record):
         return self.compatibility.get("bf16")
 
     @classmethod
-    def load(cls, store: ObjectStore, keys: RunKeys, step: int) -> TrainerState:
-        return cls.from_bytes(store.read(keys.checkpoint_file(step, STATE)))
+    def load(cls, store: ObjectStore, keys: RunKeys, checkpoint: int | CheckpointId) -> TrainerState:
+        return cls.from_bytes(store.read(keys.checkpoint_file(checkpoint, STATE)))
+
+
+class WarmStartPin(Record):
+    """`runs/<parent>/pins/<child>.json`: run `child` is warm-starting from the parent's checkpoint
+    `tag`; the parent's garbage collection leaves that checkpoint alone until the pin is removed
+    (the child committed its own first checkpoint, or its launch ended) or `expires_at` passed (a
+    child driver that died does not pin forever)."""
+
+    child: str
+    tag: str  # the parent's checkpoint folder, e.g. step-00000100-e0003
+    created_at: float
+    expires_at: float
+
+    @property
+    def checkpoint(self) -> CheckpointId | None:
+        return CheckpointId.parse(self.tag)
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires_at < (time.time() if now is None else now)
+
+    @classmethod
+    def for_child(cls, child: str, checkpoint: int | CheckpointId, ttl_s: float) -> WarmStartPin:
+        now = time.time()
+        return cls(child=child, tag=as_checkpoint(checkpoint).tag, created_at=now, expires_at=now + ttl_s)
+
+    def write(self, store: ObjectStore, parent: str) -> None:
+        store.write(RunKeys(parent).warm_start_pin(self.child), self.to_bytes())
+
+    @staticmethod
+    def delete(store: ObjectStore, parent: str, child: str) -> None:
+        key = RunKeys(parent).warm_start_pin(child)
+        if store.exists(key):
+            store.delete(key)
+
+    @classmethod
+    def load_all(cls, store: ObjectStore, parent: str) -> list[WarmStartPin]:
+        """Every readable pin on `parent` (an unreadable one names no checkpoint and is skipped)."""
+        pins = []
+        for key in store.list(RunKeys(parent).warm_start_pins):
+            try:
+                pins.append(cls.from_bytes(store.read(key)))
+            except (FileNotFoundError, ValueError):  # removed meanwhile, or not a pin
+                continue
+        return pins

@@ -5,12 +5,23 @@ loaded by DeepSpeed as files) and a dict of the other stateful parts, each with 
 `load_state_dict()`: their dicts make `trainer_state.json` (a `TrainerState` record, the same
 fields as ever). It owns the protocol of `checkpoint.py`: every rank saves and uploads its files,
 rank 0 writes the trainer state, checks the run lease and writes `COMMITTED` last, then deletes
-what is no longer needed; and resume discovery: rank 0 picks the newest sound checkpoint (or the
-warm-start parent's), every rank downloads only what it needs and loads it.
+what is no longer needed; and resume discovery: rank 0 picks the newest checkpoint whose listing
+is sound and whose shared files and trainer state verify (or the warm-start parent's), every rank
+downloads only what it needs (verifying its partition) and loads it.
+
+Falling back: a checkpoint that fails verification is passed over for the next older usable one,
+with a warning in the worker log and the reasons in `CheckpointManager.skipped` (the first metrics
+row's `resume_skipped`). When a rank's own partition fails at download, the ranks agree on it
+(every rank reaches one all-gather of its outcome, failed or not) and rank 0 picks the next older
+checkpoint for all of them; any other download error is raised on every rank, so none waits in a
+collective for another. A warm start does not fall back (its lineage names one parent checkpoint).
+New saves go to the folder of this run's lease epoch (`step-XXXXXXXX-eNNNN`, pipeline/keys.py);
+the first commit of a warm-started run removes its pin on the parent's checkpoint.
 """
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,13 +32,15 @@ from typing import Any
 import torch.distributed as dist
 from pydantic import BaseModel
 
-from ..keys import RunKeys
+from ..keys import CheckpointId, RunKeys
 from ..records import TrainerState, WarmStartLineage
 from ..storage import ObjectStore
 from . import checkpoint as ckpt
 from . import warm_start
 from .spec import LeaseToken
 from .state import Stateful
+
+log = logging.getLogger(__name__)
 
 PROGRESS = "progress"  # the part whose state dict is spread over the record's top level (step, tokens)
 
@@ -42,10 +55,15 @@ def broadcast(value, src: int = 0):
 class ResumePoint:
     """The checkpoint a worker loads: this run's own, or (`warm`) the warm-start parent's."""
 
-    step: int
+    checkpoint: CheckpointId
     run: str
     warm: bool
     layout: tuple[int, int]  # (data-parallel size, pipeline stages) it was written with
+    skipped: tuple[str, ...] = ()  # "<tag>: <reason>" of newer checkpoints passed over
+
+    @property
+    def step(self) -> int:
+        return self.checkpoint.step
 
 
 def discover(
@@ -59,20 +77,31 @@ def discover(
     return found
 
 
-def _find(store, keys, restart, init_from, compatibility) -> ResumePoint | ckpt.ResumeError | None:
+def _find(
+    store, keys, restart, init_from, compatibility, exclude: dict[CheckpointId, str] | None = None
+) -> ResumePoint | ckpt.ResumeError | None:
+    """Rank 0: the checkpoint to load, verified (shared files + trainer state); `exclude` names
+    checkpoints that failed at download already."""
     try:
-        step, _ = ckpt.find_resume(store, keys, restart=restart)
-        if step is not None:
-            state = ckpt.read_state(store, keys, step)
+        checkpoint, found = ckpt.find_resume(store, keys, restart=restart, verify=True, exclude=exclude)
+        skipped = tuple(found.skipped)
+        for reason in skipped[len(exclude or ()) :]:
+            log.warning("run %r: skipping checkpoint %s", keys.run, reason)
+        if checkpoint is not None:
+            state = ckpt.read_state(store, keys, checkpoint)
             ckpt.check_compatible(state.compatibility, compatibility)
-            return ResumePoint(step, keys.run, False, state.layout)
+            return ResumePoint(checkpoint, keys.run, False, state.layout, skipped)
         if init_from is None:
             return None
         state = warm_start.parent_state(store, init_from)
         warm_start.check_parent(state.compatibility, compatibility, init_from.run)
+        parent = warm_start.parent_checkpoint(init_from)
+        problem = ckpt.content_problem(store, RunKeys(init_from.run), parent)
+        if problem:
+            raise ckpt.ResumeError(f"train.init_from: checkpoint {parent.tag} of run {init_from.run!r}: {problem}")
     except ckpt.ResumeError as error:
         return error
-    return ResumePoint(init_from.step, init_from.run, True, state.layout)
+    return ResumePoint(parent, init_from.run, True, state.layout)
 
 
 class CheckpointManager:
@@ -86,26 +115,35 @@ class CheckpointManager:
         fixed: dict[str, Any],  # the record's fields that do not change during the run
         dirs: tuple[Path, Path],  # (this rank's scratch directory, the node's download directory)
         keep_last: int,
+        restart: bool = False,  # the run may start from step 0 when no checkpoint is usable
     ) -> None:
         self.store, self.keys, self.lease, self.engine, self.states = store, keys, lease, engine, states
         self.fixed, (self.local, self.node_dir), self.keep_last = fixed, dirs, keep_last
+        self.restart = restart
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.skipped: list[str] = []  # checkpoints resume passed over: "<tag>: <reason>"
+        self.parent: str | None = None  # warm-start parent whose pin the first commit removes
 
     # -- save ----------------------------------------------------------------------------------
     def save(self, step: int, after_commit: Callable[[], None] | None = None) -> None:
-        """All ranks save + upload their files; rank 0 commits (fenced by the run lease), then GC
-        and `after_commit`."""
-        tag = ckpt.tag_for(step)
+        """All ranks save + upload their files into this lease epoch's folder; rank 0 commits
+        (fenced by the run lease), then GC, unpins a warm-start parent and runs `after_commit`."""
+        checkpoint = CheckpointId(step, self.lease.epoch)
         rank_dir = self.local / f"save-rank{self.rank}"
-        self.engine.save(str(rank_dir), tag)
-        files = ckpt.upload_rank_files(self.store, self.keys, step, rank_dir / tag)
+        self.engine.save(str(rank_dir), checkpoint.tag)
+        files = ckpt.upload_rank_files(self.store, self.keys, checkpoint, rank_dir / checkpoint.tag)
         everyone = [None] * self.world
         dist.all_gather_object(everyone, files)
         if self.rank == 0:
             merged = {f.name: f for part in everyone for f in part}
             fence = lambda: self.lease.assert_held(self.store, self.keys)  # noqa: E731
-            ckpt.commit(self.store, self.keys, step, list(merged.values()), self.record(), self.lease.epoch, fence)
-            ckpt.garbage_collect(self.store, self.keys, self.keep_last, step, fence)
+            ckpt.commit(
+                self.store, self.keys, checkpoint, list(merged.values()), self.record(), self.lease.epoch, fence
+            )
+            ckpt.garbage_collect(self.store, self.keys, self.keep_last, checkpoint, fence)
+            if self.parent is not None:  # the run has a checkpoint of its own now
+                warm_start.unpin_parent(self.store, self.parent, self.keys.run)
+                self.parent = None
             if after_commit is not None:
                 after_commit()
         dist.barrier()
@@ -122,25 +160,78 @@ class CheckpointManager:
         return TrainerState(**fields)
 
     # -- resume --------------------------------------------------------------------------------
-    def restore(self, point: ResumePoint, universal: bool, local_rank: int, dp_rank: int) -> list[int]:
+    def restore(self, point: ResumePoint, universal: bool, local_rank: int, dp_rank: int) -> list[int] | None:
         """Load `point` on every rank; a warm start takes the engine's weights and optimizer
-        moments only (see warm_start.py). Returns the bytes each rank downloaded."""
-        source, tag = RunKeys(point.run), ckpt.tag_for(point.step)
-        downloaded = ckpt.download_for_rank(
-            self.store, source, point.step, self.node_dir, dp_rank, everything=universal
-        )
+        moments only (see warm_start.py). Returns the bytes each rank downloaded (None: every
+        checkpoint failed verification and the run was asked to restart from step 0).
+
+        If a rank's files fail verification, every rank learns it from one all-gather and rank 0
+        picks the next older usable checkpoint (one with the layout the engine was built for)."""
+        failed: dict[CheckpointId, str] = {}
+        while True:
+            source = RunKeys(point.run)
+            try:
+                downloaded, error = self._download(point, dp_rank, universal), None
+            except ckpt.ResumeError as problem:
+                downloaded, error = 0, ("corrupt", str(problem))
+            except Exception as problem:  # noqa: BLE001 - raised below on every rank, not just this one
+                downloaded, error = 0, ("error", f"{type(problem).__name__}: {problem}")
+            outcomes = [None] * self.world
+            dist.all_gather_object(outcomes, error)
+            errors = [(rank, e) for rank, e in enumerate(outcomes) if e is not None]
+            if not errors:
+                break
+            detail = "; ".join(f"rank {rank}: {message}" for rank, (_, message) in errors)
+            if point.warm or any(kind != "corrupt" for _, (kind, _) in errors):
+                raise ckpt.ResumeError(
+                    f"resuming from checkpoint {point.checkpoint.tag} of run {point.run!r} failed: {detail}"
+                )
+            failed[point.checkpoint] = "; ".join(message for _, (_, message) in errors)
+            if self.rank == 0:
+                log.warning("run %r: skipping checkpoint %s: %s", point.run, point.checkpoint.tag, detail)
+            found = broadcast(self._next(point, failed, universal) if self.rank == 0 else None)
+            if isinstance(found, ckpt.ResumeError):
+                raise found
+            if found is None:
+                self.skipped = [*point.skipped, *(f"{c.tag}: {r}" for c, r in failed.items())]
+                return None
+            point = found
         if universal:
-            with ckpt.node_lock(self.node_dir / f"{tag}.convert.lock"):
-                tag = _to_universal(self.node_dir, tag)
+            with ckpt.node_lock(self.node_dir / f"{point.checkpoint.tag}.convert.lock"):
+                tag = _to_universal(self.node_dir, point.checkpoint.tag)
+        else:
+            tag = point.checkpoint.tag
         self.engine.load(str(self.node_dir), tag, warm_start=point.warm)
         if not point.warm:
-            self.load_record(ckpt.read_state(self.store, source, point.step))
+            self.load_record(ckpt.read_state(self.store, source, point.checkpoint))
+        self.skipped = list(point.skipped)
+        self.parent = point.run if point.warm else None
         sizes = [None] * self.world
         dist.all_gather_object(sizes, downloaded)
         dist.barrier()  # every rank of the node has loaded: the node copy can go
         if local_rank == 0:
             ckpt.remove_node_copy(self.node_dir)
         return sizes
+
+    def _download(self, point: ResumePoint, dp_rank: int, universal: bool) -> int:
+        source = RunKeys(point.run)
+        return ckpt.download_for_rank(
+            self.store, source, point.checkpoint, self.node_dir, dp_rank, everything=universal
+        )
+
+    def _next(
+        self, point: ResumePoint, failed: dict[CheckpointId, str], universal: bool
+    ) -> ResumePoint | ckpt.ResumeError | None:
+        """Rank 0, after a download failed verification: the next older usable checkpoint."""
+        compatibility = self.fixed.get("compatibility", {})
+        found = _find(self.store, self.keys, self.restart, None, compatibility, exclude=failed)
+        if isinstance(found, ResumePoint) and not universal and found.layout != point.layout:
+            return ckpt.ResumeError(
+                f"checkpoint {point.checkpoint.tag} of run {point.run!r} is corrupt ({failed[point.checkpoint]}) "
+                f"and the next usable one, {found.checkpoint.tag}, was written with another layout "
+                f"{found.layout}; launch again to resume from it"
+            )
+        return found
 
     def load_record(self, state: TrainerState) -> None:
         for name, part in self.states.items():

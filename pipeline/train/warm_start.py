@@ -13,14 +13,17 @@ What carries over, and why:
 The driver decides the source once (pipeline/pretrain/warm_start.py, before any worker starts)
 and records the lineage in `runs/<run>/run.json` under `init_from`; the workers load it through
 the resume machinery (`checkpoint_manager.py`: per-rank download, universal conversion when the
-layout differs). Once the run has committed checkpoints of its own, those win and `init_from` is
+layout differs). The lineage's `checkpoint` URI names the parent's checkpoint folder (with or
+without the lease epoch, pipeline/keys.py); the driver pins it (`runs/<parent>/pins/<child>.json`)
+so the parent's garbage collection leaves it alone until the child has committed its own first
+checkpoint. Once the run has committed checkpoints of its own, those win and `init_from` is
 ignored: the recorded lineage stays, because those checkpoints descend from it.
 """
 
 from __future__ import annotations
 
-from ..keys import RunKeys
-from ..records import TrainerState, WarmStartLineage
+from ..keys import CheckpointId, RunKeys
+from ..records import TrainerState, WarmStartLineage, WarmStartPin
 from ..storage import ObjectStore
 from . import checkpoint as ckpt
 
@@ -35,12 +38,34 @@ def check_parent(saved: dict, current: dict, parent: str) -> None:
         )
 
 
+# How long a pin protects the parent's checkpoint if the child never removes it (its driver died).
+PIN_TTL_S = 24 * 3600.0
+
+
+def parent_checkpoint(lineage: WarmStartLineage) -> CheckpointId:
+    """The parent's checkpoint a lineage names: the folder at the end of its `checkpoint` URI (with
+    the lease epoch since epochs are in the key), else the step's folder without epoch."""
+    named = CheckpointId.parse(lineage.checkpoint.rstrip("/").rsplit("/", 1)[-1])
+    return named if named is not None and named.step == lineage.step else CheckpointId(lineage.step)
+
+
+def pin_parent(store: ObjectStore, lineage: WarmStartLineage, child: str, ttl_s: float = PIN_TTL_S) -> None:
+    """Driver, before the workers start: keep the parent's checkpoint out of its GC."""
+    WarmStartPin.for_child(child, parent_checkpoint(lineage), ttl_s).write(store, lineage.run)
+
+
+def unpin_parent(store: ObjectStore, parent: str, child: str) -> None:
+    """The child has a checkpoint of its own (or its launch ended): the parent may collect again."""
+    WarmStartPin.delete(store, parent, child)
+
+
 def parent_state(store: ObjectStore, lineage: WarmStartLineage) -> TrainerState:
     """Workers: the parent checkpoint's trainer state; a clear error if it was deleted since launch."""
+    checkpoint = parent_checkpoint(lineage)
     try:
-        return ckpt.read_state(store, RunKeys(lineage.run), lineage.step)
+        return ckpt.read_state(store, RunKeys(lineage.run), checkpoint)
     except FileNotFoundError:
         raise ckpt.ResumeError(
-            f"train.init_from: checkpoint {ckpt.tag_for(lineage.step)} of run {lineage.run!r} is gone "
+            f"train.init_from: checkpoint {checkpoint.tag} of run {lineage.run!r} is gone "
             "(garbage-collected since launch); launch again to start from its newest checkpoint"
         ) from None

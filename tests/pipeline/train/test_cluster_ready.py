@@ -55,13 +55,16 @@ def test_unusable_checkpoints_or_changed_settings_fail_before_training(dataset_r
     with pytest.raises(UserError, match=r"strategy: 'zero3' -> 'zero1'; zero_stage: 3 -> 1"):
         pretrain(train_config(dataset_root, "guarded", strategy="zero1"), quiet=True)
 
-    for key in store.list(keys.checkpoint(4)):
+    newest = ckpt.inventory(store, keys).sound[0]
+    assert newest.step == 4 and newest.epoch is not None  # saved under the lease epoch's key
+    for key in store.list(keys.checkpoint(newest)):
         if "optim_states" in key:
             store.write(key, b"damaged")  # size no longer matches COMMITTED
-    with pytest.raises(UserError, match="none can be resumed from: step-00000004: file .*optim_states.pt has 7 bytes"):
+    damaged = r"none can be resumed from: step-00000004-e\d{4}: file .*optim_states.pt has 7 bytes"
+    with pytest.raises(UserError, match=damaged):
         pretrain(train_config(dataset_root, "guarded"), quiet=True)
     assert read_rows(store, keys.metrics) == before  # nothing truncated, nothing retrained
-    assert ckpt.inventory(store, keys).broken.keys() == {4}  # nothing deleted either
+    assert ckpt.inventory(store, keys).broken.keys() == {newest}  # nothing deleted either
 
 
 @pytest.mark.distributed

@@ -31,7 +31,7 @@ def samples(store, run):
 
 
 def committed(store, run):
-    return ckpt.inventory(store, RunKeys(run)).sound
+    return [c.step for c in ckpt.inventory(store, RunKeys(run)).sound]
 
 
 def exported_state(store, run, tmp_path):
@@ -67,7 +67,9 @@ def test_zero3_trains_checkpoints_and_exports(dataset_root, tmp_path):
     assert np.mean([r["loss"] for r in rows[-4:]]) < np.mean([r["loss"] for r in rows[:4]]) - 0.3
     assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 for r in rows)
     assert committed(store, "zero3-basic") == [16, 12]  # keep_last 2
-    state = json.loads(store.read("runs/zero3-basic/checkpoints/step-00000016/trainer_state.json"))
+    newest = ckpt.inventory(store, RunKeys("zero3-basic")).sound[0]
+    assert newest.tag.startswith("step-00000016-e")  # saved under the run lease's epoch
+    state = json.loads(store.read(RunKeys("zero3-basic").checkpoint_file(newest, "trainer_state.json")))
     assert state["loader"]["consumed"] == 16 * 8 and state["dataset_version"] == 1
     # The HF export reloads with transformers and reproduces the trained model's validation loss.
     path = exported_state(store, "zero3-basic", tmp_path)
@@ -89,7 +91,8 @@ def test_exact_resume_same_losses_parameters_and_samples(dataset_root, tmp_path)
     # Before: every rank fetched the whole checkpoint (2x in total). Step 12's files have the sizes
     # step 6's had (same model and optimizer), step 6 itself is garbage-collected by now.
     rank0, rank1 = resumed[6]["resume_download_bytes"]
-    marker = json.loads(store.read("runs/resumed/checkpoints/step-00000012/COMMITTED"))
+    newest = ckpt.inventory(store, RunKeys("resumed")).sound[0]
+    marker = json.loads(store.read(RunKeys("resumed").checkpoint_file(newest, "COMMITTED")))
     one_checkpoint = sum(f["size"] for f in marker["files"])
     assert rank0 + rank1 == pytest.approx(one_checkpoint, rel=0.01)
     assert 0 < min(rank0, rank1) and max(rank0, rank1) < 0.8 * one_checkpoint

@@ -3,6 +3,7 @@ newest committed checkpoint (weights + optimizer moments; fresh step count, sche
 order), records its lineage in run.json and the export, and a bad parent fails before Ray starts."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -45,10 +46,11 @@ def refuses(config, match):
 
 def optimizer_steps(store, run, step, tmp_path):
     """Adam's per-parameter step counter in rank 0's optimizer partition of a checkpoint."""
-    marker = ckpt.read_committed(store, RunKeys(run), step)
+    checkpoint = next(c for c in ckpt.inventory(store, RunKeys(run)).sound if c.step == step)
+    marker = ckpt.read_committed(store, RunKeys(run), checkpoint)
     name = next(f.name for f in marker.files if "zero_pp_rank_0_" in f.name and "optim_states" in f.name)
     path = tmp_path / f"{run}-optim.pt"
-    path.write_bytes(store.read(RunKeys(run).checkpoint_file(step, name)))
+    path.write_bytes(store.read(RunKeys(run).checkpoint_file(checkpoint, name)))
     state = torch.load(path, map_location="cpu", weights_only=False)["optimizer_state_dict"]
     inner = state["optimizer_state_dict"]["state"]
     return {int(s["step"]) for s in inner.values()}
@@ -101,8 +103,10 @@ def test_warm_start_on_refreshed_dataset(data, tmp_path, monkeypatch):
         "step": PARENT_STEPS,
         "dataset": "warm",
         "dataset_version": 1,
-        "checkpoint": store.uri(RunKeys("parent").checkpoint(PARENT_STEPS)),
+        "checkpoint": store.uri(RunKeys("parent").checkpoint(ckpt.inventory(store, RunKeys("parent")).sound[0])),
     }
+    assert re.search(rf"/step-{PARENT_STEPS:08d}-e\d{{4}}$", lineage["checkpoint"])  # with the parent's lease epoch
+    assert not store.list(RunKeys("parent").warm_start_pins)  # the child's pin is gone once it committed
     pin = json.loads(store.read(RunKeys("child").pin))
     assert pin == {"dataset": "warm", "dataset_version": 2, "init_from": lineage}
     info = json.loads(store.read(f"{RunKeys('child').export}/sora_export.json"))
@@ -133,7 +137,7 @@ def test_warm_start_on_refreshed_dataset(data, tmp_path, monkeypatch):
     relaunch = train_config(data_cfg, "child", init_from="nope", max_steps=CHILD_STEPS)
     manifest = read_version(store, "warm", 2)
     resume_step = launch.preflight_resume(store, relaunch, model_config_for(relaunch, manifest), restart=False)
-    assert resume_step == CHILD_STEPS
+    assert resume_step.step == CHILD_STEPS
     assert (
         warm_start.plan(store, relaunch, manifest, model_config_for(relaunch, manifest), resume_step).to_dict()
         == lineage
