@@ -15,7 +15,7 @@ from sora import SoraConfig
 
 from ..config.run import RunConfig
 from ..errors import UserError
-from ..keys import RunKeys
+from ..keys import CheckpointId, RunKeys
 from ..ray_runtime import ensure_ray
 from ..records import DatasetVersion, ExportInfo, RunPin, WarmStartLineage, last_row, read_dataset
 from ..storage import ObjectStore
@@ -85,15 +85,17 @@ class Progress:
         self.show()
 
 
-def preflight_resume(store: ObjectStore, config: RunConfig, model_config: SoraConfig, restart: bool) -> int | None:
+def preflight_resume(
+    store: ObjectStore, config: RunConfig, model_config: SoraConfig, restart: bool
+) -> CheckpointId | None:
     """Fail before any resource is requested when the run cannot resume (clear line, exit 2)."""
     keys = RunKeys(config.train.run)
-    step, _ = ckpt.find_resume(store, keys, restart=restart)
-    if step is not None:
-        saved = ckpt.read_state(store, keys, step)
+    found, _ = ckpt.find_resume(store, keys, restart=restart)
+    if found is not None:
+        saved = ckpt.read_state(store, keys, found)
         current = ckpt.compatibility_fields(config.train, model_config.to_dict(), bf16=saved.bf16)
         ckpt.check_compatible(saved.compatibility, current)  # precision is checked again on the workers
-    return step
+    return found
 
 
 def finished_export(store: ObjectStore, keys: RunKeys, max_steps: int) -> ExportInfo | None:

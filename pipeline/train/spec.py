@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from ..config.run import RunConfig
-from ..keys import RunKeys
+from ..keys import CheckpointId, RunKeys
 from ..records import DatasetVersion, WarmStartLineage
 from ..storage import ObjectStore
 from ..storage.lease import LeaseHeldError, read_lease_state
@@ -47,7 +47,7 @@ class WorkerSpec:
     model_config: dict  # SoraConfig.to_dict()
     use_gpu: bool
     lease: LeaseToken
-    resume_step: int | None  # the driver's preflight choice; workers re-discover after a restart
+    resume_step: CheckpointId | None  # the driver's preflight choice; workers re-discover after a restart
     objective: Objective  # what this run optimizes (pretrain or finetune objective)
     restart: bool = False  # train from step 0 even though unusable checkpoints exist
     kill_worker: str | None = None  # fault injection for tests: "RANK:STEP"

@@ -169,6 +169,8 @@ class Trainer:
         if self.resume_bytes is not None:
             row["resume_download_bytes"] = self.resume_bytes  # per rank, first step after a resume
             self.resume_bytes = None
+            if self.checkpoints.skipped:  # newer checkpoints that failed verification, with reasons
+                row["resume_skipped"] = self.checkpoints.skipped
         self.stall = 0.0
         return row
 
