@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..config.run import RunConfig
     from ..records import Manifest, ShardEntry, TokenizerInfo
     from ..storage import ObjectStore, StorageSettings
-    from ..storage.lease import Heartbeat
+    from ..storage.heartbeat import Heartbeat
     from .blocks import Blocks
     from .dedup_stage import DedupStats
     from .read_stage import ReadStats, RecordBlocks

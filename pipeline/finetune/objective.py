@@ -23,7 +23,7 @@ from sora import SoraConfig, SoraForSequenceClassification
 from ..data.tokenizer_step import load_stored_tokenizer
 from ..records import DatasetVersion, ExportInfo
 from ..storage import ObjectStore
-from ..train.checkpoint import node_lock
+from ..train.node_lock import node_lock
 from .examples import ExampleSet
 from .task import FinetuneTask
 

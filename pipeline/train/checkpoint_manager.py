@@ -36,7 +36,9 @@ from ..keys import CheckpointId, RunKeys
 from ..records import TrainerState, WarmStartLineage
 from ..storage import ObjectStore
 from . import checkpoint as ckpt
+from . import checkpoint_download as fetch
 from . import warm_start
+from .node_lock import node_lock
 from .spec import LeaseToken
 from .state import Stateful
 
@@ -197,7 +199,7 @@ class CheckpointManager:
                 return None
             point = found
         if universal:
-            with ckpt.node_lock(self.node_dir / f"{point.checkpoint.tag}.convert.lock"):
+            with node_lock(self.node_dir / f"{point.checkpoint.tag}.convert.lock"):
                 tag = _to_universal(self.node_dir, point.checkpoint.tag)
         else:
             tag = point.checkpoint.tag
@@ -210,12 +212,12 @@ class CheckpointManager:
         dist.all_gather_object(sizes, downloaded)
         dist.barrier()  # every rank of the node has loaded: the node copy can go
         if local_rank == 0:
-            ckpt.remove_node_copy(self.node_dir)
+            fetch.remove_node_copy(self.node_dir)
         return sizes
 
     def _download(self, point: ResumePoint, dp_rank: int, universal: bool) -> int:
         source = RunKeys(point.run)
-        return ckpt.download_for_rank(
+        return fetch.download_for_rank(
             self.store, source, point.checkpoint, self.node_dir, dp_rank, everything=universal
         )
 

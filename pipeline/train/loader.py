@@ -25,7 +25,7 @@ import torch
 from ..data.shards import CorruptShardError
 from ..records import ShardEntry
 from ..storage import ObjectStore
-from .checkpoint import node_lock
+from .node_lock import node_lock
 
 
 def cache_directory() -> Path:

@@ -14,6 +14,7 @@ from pipeline.records import TrainerState
 from pipeline.storage import open_store
 from pipeline.storage.lease import LeaseHeldError, acquire_lease
 from pipeline.train import checkpoint as ckpt
+from pipeline.train import checkpoint_download as fetch
 from pipeline.train import checkpoint_manager
 from pipeline.train.spec import LeaseToken
 
@@ -87,7 +88,7 @@ def test_same_size_corruption_is_caught_while_downloading(tmp_path):
     name = "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"
     store.write(KEYS.checkpoint_file(5, name), b"\xff" * 900)  # bit rot: same size, other content
     with pytest.raises(ckpt.ResumeError, match=f"checkpoint step-00000005 of run 'r' is corrupt.*{name}"):
-        ckpt.download_for_rank(store, KEYS, 5, tmp_path / "node", dp_rank=0, everything=False)
+        fetch.download_for_rank(store, KEYS, 5, tmp_path / "node", dp_rank=0, everything=False)
     assert not (tmp_path / "node" / "step-00000005" / name).exists()
 
 
@@ -101,7 +102,7 @@ def test_unsafe_names_in_committed_are_rejected(tmp_path, name):
     found = ckpt.inventory(store, KEYS)
     assert found.sound == [] and "unsafe file name" in found.broken[C(7)]
     with pytest.raises(ValueError, match="unsafe file name"):
-        ckpt.download_for_rank(store, KEYS, 7, tmp_path / "node", dp_rank=0, everything=True)
+        fetch.download_for_rank(store, KEYS, 7, tmp_path / "node", dp_rank=0, everything=True)
     assert not any(p.name in ("escape.pt", "passwd") for p in tmp_path.parent.rglob("*"))
 
 
@@ -110,13 +111,13 @@ def test_each_rank_downloads_its_partition_and_shared_files_once_per_node(tmp_pa
     make_checkpoint(store, tmp_path, 8)
     node = tmp_path / "node"
     state_bytes = len(store.read(KEYS.checkpoint_file(8, ckpt.STATE)))
-    first = ckpt.download_for_rank(store, KEYS, 8, node, dp_rank=0, everything=False)
-    second = ckpt.download_for_rank(store, KEYS, 8, node, dp_rank=1, everything=False)
+    first = fetch.download_for_rank(store, KEYS, 8, node, dp_rank=0, everything=False)
+    second = fetch.download_for_rank(store, KEYS, 8, node, dp_rank=1, everything=False)
     assert first == sum(RANK_FILES[0].values()) + sum(SHARED.values()) + state_bytes
     assert second == sum(RANK_FILES[1].values())  # shared files already on this node
     everything = sum(RANK_FILES[0].values()) + sum(RANK_FILES[1].values()) + sum(SHARED.values()) + state_bytes
     assert first + second == everything  # before: every rank downloaded all of it (2 x everything)
-    other_node = ckpt.download_for_rank(store, KEYS, 8, tmp_path / "node2", dp_rank=1, everything=False)
+    other_node = fetch.download_for_rank(store, KEYS, 8, tmp_path / "node2", dp_rank=1, everything=False)
     assert other_node == sum(RANK_FILES[1].values()) + sum(SHARED.values()) + state_bytes
 
 
@@ -230,7 +231,7 @@ def test_stale_writer_of_the_same_step_never_replaces_the_committed_files(tmp_pa
     assert step == committed and found.uncommitted == [stale] and not found.skipped
     node = tmp_path / "node"
     for rank in (0, 1):
-        ckpt.download_for_rank(store, KEYS, step, node, dp_rank=rank, everything=False)
+        fetch.download_for_rank(store, KEYS, step, node, dp_rank=rank, everything=False)
     assert (node / committed.tag / "mp_rank_00_model_states.pt").read_bytes() == bytes([6]) * 50
     # The holder's next GC removes the stale leftovers, never its own checkpoint.
     fence = lambda: new.assert_held(store, KEYS)  # noqa: E731
@@ -266,7 +267,7 @@ def test_gc_of_the_parent_keeps_the_checkpoint_a_warm_start_pinned(tmp_path):
     assert ckpt.garbage_collect(store, KEYS, keep_last=1, newest=C(8, 2), fence=no_fence) == [C(6, 2), C(2)]
     assert ckpt.inventory(store, KEYS).sound == [C(8, 2), parent]
     node = tmp_path / "child-node"  # the child downloads and verifies it
-    assert ckpt.download_for_rank(store, KEYS, parent, node, dp_rank=0, everything=True) > 0
+    assert fetch.download_for_rank(store, KEYS, parent, node, dp_rank=0, everything=True) > 0
     warm_start.unpin_parent(store, "r", "child")  # the child committed its own first checkpoint
     warm_start.unpin_parent(store, "r", "child")  # idempotent (the driver's end of launch)
     assert ckpt.garbage_collect(store, KEYS, keep_last=1, newest=C(8, 2), fence=no_fence) == [parent]
