@@ -1,1 +1,3 @@
-"""Pretrain stage: Ray Train + DeepSpeed on a published dataset manifest."""
+"""The generic training job (Ray Train + DeepSpeed): launch, worker, trainer, engine, checkpoints,
+loader, metrics, export. It runs any `objective.Objective`; pretraining and fine-tuning are the
+two objectives (pipeline/pretrain, pipeline/finetune)."""
