@@ -134,10 +134,6 @@ class Manifest(DatasetVersion):
     dedup_scheme: str | None = None  # absent in manifests written before schemes were recorded
     runs: list[str] = Field(default_factory=list)
 
-    def view(self) -> DatasetVersion:
-        """The reader's view of this version (what `read_dataset` returns for it)."""
-        return DatasetVersion.from_bytes(self.to_bytes())
-
 
 class ManifestHeader(Record):
     """The chain fields of a manifest, parsed without building its source and shard lists (a
@@ -157,13 +153,16 @@ class LatestPointer(Record):
     manifest: str  # the manifest's key
 
 
+def _latest(store: ObjectStore, name: str) -> tuple[str, str] | None:
+    """(key of the newest published manifest, LATEST's ETag), or None before the first publish."""
+    pointer = store.read_with_etag(DatasetKeys(name).latest)
+    return (LatestPointer.from_bytes(pointer[0]).manifest, pointer[1]) if pointer else None
+
+
 def read_latest(store: ObjectStore, name: str) -> tuple[Manifest | None, str | None]:
     """(manifest, LATEST's ETag) of the newest published version, or (None, None)."""
-    pointer = store.read_with_etag(DatasetKeys(name).latest)
-    if pointer is None:
-        return None, None
-    target = LatestPointer.from_bytes(pointer[0])
-    return Manifest.from_bytes(store.read(target.manifest)), pointer[1]
+    latest = _latest(store, name)
+    return (Manifest.from_bytes(store.read(latest[0])), latest[1]) if latest else (None, None)
 
 
 def read_dataset(store: ObjectStore, name: str, version: int | str | None = "LATEST") -> DatasetVersion:
@@ -177,10 +176,10 @@ def read_version(
 ) -> Manifest:
     """A published manifest by number, or the latest; `UserError` if there is none."""
     if version in ("LATEST", None):
-        pointer = store.read_with_etag(DatasetKeys(name).latest)
-        if pointer is None:
+        latest = _latest(store, name)
+        if latest is None:
             raise UserError(f"dataset {name!r} has no published version under {store.root_uri}")
-        return record.from_bytes(store.read(LatestPointer.from_bytes(pointer[0]).manifest))
+        return record.from_bytes(store.read(latest[0]))
     key = DatasetKeys(name).manifest(int(version))
     try:
         manifest = record.from_bytes(store.read(key))
@@ -196,8 +195,8 @@ def read_version(
 
 def published_versions(store: ObjectStore, name: str) -> list[int]:
     """Versions LATEST has pointed at: the parent chain from the newest manifest."""
-    pointer = store.read_with_etag(DatasetKeys(name).latest)
-    header = ManifestHeader.from_bytes(store.read(LatestPointer.from_bytes(pointer[0]).manifest)) if pointer else None
+    latest = _latest(store, name)
+    header = ManifestHeader.from_bytes(store.read(latest[0])) if latest else None
     versions = []
     while header is not None:
         versions.append(header.version)

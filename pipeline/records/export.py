@@ -57,5 +57,4 @@ def load_export(store: ObjectStore, run: str) -> tuple[str, ExportInfo, dict]:
             f"run {run!r} has no complete pretrained export at {store.uri(key)}: run `sora pretrain` to its "
             "last step first, or set finetune.from_run to a run that has one"
         )
-    info = ExportInfo.from_bytes(store.read(f"{key}/{FILE}"))
-    return key, info, json.loads(store.read(f"{key}/config.json"))
+    return key, ExportInfo.load(store, run), json.loads(store.read(f"{key}/config.json"))

@@ -45,13 +45,18 @@ def read_segment(store: ObjectStore, key: str) -> list[dict[str, Any]]:
     return decode_rows(store.read(key))
 
 
-def read_rows(store: ObjectStore, prefix: str) -> list[MetricsRow]:
-    """Every row of the segments under `prefix`, in step order."""
-    rows: list[MetricsRow] = []
+def read_segments(store: ObjectStore, prefix: str) -> list[dict[str, Any]]:
+    """Every row of the JSONL segments under `prefix`, in step order, as plain dicts."""
+    rows: list[dict[str, Any]] = []
     for key in store.list(prefix):
         if key.endswith(".jsonl"):
-            rows += [MetricsRow.from_dict(row) for row in read_segment(store, key)]
+            rows += read_segment(store, key)
     return rows
+
+
+def read_rows(store: ObjectStore, prefix: str) -> list[MetricsRow]:
+    """Every metrics row under `prefix`, in step order."""
+    return [MetricsRow.from_dict(row) for row in read_segments(store, prefix)]
 
 
 def last_row(store: ObjectStore, prefix: str) -> MetricsRow | None:

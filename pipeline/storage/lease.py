@@ -173,8 +173,10 @@ def read_lease_state(store: ObjectStore, key: str) -> LeaseState | None:
     current = store.read_with_etag(key)
     if current is None:
         return None
-    state = json.loads(current[0])
-    return LeaseState(state.get("owner"), state.get("epoch"), state["expires_at"])
+    state = _decode(current[0])
+    if state is None:
+        raise ValueError(f"lease object {store.uri(key)} is malformed")
+    return state
 
 
 def default_owner() -> str:

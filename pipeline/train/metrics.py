@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..keys import RunKeys
-from ..records.metrics import encode_rows, read_segment
+from ..records.metrics import encode_rows, read_segment, read_segments
 from ..storage import ObjectStore
 
 SEGMENT_ROWS = 1000
@@ -27,11 +27,7 @@ def _segment_key(prefix: str, first_step: int) -> str:
 def read_rows(store: ObjectStore, prefix: str) -> list[dict]:
     """Every row of the segments under `prefix`, in step order, as plain dicts (metrics rows, or
     the sample-id rows under `keys.samples`; `pipeline.records.read_rows` gives typed metrics rows)."""
-    rows = []
-    for key in store.list(prefix):
-        if key.endswith(".jsonl"):
-            rows += read_segment(store, key)
-    return rows
+    return read_segments(store, prefix)
 
 
 class SegmentLog:
