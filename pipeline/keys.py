@@ -9,8 +9,10 @@ checkpoint is named by its step and the run-lease epoch of the writer, `step-000
 a stale writer (an older epoch) uploading files for the same step writes beside the newer
 holder's checkpoint, never over it. `step-00000100/` (no epoch) is the layout written before the
 epoch was part of the key; it stays readable (`CheckpointId(step, None)`). Among checkpoints of one
-step, the newest epoch wins. A warm start pins its parent's checkpoint with
-`runs/<parent>/pins/<child>.json` (garbage collection leaves a pinned checkpoint alone).
+step, the newest epoch wins. A checkpoint's copy in DeepSpeed's universal format (converted once,
+for resuming with another layout) lives in its `universal/` subfolder. A warm start pins its
+parent's checkpoint with `runs/<parent>/pins/<child>.json` (garbage collection leaves a pinned
+checkpoint alone).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+
+UNIVERSAL = "universal"  # the subfolder of a checkpoint's universal-format copy
 
 
 def safe_relative(name: str) -> str:
@@ -89,6 +93,15 @@ class RunKeys:
 
     def checkpoint_file(self, checkpoint: int | CheckpointId, name: str) -> str:
         return f"{self.checkpoint(checkpoint)}/{safe_relative(name)}"
+
+    def universal(self, checkpoint: int | CheckpointId) -> str:
+        """The checkpoint's copy in DeepSpeed's universal format, inside its folder: listing and
+        garbage collection go by checkpoint folder, so the copy is never taken for a checkpoint
+        and goes with its own (pipeline/train/universal.py)."""
+        return f"{self.checkpoint(checkpoint)}/{UNIVERSAL}"
+
+    def universal_file(self, checkpoint: int | CheckpointId, name: str) -> str:
+        return f"{self.universal(checkpoint)}/{safe_relative(name)}"
 
     @property
     def warm_start_pins(self) -> str:

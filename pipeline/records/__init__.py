@@ -7,7 +7,17 @@ compare-and-swap (`LATEST`, `run.json` lineage) or a plain write under a fence t
 indexes them by string key (tests/pipeline/test_records.py enforces it).
 """
 
-from .checkpoint import COMMITTED, STATE, Committed, CommittedFile, EarlyStoppingState, TrainerState, WarmStartPin
+from .checkpoint import (
+    COMMITTED,
+    CONVERTED,
+    STATE,
+    Committed,
+    CommittedFile,
+    Converted,
+    EarlyStoppingState,
+    TrainerState,
+    WarmStartPin,
+)
 from .dataset import (
     SPLITS,
     BuildStats,
@@ -32,11 +42,13 @@ from .run import RunPin, StageTiming, StoredConfig, WarmStartLineage
 
 __all__ = [
     "COMMITTED",
+    "CONVERTED",
     "SPLITS",
     "STATE",
     "BuildStats",
     "Chance",
     "Committed",
+    "Converted",
     "DatasetVersion",
     "CommittedFile",
     "EarlyStoppingState",

@@ -18,6 +18,7 @@ from ..storage import ObjectStore
 from .base import Record
 
 COMMITTED = "COMMITTED"
+CONVERTED = "CONVERTED"
 STATE = "trainer_state.json"
 
 
@@ -45,6 +46,36 @@ class Committed(Record):
     @classmethod
     def load(cls, store: ObjectStore, keys: RunKeys, checkpoint: int | CheckpointId) -> Committed:
         return cls.from_bytes(store.read(keys.checkpoint_file(checkpoint, COMMITTED)))
+
+
+class Converted(Record):
+    """The universal-format copy of one checkpoint is complete: its files (names relative to the
+    copy's folder), written by `writer` (run and lease epoch) with DeepSpeed `deepspeed`."""
+
+    json_sort_keys = False
+
+    source: str  # the checkpoint folder it was converted from, e.g. step-00000100-e0003
+    writer: str  # "<run> lease epoch <n>": who converted it (a warm-starting child converts its parent's)
+    deepspeed: str
+    seconds: float  # how long the conversion took (the cost a later resume saves)
+    files: list[CommittedFile]
+
+    def write(self, store: ObjectStore, keys: RunKeys, checkpoint: int | CheckpointId) -> None:
+        store.write(keys.universal_file(checkpoint, CONVERTED), self.to_bytes())
+
+    @classmethod
+    def load(cls, store: ObjectStore, keys: RunKeys, checkpoint: int | CheckpointId) -> Converted | None:
+        """The marker, or None when there is none (never converted, or killed before it finished)."""
+        try:
+            return cls.from_bytes(store.read(keys.universal_file(checkpoint, CONVERTED)))
+        except FileNotFoundError:
+            return None
+
+    @staticmethod
+    def delete(store: ObjectStore, keys: RunKeys, checkpoint: int | CheckpointId) -> None:
+        key = keys.universal_file(checkpoint, CONVERTED)
+        if store.exists(key):
+            store.delete(key)
 
 
 class EarlyStoppingState(Record):

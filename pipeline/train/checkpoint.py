@@ -22,7 +22,9 @@ step 0 (`restart=True` asks for that explicitly).
 
 A checkpoint without `COMMITTED` does not exist; garbage collection deletes those leftovers of
 killed saves and committed checkpoints older than the newest sound one beyond `keep_last`, except
-the ones a warm-starting child run has pinned (`WarmStartPin`, until it expires).
+the ones a warm-starting child run has pinned (`WarmStartPin`, until it expires). A checkpoint's
+universal-format copy (`universal/`, made once for resuming on another layout, universal.py) is
+not listed in `COMMITTED`: the listing checks ignore it and it is deleted with its folder.
 """
 
 from __future__ import annotations
@@ -57,10 +59,15 @@ def upload_rank_files(
     store: ObjectStore, keys: RunKeys, checkpoint: int | CheckpointId, local: Path
 ) -> list[CommittedFile]:
     """Stream every file under `local` (one rank's DeepSpeed save) up; returns its listing entries."""
+    return upload_files(store, local, lambda name: keys.checkpoint_file(checkpoint, name))
+
+
+def upload_files(store: ObjectStore, local: Path, key: Callable[[str], str]) -> list[CommittedFile]:
+    """Stream every file under `local` up to `key(<name relative to local>)`, hashing while reading."""
     files = []
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         name = path.relative_to(local).as_posix()
-        size, sha = store.upload_file(keys.checkpoint_file(checkpoint, name), path)
+        size, sha = store.upload_file(key(name), path)
         files.append(CommittedFile(name=name, size=size, sha256=sha))
     return files
 

@@ -17,13 +17,16 @@ checkpoint for all of them; any other download error is raised on every rank, so
 collective for another. A warm start does not fall back (its lineage names one parent checkpoint).
 New saves go to the folder of this run's lease epoch (`step-XXXXXXXX-eNNNN`, pipeline/keys.py);
 the first commit of a warm-started run removes its pin on the parent's checkpoint.
+
+Another layout: the engine loads the checkpoint's copy in DeepSpeed's universal format
+(universal.py), made once per checkpoint by rank 0 while the others wait for its outcome, and kept
+in the store next to the checkpoint (a later resume with any layout reuses it); each rank then
+downloads only the part of it that it loads.
 """
 
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +40,14 @@ from ..records import TrainerState, WarmStartLineage
 from ..storage import ObjectStore
 from . import checkpoint as ckpt
 from . import checkpoint_download as fetch
+from . import universal as conversion
 from . import warm_start
-from .node_lock import node_lock
 from .spec import LeaseToken
 from .state import Stateful
 
 log = logging.getLogger(__name__)
 
+Outcome = tuple[str, str] | None  # a rank's download failure: (kind, message), kind "corrupt" or "error"
 PROGRESS = "progress"  # the part whose state dict is spread over the record's top level (step, tokens)
 
 
@@ -172,12 +176,7 @@ class CheckpointManager:
         failed: dict[CheckpointId, str] = {}
         while True:
             source = RunKeys(point.run)
-            try:
-                downloaded, error = self._download(point, dp_rank, universal), None
-            except ckpt.ResumeError as problem:
-                downloaded, error = 0, ("corrupt", str(problem))
-            except Exception as problem:  # noqa: BLE001 - raised below on every rank, not just this one
-                downloaded, error = 0, ("error", f"{type(problem).__name__}: {problem}")
+            downloaded, error = self._download(point, dp_rank, universal)
             outcomes = [None] * self.world
             dist.all_gather_object(outcomes, error)
             errors = [(rank, e) for rank, e in enumerate(outcomes) if e is not None]
@@ -198,11 +197,7 @@ class CheckpointManager:
                 self.skipped = [*point.skipped, *(f"{c.tag}: {r}" for c, r in failed.items())]
                 return None
             point = found
-        if universal:
-            with node_lock(self.node_dir / f"{point.checkpoint.tag}.convert.lock"):
-                tag = _to_universal(self.node_dir, point.checkpoint.tag)
-        else:
-            tag = point.checkpoint.tag
+        tag = conversion.local_folder(point.checkpoint) if universal else point.checkpoint.tag
         self.engine.load(str(self.node_dir), tag, warm_start=point.warm)
         if not point.warm:
             self.load_record(ckpt.read_state(self.store, source, point.checkpoint))
@@ -215,11 +210,30 @@ class CheckpointManager:
             fetch.remove_node_copy(self.node_dir)
         return sizes
 
-    def _download(self, point: ResumePoint, dp_rank: int, universal: bool) -> int:
-        source = RunKeys(point.run)
-        return fetch.download_for_rank(
-            self.store, source, point.checkpoint, self.node_dir, dp_rank, everything=universal
+    def _download(self, point: ResumePoint, dp_rank: int, universal: bool) -> tuple[int, Outcome]:
+        """This rank's download of what it loads from `point`: the bytes and the outcome.
+
+        Another layout loads the checkpoint's universal copy (universal.py): rank 0 converts it
+        once if the store has none yet, every rank learns whether that failed (a failure is
+        reported by rank 0 alone, and nobody downloads), then each rank fetches its share."""
+        source, checkpoint, node = RunKeys(point.run), point.checkpoint, self.node_dir
+        if not universal:
+            return _attempt(lambda: fetch.download_for_rank(self.store, source, checkpoint, node, dp_rank, False))
+        fence = lambda: self.lease.assert_held(self.store, self.keys)  # noqa: E731
+        writer = f"{self.keys.run} lease epoch {self.lease.epoch}"
+        converted, error = 0, None
+        if self.rank == 0:
+            converted, error = _attempt(
+                lambda: conversion.ensure_converted(self.store, source, checkpoint, node, fence, writer)
+            )
+        if broadcast(error) is not None:
+            return converted, error
+        # Under ZeRO-1/2 a rank reads only the parameters of its optimizer partition (None: all).
+        parameters = getattr(self.engine, "universal_parameters", lambda: None)()
+        fetched, error = _attempt(
+            lambda: conversion.download_for_rank(self.store, source, checkpoint, node, parameters, fence)
         )
+        return converted + fetched, error
 
     def _next(
         self, point: ResumePoint, failed: dict[CheckpointId, str], universal: bool
@@ -244,16 +258,16 @@ class CheckpointManager:
                 part.load_state_dict(value.model_dump() if isinstance(value, BaseModel) else value)
 
 
-def _to_universal(local: Path, tag: str) -> str:
-    """Convert a downloaded checkpoint to DeepSpeed's universal format (once per node); returns the new tag."""
-    target = local / f"{tag}-universal"
-    if not target.exists():
-        command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(local / tag)]
-        command += ["--output_folder", str(target), "--num_extract_workers", "1", "--num_merge_workers", "1"]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"converting checkpoint {tag} to universal format failed:\n{done.stderr[-2000:]}")
-    return target.name
+def _attempt(action: Callable[[], int]) -> tuple[int, Outcome]:
+    """Run a download step; a failure becomes this rank's outcome (the ranks exchange outcomes, so
+    none waits in a collective for a rank that raised): "corrupt" (the checkpoint failed
+    verification: fall back to an older one) or "error" (raised on every rank)."""
+    try:
+        return action(), None
+    except ckpt.ResumeError as problem:
+        return 0, ("corrupt", str(problem))
+    except Exception as problem:  # noqa: BLE001 - raised by restore on every rank, not just this one
+        return 0, ("error", f"{type(problem).__name__}: {problem}")
 
 
 def _remove_tree(path: Path) -> None:

@@ -194,6 +194,18 @@ class Engine:
                 group.update(own)
             self.engine.global_steps = self.engine.global_samples = self.engine.skipped_steps = 0
 
+    def universal_parameters(self) -> set[str] | None:
+        """The parameters whose files this rank reads when it loads a universal checkpoint (None:
+        all of them; see train/universal.py `loaded_by`). Under ZeRO-1/2, DeepSpeed reads only
+        those overlapping this rank's optimizer partition: the ones it linked to a high-precision
+        fragment (`_hp_mapping`) while building the optimizer. ZeRO-3 reads every parameter's."""
+        if self.engine.zero_optimization_stage() not in (1, 2):
+            return None
+        names = getattr(self.engine.optimizer, "param_names", None)
+        if not names:
+            return None
+        return {name for param, name in names.items() if getattr(param, "_hp_mapping", None) is not None}
+
     # -- export --------------------------------------------------------------------------------
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """The consolidated flat (HF layout) state dict on global rank 0, None elsewhere."""
