@@ -8,13 +8,21 @@ field live in its annotated type, so a restated default repeats nothing else).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .base import Section
 
-Workers = Annotated[int, Field(ge=1, description="Ray Train workers (one GPU each when GPUs are used).")]
+Workers = Annotated[
+    int | tuple[int, int],
+    Field(
+        description="Ray Train workers (one GPU each when GPUs are used): N, or [min, max] for elastic training "
+        "(the group shrinks to the workers left after a node loss or drain and grows back when nodes join; "
+        "the global batch never changes)."
+    ),
+]
 GlobalBatch = Annotated[
     int, Field(ge=1, description="Samples per optimizer step (seq_len-token blocks, or fine-tuning examples).")
 ]
@@ -32,8 +40,49 @@ KeepLast = Annotated[int, Field(ge=1, description="Committed checkpoints to keep
 Seed = Annotated[int, Field(description="Seed of initialization and of the data order.")]
 MaxFailures = Annotated[
     int,
-    Field(ge=0, description="Worker failures Ray Train recovers from (restarting from the last committed checkpoint)."),
+    Field(
+        ge=0,
+        description="Training errors recovered from (restarting from the last committed checkpoint) before the "
+        "run fails; lost nodes and drains are counted apart (max_node_losses).",
+    ),
 ]
+MaxNodeLosses = Annotated[
+    int,
+    Field(
+        ge=0,
+        description="Worker losses (a node or a worker process gone, not an error it raised) recovered from; "
+        "expected on preemptible clusters, so counted apart from max_failures. Drains announced in advance "
+        "do not count.",
+    ),
+]
+CollectiveTimeout = Annotated[
+    float,
+    Field(
+        ge=10,
+        description="Seconds a rank waits in a collective for the others before the attempt fails "
+        "(torch.distributed's process-group timeout). Shards are fetched before the first collective, so "
+        "this bounds checkpoint downloads and steps only.",
+    ),
+]
+
+ResizeInterval = Annotated[
+    float,
+    Field(
+        gt=0,
+        description="Elastic workers: seconds between Ray Train's checks for room to grow the group (growing "
+        "restarts it from the last committed checkpoint).",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class BatchSplit:
+    """How one global batch is cut for a number of workers: the same samples in the same order."""
+
+    workers: int
+    data_parallel: int
+    micro_batch: int
+    grad_accum: int
 
 
 class LoopConfig(Section):
@@ -52,23 +101,83 @@ class LoopConfig(Section):
     keep_last: KeepLast = 2
     seed: Seed = 1234
     max_failures: MaxFailures = 2
+    max_node_losses: MaxNodeLosses = 10
+    collective_timeout_s: CollectiveTimeout = 600.0
+    resize_interval_s: ResizeInterval = 60.0
 
     # How messages name this section's fields and its data-parallel size.
     prefix: ClassVar[str] = ""
     parallel_name: ClassVar[str] = "data-parallel size"
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value):
+        if isinstance(value, list | tuple):
+            if len(value) != 2 or not all(isinstance(v, int) for v in value):
+                raise ValueError(f"workers must be N or [min, max], not {value!r}")
+            value = tuple(value) if value[0] != value[1] else value[0]
+        return value
+
+    @property
+    def min_workers(self) -> int:
+        return self.workers[0] if self.elastic else self.workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.workers[1] if self.elastic else self.workers
+
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.workers, tuple)
+
+    @property
+    def stages(self) -> int:
+        """Pipeline stages (1: data parallel only)."""
+        return 1
+
     @property
     def data_parallel(self) -> int:
-        """Data-parallel replicas (every worker, unless pipeline stages split them)."""
-        return self.workers
+        """Data-parallel replicas at the largest worker count (every worker, unless pipeline stages split them)."""
+        return self.max_workers // self.stages
+
+    @property
+    def grad_accum(self) -> int:
+        return self.split(self.max_workers).grad_accum
+
+    def split(self, workers: int) -> BatchSplit:
+        """The global batch cut for `workers` (the count Ray Train started, in [min, max]).
+
+        A fixed worker count takes `micro_batch` as given. An elastic range takes it as the largest
+        micro-batch and uses the largest divisor of the per-replica share that fits, so every
+        count in the range keeps the global batch (and with it the sample order and the schedule).
+        """
+        dp = workers // self.stages
+        share, rest = divmod(self.global_batch, dp)
+        micro = self.micro_batch
+        if self.elastic:
+            micro = max(d for d in range(1, self.micro_batch + 1) if share % d == 0)
+        if rest or share % micro:
+            raise ValueError(self._split_error(dp))
+        return BatchSplit(workers, dp, micro, share // micro)
+
+    def _split_error(self, dp: int) -> str:
+        if not self.elastic:
+            per_step = self.micro_batch * dp
+            return (
+                f"{self.prefix}global_batch ({self.global_batch}) must be divisible by micro_batch x "
+                f"{self.parallel_name} ({self.micro_batch} x {dp} = {per_step})"
+            )
+        fits = [w for w in range(self.min_workers, self.max_workers + 1) if self.global_batch % (w // self.stages) == 0]
+        return (
+            f"{self.prefix}workers {list(self.workers)}: global_batch ({self.global_batch}) cannot be split over "
+            f"{dp} data-parallel workers; every count in the range must divide it (counts that do: {fits})"
+        )
 
     def check_loop(self) -> None:
-        """The batch split and the LR schedule; each section's validator calls it where it fits."""
-        per_step = self.micro_batch * self.data_parallel
-        if self.global_batch % per_step:
-            raise ValueError(
-                f"{self.prefix}global_batch ({self.global_batch}) must be divisible by micro_batch x "
-                f"{self.parallel_name} ({self.micro_batch} x {self.data_parallel} = {per_step})"
-            )
+        """The batch split (at every worker count) and the LR schedule; each section's validator calls it."""
+        if self.min_workers < 1 or self.min_workers > self.max_workers:
+            raise ValueError(f"{self.prefix}workers: need 1 <= min <= max, not {list(self.workers)}")
+        for workers in range(self.min_workers, self.max_workers + 1):
+            self.split(workers)
         if self.min_lr > self.lr:
             raise ValueError(f"{self.prefix}min_lr must not exceed {self.prefix}lr")

@@ -82,7 +82,12 @@ class TrainConfig(LoopConfig):
             and self.zero_stage != int(self.strategy[-1])
         ):
             raise ValueError(f"strategy {self.strategy} conflicts with zero_stage: {self.zero_stage}")
-        if self.workers % self.pipeline_stages:
+        if self.elastic and self.pipeline_stages > 1:
+            raise ValueError(
+                f"workers {list(self.workers)} (elastic) needs a data-parallel strategy (zero1/2/3): Ray Train may "
+                f"start any count in the range, and pipeline_stages: {self.pipeline_stages} needs a multiple of it"
+            )
+        if self.max_workers % self.pipeline_stages:
             raise ValueError(f"workers ({self.workers}) must be a multiple of pipeline_stages ({self.pipeline_stages})")
         self.check_loop()
         if self.offload and self.strategy != "zero3":
@@ -96,9 +101,5 @@ class TrainConfig(LoopConfig):
         return int(self.strategy[-1])
 
     @property
-    def data_parallel(self) -> int:
-        return self.workers // self.pipeline_stages
-
-    @property
-    def grad_accum(self) -> int:
-        return self.global_batch // (self.micro_batch * self.data_parallel)
+    def stages(self) -> int:
+        return self.pipeline_stages

@@ -13,6 +13,7 @@ from .base import Record, decode_jsonl, encode_jsonl
 class MetricsRow(Record):
     step: int
     time: float | None = None
+    workers: int | None = None  # the attempt's world size (elastic runs change it)
     loss: float | None = None
     lr: float | None = None
     grad_norm: float | None = None

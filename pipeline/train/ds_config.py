@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..config.loop import BatchSplit
 from ..config.train import TrainConfig
 from ..resources import DS_CONFIGS
 
@@ -29,15 +30,22 @@ def _fill(node: Any, values: dict[str, Any], path: str = "") -> Any:
 
 
 def deepspeed_config(
-    train: TrainConfig, bf16: bool, load_universal: bool = False, config_dir: Path = DS_CONFIG_DIR
+    train: TrainConfig,
+    bf16: bool,
+    load_universal: bool = False,
+    config_dir: Path = DS_CONFIG_DIR,
+    split: BatchSplit | None = None,
 ) -> dict[str, Any]:
+    """The filled config; `split` is the batch cut for the workers Ray Train started (default: the
+    largest worker count)."""
+    split = split or train.split(train.max_workers)
     name = "pipeline" if train.strategy == "pipeline" else train.strategy
     template = json.loads((config_dir / f"{name}.json").read_text())
     offload = "cpu" if train.offload else "none"
     values = {
         "train_batch_size": train.global_batch,
-        "train_micro_batch_size_per_gpu": train.micro_batch,
-        "gradient_accumulation_steps": train.grad_accum,
+        "train_micro_batch_size_per_gpu": split.micro_batch,
+        "gradient_accumulation_steps": split.grad_accum,
         "gradient_clipping": train.grad_clip,
         "bf16.enabled": bf16,
         "zero_optimization.stage": train.effective_zero_stage,

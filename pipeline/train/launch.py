@@ -5,6 +5,8 @@ outcome. The objectives' own drivers are pipeline/pretrain/launch.py and pipelin
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +23,7 @@ from ..records import DatasetVersion, ExportInfo, RunPin, WarmStartLineage, last
 from ..storage import ObjectStore
 from ..storage.lease import acquire_lease
 from . import checkpoint as ckpt
+from .attempts import Attempts, supervise
 from .metrics import read_rows
 from .objective import Objective
 from .spec import LeaseToken, WorkerSpec
@@ -119,14 +122,17 @@ def run_training(
 ) -> dict[str, Any]:
     """One Ray Train + DeepSpeed job of `config.train.run` optimizing `objective`.
 
-    Holds the run lease for the whole job (one writer per run). `plan_warm_start(resume_step)`,
-    called under the lease before Ray starts, decides the warm-start lineage (pretraining).
+    Holds the run lease for the whole job (one writer per run); when the lease is lost the running
+    attempt is aborted within one heartbeat and the job fails with the new holder's name.
+    `plan_warm_start(resume_step)`, called under the lease before Ray starts, decides the warm-start
+    lineage (pretraining). Attempts (drains, lost workers, errors) are supervised by attempts.py.
     """
     train = config.train
     keys = RunKeys(train.run)
     lease = acquire_lease(store, keys.lease, train.lease_seconds, what=f"{stage} of run {train.run!r}")
+    attempts = Attempts.of(train)
     try:
-        with lease.keep_alive(train.lease_seconds) as heartbeat:
+        with lease.keep_alive(train.lease_seconds, on_lost=_abort_training) as heartbeat:
             resume_step = preflight_resume(store, config, model_config, restart)
             init_from = plan_warm_start(resume_step) if plan_warm_start else None
             ensure_ray(config.ray)
@@ -148,24 +154,35 @@ def run_training(
             console = Console(stderr=True, quiet=quiet)
             console.print(_headline(stage, train, use_gpu, manifest, resume_step, init_from))
             with Progress(store, train.run, train.max_steps, console):
-                result = _torch_trainer(spec, store, use_gpu).fit()
-            if result.error:
-                raise _user_facing(result.error)
+                supervise(lambda: _torch_trainer(spec, store, use_gpu).fit(), attempts, console, heartbeat.lost)
             heartbeat.assert_held()
     finally:
         lease.release()  # the next launch need not wait for the lease to expire
     rows = read_rows(store, keys.metrics)
     export = store.uri(keys.export) if store.exists(f"{keys.export}/config.json") else None
-    return {"final": rows[-1] if rows else {}, "export": export, "manifest_version": manifest.version}
+    return {
+        "final": rows[-1] if rows else {},
+        "export": export,
+        "manifest_version": manifest.version,
+        "attempts": {"failures": attempts.failures, "node_losses": attempts.node_losses, "drains": attempts.drains},
+    }
+
+
+def _abort_training(error: Exception) -> None:
+    """The lease is gone: stop the running attempt now (Ray Train aborts the run on SIGINT to the
+    driver's main thread); `heartbeat.assert_held()` then fails the job naming the new holder."""
+    print(f"{error}; aborting the training run", file=sys.stderr, flush=True)
+    if threading.current_thread() is not threading.main_thread():
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def _use_gpu(train) -> bool:
     import ray
 
     gpus = ray.cluster_resources().get("GPU", 0)
-    use_gpu = gpus >= train.workers if train.use_gpu == "auto" else bool(train.use_gpu)
-    if use_gpu and gpus < train.workers:
-        raise UserError(f"use_gpu: true with {train.workers} workers, but the cluster has {gpus:g} GPUs")
+    use_gpu = gpus >= train.min_workers if train.use_gpu == "auto" else bool(train.use_gpu)
+    if use_gpu and gpus < train.min_workers:
+        raise UserError(f"use_gpu: true with {train.min_workers} workers, but the cluster has {gpus:g} GPUs")
     return use_gpu
 
 
@@ -178,21 +195,29 @@ def _torch_trainer(spec: WorkerSpec, store: ObjectStore, use_gpu: bool):
         _entry,
         train_loop_config={"spec": spec},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=train.workers, use_gpu=use_gpu, resources_per_worker=None if use_gpu else {"CPU": 1}
+            num_workers=train.workers,  # N, or (min, max): Ray Train places what the cluster has
+            use_gpu=use_gpu,
+            resources_per_worker=None if use_gpu else {"CPU": 1},
+            elastic_resize_monitor_interval_s=train.resize_interval_s,
         ),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=int(train.collective_timeout_s)),
         run_config=ray.train.RunConfig(
             name=train.run,
             storage_path=store.path(RunKeys(train.run).ray),
             storage_filesystem=store.fs,
-            failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
+            # No retries inside Ray Train: attempts.py tells lost workers from errors. Drains
+            # announced to Ray (node preemption) are retried without limit, as Ray does by default.
+            failure_config=ray.train.FailureConfig(max_failures=0, max_preemption_failures=-1),
         ),
     )
 
 
 def _headline(stage, train, use_gpu: bool, manifest: DatasetVersion, resume_step, init_from) -> str:
+    workers = f"{train.workers} workers"
+    if train.elastic:
+        workers = f"{train.min_workers}-{train.max_workers} workers (elastic)"
     return (
-        f"[bold]{stage} {train.run}[/bold]: {train.model} ({train.strategy}, {train.workers} workers, "
+        f"[bold]{stage} {train.run}[/bold]: {train.model} ({train.strategy}, {workers}, "
         f"{'GPU' if use_gpu else 'CPU'}, precision {train.precision}) on {manifest.dataset} "
         f"v{manifest.version}"
         + (f", resuming at step {resume_step}" if resume_step else "")
@@ -200,21 +225,7 @@ def _headline(stage, train, use_gpu: bool, manifest: DatasetVersion, resume_step
     )
 
 
-def _user_facing(error: Exception) -> Exception:
-    """A worker's `ResumeError` / lease loss arrives wrapped by Ray; surface it as the one clear line."""
-    seen = error
-    while seen is not None:
-        if isinstance(seen, UserError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    text = str(error)
-    for marker in ("ResumeError: ", "LeaseHeldError: "):
-        if marker in text:
-            return UserError(text.split(marker, 1)[1].splitlines()[0])
-    return error
-
-
-def _entry(loop_config: dict) -> None:
+def _entry(loop_config: dict) -> dict:
     from .worker import train_worker
 
-    train_worker(loop_config["spec"])
+    return train_worker(loop_config["spec"])  # rank 0's outcome reaches the driver (attempts.py)

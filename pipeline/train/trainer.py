@@ -89,12 +89,19 @@ class Trainer:
         that checkpoint needs the universal format (written with another layout)."""
         import deepspeed
 
+        # Shards first, before this rank enters any collective: a replacement node with an empty
+        # cache downloads while the others wait at most in Ray's rendezvous, never inside a
+        # collective whose timeout (train.collective_timeout_s) a large download could exceed.
+        samples = self.objective.samples(self.store, self.manifest, "train")
+        val = self.objective.samples(self.store, self.manifest, "validation")
         self.device = device
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
         self.bf16 = resolve_bf16(self.train.precision, device)
         point = discover(self.store, self.keys, self.spec.restart, self.spec.init_from, self.compatibility)
-        universal = point is not None and point.layout != (self.train.data_parallel, self.train.pipeline_stages)
-        ds_config = deepspeed_config(self.train, self.bf16, load_universal=universal)
+        # The batch cut for the workers Ray Train started (elastic: any count in [min, max]).
+        self.split = self.train.split(self.world)
+        universal = point is not None and point.layout != (self.split.data_parallel, self.train.pipeline_stages)
+        ds_config = deepspeed_config(self.train, self.bf16, load_universal=universal, split=self.split)
         self.engine = Engine(self.train, self.model_config, ds_config, device, self.objective)
         # Parameters this rank holds after construction: ~total/world under ZeRO-3 (partitioned
         # while built), the whole model otherwise. Logged once, for the memory contract.
@@ -102,11 +109,9 @@ class Trainer:
         dist.all_gather_object(held, self.engine.local_parameter_count())
         self.held_parameters = held
         self.dp_rank = self.engine.engine.grid.data_parallel_id if self.engine.pipeline else self.rank
-        samples = self.objective.samples(self.store, self.manifest, "train")
         order = GlobalOrder(len(samples), self.train.seed)
-        batch, micro, dp = self.train.global_batch, self.train.micro_batch, self.train.data_parallel
+        batch, micro, dp = self.train.global_batch, self.split.micro_batch, self.split.data_parallel
         self.loader = TrainLoader(samples, order, batch, micro, self.dp_rank, dp)
-        val = self.objective.samples(self.store, self.manifest, "validation")
         evals = self.train.eval_batches
         self.val_batches = validation_batches(val, evals, batch, micro, self.dp_rank, dp) if val is not None else []
         return point, universal
@@ -118,7 +123,7 @@ class Trainer:
     def _checkpoint_manager(self) -> CheckpointManager:
         states = {"progress": self.progress, "loader": self.loader, "rng": RngState(), "early_stopping": self.early}
         fixed = {
-            "dp_size": self.train.data_parallel,
+            "dp_size": self.split.data_parallel,
             "pp": self.train.pipeline_stages,
             "world_size": self.world,
             "dataset": self.manifest.dataset,
@@ -152,6 +157,7 @@ class Trainer:
         row = {
             "step": self.step,
             "time": time.time(),
+            "workers": self.world,  # elastic runs change it between attempts
             "loss": loss,
             "lr": self.engine.lr,
             "grad_norm": self.engine.grad_norm,
@@ -198,10 +204,14 @@ class Trainer:
             if self.rank == 0 and self.step % self.train.log_interval == 0:
                 self.metrics.flush()
             return False
+        self.checkpoint_now()
+        return True
+
+    def checkpoint_now(self) -> None:
+        """Save and commit the current step (interval, end, or a drain), publishing metrics with it."""
         started = time.perf_counter()
         self.checkpoints.save(self.step, after_commit=self._publish_metrics)
         self.stall = time.perf_counter() - started
-        return True
 
     def _publish_metrics(self) -> None:
         self.metrics.flush()

@@ -1,6 +1,15 @@
-"""Entry point of every Ray Train worker: the training loop at a glance (steps in `trainer.py`)."""
+"""Entry point of every Ray Train worker: the training loop at a glance (steps in `trainer.py`).
+
+Every step ends with the drain check: Ray Train's preemption signal (a node of this worker group is
+being drained, e.g. a spot reclaim announced with a deadline), agreed by all ranks at the same step
+boundary. On a drain the workers commit a checkpoint of the step just finished and return
+`{"drained": step}` instead of training on, so no step is lost: the driver (launch.py) starts the
+next attempt at once, on the workers that remain (elastic) or on a replacement.
+"""
 
 from __future__ import annotations
+
+import time
 
 import torch
 
@@ -8,7 +17,7 @@ from .spec import WorkerSpec
 from .trainer import Trainer
 
 
-def train_worker(spec: WorkerSpec) -> None:
+def train_worker(spec: WorkerSpec) -> dict:
     import ray.train
 
     context = ray.train.get_context()
@@ -17,9 +26,31 @@ def train_worker(spec: WorkerSpec) -> None:
     while trainer.step < trainer.stop_at:
         row = trainer.train_step()
         trainer.maybe_evaluate(row)
-        if trainer.maybe_checkpoint():
+        committed = trainer.maybe_checkpoint()
+        if committed:
             _report(trainer)
+        # Collective: every rank asks at every step and gets rank 0's answer (the same everywhere).
+        drain = ray.train.get_preemption_info()
+        if drain is not None and trainer.step < trainer.stop_at:
+            return _drain(trainer, drain, committed)
     trainer.export()
+    return {"finished": trainer.step, "world": trainer.world}
+
+
+def _drain(trainer: Trainer, drain, committed: bool) -> dict:
+    """Commit the step just finished (unless it was), then leave: the driver relaunches."""
+    if not committed:
+        trainer.checkpoint_now()
+        _report(trainer)
+    left = None if drain.deadline_ms is None else drain.deadline_ms / 1000 - time.time()
+    if trainer.rank == 0:
+        print(
+            f"drain of node(s) {', '.join(drain.preempted_node_ids)} (ranks {drain.preempted_ranks}): "
+            f"checkpoint of step {trainer.step} committed"
+            + (f", {left:.1f} s before the deadline" if left is not None else ""),
+            flush=True,
+        )
+    return {"drained": trainer.step, "world": trainer.world, "deadline_left_s": left}
 
 
 def _report(trainer: Trainer) -> None:

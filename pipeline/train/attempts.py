@@ -1,0 +1,119 @@
+"""The driver's supervision of one training job across attempts: drains, lost workers, errors.
+
+Ray Train runs each attempt (`TorchTrainer.fit`) with no retries of its own; this loop decides
+what comes next, because the two kinds of failure need different budgets:
+
+* a **drain** (a node announced it will go, e.g. a spot reclaim): the workers commit the current
+  step and return `{"drained": step}`; the next attempt starts at once on the workers that
+  remain (elastic `workers: [min, max]`) or waits for a replacement. Drains cost no budget.
+* a **lost worker** (a node or a worker process gone without notice: SIGKILL, OOM kill, a node
+  that vanished): expected on preemptible clusters, counted against `max_node_losses`.
+* an **error** a worker raised (a bug, bad data): it repeats, so it is counted against
+  `max_failures` (default 2) and the run stops when that is spent.
+
+Each new attempt resumes from the newest committed checkpoint with whatever worker count Ray
+Train can place in `[min, max]`; the data order does not depend on it (loader.py).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+
+from ..config.loop import LoopConfig
+from ..errors import UserError
+
+# Worker errors that mean "the worker is gone", not "the worker raised": Ray's actor-death and
+# health-check failures. Matched by class name so the driver imports no Ray internals.
+_LOST = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerHealthCheckFailedError",
+         "NodeDiedError", "OwnerDiedError")  # fmt: skip
+
+
+def lost_worker(error: BaseException) -> bool:
+    """Whether a failed attempt lost a worker (as opposed to a worker raising an error).
+
+    When one rank dies the others usually fail too (a collective with a dead peer); one lost
+    worker is enough to call the attempt a loss, as Ray Train does for preemptions."""
+    failures = getattr(error, "worker_failures", None) or {}
+    return any(_is_loss(e) for e in failures.values())
+
+
+def _is_loss(error: BaseException) -> bool:
+    seen = error
+    while seen is not None:
+        if any(cls.__name__ in _LOST for cls in type(seen).__mro__):
+            return True
+        seen = getattr(seen, "health_check_failure", None) or seen.__cause__
+    return False
+
+
+@dataclass
+class Attempts:
+    """Counts of what ended each attempt, against the run's budgets."""
+
+    max_failures: int
+    max_node_losses: int
+    failures: int = 0
+    node_losses: int = 0
+    drains: list[dict] = field(default_factory=list)  # the workers' drain outcomes
+
+    @classmethod
+    def of(cls, train: LoopConfig) -> Attempts:
+        return cls(train.max_failures, train.max_node_losses)
+
+    def charge(self, error: BaseException) -> str:
+        """Count a failed attempt; raise it when its budget is spent, else say what happened."""
+        if lost_worker(error):
+            self.node_losses += 1
+            if self.node_losses > self.max_node_losses:
+                raise error
+            return f"a worker was lost ({self.node_losses}/{self.max_node_losses} node losses)"
+        self.failures += 1
+        if self.failures > self.max_failures:
+            raise error
+        first = str(error).strip().splitlines()[-1:] or [type(error).__name__]
+        return f"a worker failed ({self.failures}/{self.max_failures} failures): {first[0][:300]}"
+
+
+def supervise(fit: Callable[[], Any], attempts: Attempts, console: Console, lease_lost: threading.Event) -> Any:
+    """Run `fit()` until an attempt finishes the job; relaunch after drains and failures within budget."""
+    from ray.train import TrainingFailedError
+
+    while True:
+        try:
+            result = fit()
+        except TrainingFailedError as error:
+            clear = user_facing(error)
+            if lease_lost.is_set() or clear is not error:
+                raise clear from None  # a lost lease, or a refusal (resume, lease) that would repeat
+            what = attempts.charge(error)
+            console.print(f"[yellow]{what}; resuming from the last committed checkpoint[/yellow]")
+            continue
+        if lease_lost.is_set():
+            return result
+        outcome = result.return_value or {}
+        if "drained" not in outcome:
+            return result
+        attempts.drains.append(outcome)
+        console.print(
+            f"[yellow]node drain: step {outcome['drained']} committed on {outcome['world']} workers; "
+            "continuing on the workers that remain[/yellow]"
+        )
+
+
+def user_facing(error: Exception) -> Exception:
+    """A worker's `ResumeError` / lease loss arrives wrapped by Ray; surface it as the one clear line."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, UserError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    text = str(error)
+    for marker in ("ResumeError: ", "LeaseHeldError: "):
+        if marker in text:
+            return UserError(text.split(marker, 1)[1].splitlines()[0])
+    return error
