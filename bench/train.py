@@ -7,7 +7,12 @@ stage) and the same sample order:
 Prints a JSON line with tokens/s and MFU of both, their ratio, and the split of the job's step
 time into compute / data wait / checkpoint stall. On a GPU the same script reports bf16 MFU.
 
+`--elastic` instead compares the job with `workers: [1, N]` (elastic) against `workers: N`, run
+alternately `--repeats` times each, by wall time between steps (which includes the per-step
+drain check): the ratio says what elasticity costs when no node comes or goes.
+
     python bench/train.py --steps 30
+    python bench/train.py --elastic --steps 40 --repeats 2
 """
 
 from __future__ import annotations
@@ -31,16 +36,19 @@ def build_dataset(root: str):
     return config, preprocess(config, Reporter(quiet=True))
 
 
-def ray_job(config, steps: int, workers: int, global_batch: int, micro_batch: int, strategy: str = "zero3") -> dict:
+def ray_job(
+    config, steps: int, workers, global_batch: int, micro_batch: int, strategy: str = "zero3", run: str = ""
+) -> dict:
     from pipeline.config.run import RunConfig
     from pipeline.keys import RunKeys
     from pipeline.pretrain.launch import pretrain
     from pipeline.storage import open_store
     from pipeline.train.metrics import read_rows
 
+    run = run or f"bench-{strategy}"
     raw = config.model_dump(mode="json")
     raw["train"] = {
-        "run": f"bench-{strategy}",
+        "run": run,
         "strategy": strategy,
         "workers": workers,
         "global_batch": global_batch,
@@ -56,8 +64,9 @@ def ray_job(config, steps: int, workers: int, global_batch: int, micro_batch: in
     pretrain(run_config, quiet=True)
     wall = time.perf_counter() - started
     store = open_store(run_config.storage.root)
-    rows = read_rows(store, RunKeys(f"bench-{strategy}").metrics)
+    rows = read_rows(store, RunKeys(run).metrics)
     steady = rows[2:] or rows
+    gaps = [b["time"] - a["time"] for a, b in zip(steady, steady[1:], strict=False)]
     data = sum(r["data_wait_s"] for r in rows)
     compute = sum(r["compute_s"] for r in rows)
     stall = sum(r["checkpoint_stall_s"] for r in rows)
@@ -69,7 +78,21 @@ def ray_job(config, steps: int, workers: int, global_batch: int, micro_batch: in
         "wall_s": wall,
         "split": {"compute": compute / total, "data_wait": data / total, "checkpoint_stall": stall / total},
         "final_loss": rows[-1]["loss"],
+        # Wall time between consecutive steps: the step plus everything around it (drain check, logging).
+        "wall_tokens_per_s": rows[0]["tokens"] / rows[0]["step"] / statistics.median(gaps) if gaps else None,
     }
+
+
+def elastic_vs_fixed(config, args) -> dict:
+    """The same job with `workers: [1, N]` and `workers: N`, alternately, compared by wall time per step."""
+    runs = {"fixed": [], "elastic": []}
+    for repeat in range(args.repeats):
+        for name, workers in (("fixed", args.workers), ("elastic", [1, args.workers])):
+            job = ray_job(config, args.steps, workers, args.global_batch, args.micro_batch, run=f"{name}-{repeat}")
+            runs[name].append(job["wall_tokens_per_s"])
+    fixed, elastic = statistics.mean(runs["fixed"]), statistics.mean(runs["elastic"])
+    return {"bench": "train-elastic", "workers": args.workers, "steps": args.steps, "runs_tokens_per_s": runs,
+            "ratio_elastic_vs_fixed": elastic / fixed}  # fmt: skip
 
 
 def plain_loop(config, manifest, steps: int, global_batch: int, micro_batch: int) -> dict:
@@ -119,9 +142,14 @@ def main() -> None:
     parser.add_argument(
         "--strategy", default="zero3", help="the job's strategy (zero1/zero2 isolate ZeRO-3's own cost)"
     )
+    parser.add_argument("--elastic", action="store_true", help="compare workers [1, N] with N instead")
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         config, manifest = build_dataset(f"file://{tmp}/store")
+        if args.elastic:
+            print(json.dumps(elastic_vs_fixed(config, args)), flush=True)
+            return
         job = ray_job(config, args.steps, args.workers, args.global_batch, args.micro_batch, args.strategy)
         plain = plain_loop(config, manifest, args.steps, args.global_batch, args.micro_batch)
     print(

@@ -74,6 +74,15 @@ ResizeInterval = Annotated[
     ),
 ]
 
+PlacementTimeout = Annotated[
+    float,
+    Field(
+        gt=0,
+        description="Seconds an attempt waits for Ray to place its workers before deciding again with what "
+        "the cluster has (Ray's view of free nodes lags by up to ~20 s, e.g. a node drained a moment ago).",
+    ),
+]
+
 
 @dataclass(frozen=True)
 class BatchSplit:
@@ -104,6 +113,7 @@ class LoopConfig(Section):
     max_node_losses: MaxNodeLosses = 10
     collective_timeout_s: CollectiveTimeout = 600.0
     resize_interval_s: ResizeInterval = 60.0
+    placement_timeout_s: PlacementTimeout = 20.0
 
     # How messages name this section's fields and its data-parallel size.
     prefix: ClassVar[str] = ""

@@ -203,7 +203,8 @@ def make_plan(config: RunConfig, gpu_memory_gib: float = 80.0, gpus_per_node: in
     and a recommendation. Raises `UserError` when the configured strategy cannot fit."""
     shape = ModelShape.from_config(config)
     gpu_memory = gpu_memory_gib * GIB
-    gpus = config.train.workers
+    # Elastic [min, max]: planned at the fewest workers, where ZeRO shards over the fewest GPUs.
+    gpus = config.train.min_workers
     stages = _pipeline_stages(config, shape, gpus)
     plans = []
     for strategy in STRATEGIES:
@@ -226,6 +227,7 @@ def make_plan(config: RunConfig, gpu_memory_gib: float = 80.0, gpus_per_node: in
         "plans": plans,
         "configured": configured,
         "recommendation": usable[0] if usable else None,
+        "workers": _worker_range(config.train),
     }
     if configured not in usable:
         need = by_name[configured]
@@ -236,6 +238,14 @@ def make_plan(config: RunConfig, gpu_memory_gib: float = 80.0, gpus_per_node: in
             f"{gpu_memory_gib:g} GiB{at_least}{other}"
         )
     return result
+
+
+def _worker_range(train) -> list[dict] | None:
+    """Elastic runs: the batch split at every worker count of the range (None for a fixed count)."""
+    if not train.elastic:
+        return None
+    splits = [train.split(w) for w in range(train.min_workers, train.max_workers + 1)]
+    return [{"workers": s.workers, "micro_batch": s.micro_batch, "grad_accum": s.grad_accum} for s in splits]
 
 
 def format_plan(result: dict) -> str:
@@ -260,4 +270,11 @@ def format_plan(result: dict) -> str:
             + (f"  ({'; '.join(plan.notes)})" if plan.notes else "")
         )
     lines.append(f"configured: {result['configured']}; recommended: {result['recommendation']}")
+    if result.get("workers"):
+        counts = result["workers"]
+        split = ", ".join(f"{c['workers']}: {c['micro_batch']} x {c['grad_accum']}" for c in counts)
+        lines.append(
+            f"elastic workers {counts[0]['workers']}-{counts[-1]['workers']}: planned at {counts[0]['workers']} "
+            f"(the fewest); micro-batch x accumulation per worker count: {split}"
+        )
     return "\n".join(lines)

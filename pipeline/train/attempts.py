@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from ..config.loop import LoopConfig
 from ..errors import UserError
@@ -33,13 +34,21 @@ _LOST = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerHeal
          "NodeDiedError", "OwnerDiedError")  # fmt: skip
 
 
+# What a rank raises when a peer of its collective vanished (gloo, NCCL): collateral of a loss.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "ncclRemoteError",
+              "NCCL communicator was aborted", "remote process exited", "DistNetworkError")  # fmt: skip
+
+
 def lost_worker(error: BaseException) -> bool:
     """Whether a failed attempt lost a worker (as opposed to a worker raising an error).
 
-    When one rank dies the others usually fail too (a collective with a dead peer); one lost
-    worker is enough to call the attempt a loss, as Ray Train does for preemptions."""
-    failures = getattr(error, "worker_failures", None) or {}
-    return any(_is_loss(e) for e in failures.values())
+    Lost: a worker died (Ray reports its actor or node gone), or every error the attempt reported
+    is a collective whose peer vanished (the survivors often report before Ray notices the dead
+    worker). An attempt where any rank raised anything else failed: that error would repeat."""
+    failures = list((getattr(error, "worker_failures", None) or {}).values())
+    if any(_is_loss(e) for e in failures):
+        return True
+    return bool(failures) and all(any(s in str(e) for s in _PEER_GONE) for e in failures)
 
 
 def _is_loss(error: BaseException) -> bool:
@@ -91,7 +100,7 @@ def supervise(fit: Callable[[], Any], attempts: Attempts, console: Console, leas
             if lease_lost.is_set() or clear is not error:
                 raise clear from None  # a lost lease, or a refusal (resume, lease) that would repeat
             what = attempts.charge(error)
-            console.print(f"[yellow]{what}; resuming from the last committed checkpoint[/yellow]")
+            console.print(f"[yellow]{escape(what)}; resuming from the last committed checkpoint[/yellow]")
             continue
         if lease_lost.is_set():
             return result

@@ -186,11 +186,20 @@ def _use_gpu(train) -> bool:
     return use_gpu
 
 
+def _ray_train_settings(train) -> None:
+    """Ray Train settings that only exist as environment variables (read by its controller, which
+    inherits them from this driver)."""
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(train.placement_timeout_s)
+    # Drains are announced with deadlines of tens of seconds: look every second, not every 5 s.
+    os.environ.setdefault("RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S", "1")
+
+
 def _torch_trainer(spec: WorkerSpec, store: ObjectStore, use_gpu: bool):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     train = spec.run_config.train
+    _ray_train_settings(train)
     return TorchTrainer(
         _entry,
         train_loop_config={"spec": spec},

@@ -93,10 +93,9 @@ class Cluster:
 
     def add_node(self, cpus: int, cache: Path | None = None, object_store: int = 80_000_000) -> Node:
         """Join a worker node (its own `SORA_CACHE` when `cache` is given); waits until it is alive."""
-        before = set(self.alive_node_ids())
-        node = self._launch([f"--address={self.address}"], cpus, object_store, cache)
-        self._wait(lambda: set(self.alive_node_ids()) - before, "a Ray node did not join", node)
-        node.node_id = (set(self.alive_node_ids()) - before).pop()
+        name = f"node-{len(self.nodes)}"
+        node = self._launch([f"--address={self.address}", f"--node-name={name}"], cpus, object_store, cache)
+        node.node_id = self._wait(lambda: self.alive_node_ids().get(name), f"Ray node {name} did not join", node)
         return node
 
     def _launch(self, args: list[str], cpus: int, object_store: int, cache: Path | None) -> Node:
@@ -111,14 +110,15 @@ class Cluster:
         self.nodes.append(node)
         return node
 
-    def _wait(self, ready, what: str, node: Node | None = None, timeout: float = 120) -> None:
+    def _wait(self, ready, what: str, node: Node | None = None, timeout: float = 120):
         node = node or self.nodes[0]
         deadline = time.monotonic() + timeout
-        while not ready():
+        while not (value := ready()):
             if not node.alive or time.monotonic() > deadline:
                 log = (self.temp_dir / "start.log").read_text()[-3000:]
                 raise RuntimeError(f"{what}:\n{log}")
             time.sleep(0.5)
+        return value
 
     def _dashboard_up(self) -> bool:
         try:
@@ -130,14 +130,16 @@ class Cluster:
     def headers(self) -> dict:
         return {"Authorization": f"Bearer {self.token}"}
 
-    def alive_node_ids(self) -> list[str]:
+    def alive_node_ids(self) -> dict[str, str]:
+        """{node name: node id} of the alive nodes (names given at `ray start --node-name`)."""
         answer = requests.get(
             f"{self.url}/api/v0/nodes",
             params={"filter_keys": "state", "filter_predicates": "=", "filter_values": "ALIVE"},
             headers=self.headers,
             timeout=5,
         )
-        return [n["node_id"] for n in answer.json()["data"]["result"]["result"]] if answer.ok else []
+        nodes = answer.json()["data"]["result"]["result"] if answer.ok else []
+        return {n["node_name"]: n["node_id"] for n in nodes}
 
     def drain(self, node: Node, deadline_s: int) -> None:
         """Announce a preemption of `node` with a deadline, as a cloud autoscaler or KubeRay would."""
@@ -172,4 +174,7 @@ class Cluster:
     def close(self) -> None:
         for node in reversed(self.nodes):
             self.stop(node)
+        keep = os.environ.get("SORA_KEEP_CLUSTER_LOGS")  # debugging: where to copy Ray's logs
+        if keep:
+            shutil.copytree(self.temp_dir / "session_latest" / "logs", keep, dirs_exist_ok=True)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
