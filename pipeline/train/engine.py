@@ -24,6 +24,40 @@ from sora.pipeline_view import pipeline_layer_specs, pipeline_to_flat_state_dict
 from ..config.train import TrainConfig
 
 
+def _compile_muon_kernels_lazily() -> None:
+    """Skip TorchInductor's import at every DeepSpeed engine build (worker start and restart).
+
+    `deepspeed.initialize` checks the optimizer against ZeRO's supported list, and that check
+    imports DeepSpeed's Muon optimizer, whose kernels are decorated with `torch.compile` when the
+    module loads: the decoration imports TorchInductor, about 1 CPU-second (1.5-2.5 s of a worker
+    restart on a busy node) though Muon is never used here. The kernels are compiled on their
+    first call instead, which is when `torch.compile` compiles anyway.
+    """
+    import functools
+
+    from deepspeed.runtime import compiler
+
+    def compile_on_first_call():
+        def decorate(function):
+            compiled = []
+
+            @functools.wraps(function)
+            def call(*args, **kwargs):
+                if not compiled:
+                    compiled.append(torch.compile(function))
+                return compiled[0](*args, **kwargs)
+
+            return call
+
+        return decorate
+
+    if hasattr(torch, "compile"):
+        compiler.compile = compile_on_first_call
+
+
+_compile_muon_kernels_lazily()
+
+
 def lr_lambda(train: TrainConfig):
     """Linear warmup to `lr`, then cosine decay to `min_lr` at `max_steps` (as a factor of lr)."""
 

@@ -12,10 +12,14 @@ are uploaded when a checkpoint commits and at the end, each file once it is clos
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..keys import RunKeys
 from ..records.metrics import encode_rows, read_segment, read_segments
 from ..storage import ObjectStore
+
+if TYPE_CHECKING:
+    import torch
 
 SEGMENT_ROWS = 1000
 
@@ -113,3 +117,38 @@ class MetricsLog:
 def mfu(tokens_per_s: float, flops_per_token: float, peak_flops_total: float) -> float:
     """Model FLOPs utilization: achieved model FLOP/s over the devices' combined peak."""
     return tokens_per_s * flops_per_token / peak_flops_total if peak_flops_total else 0.0
+
+
+def node_peak_flops(device: torch.device, cache: Path) -> tuple[float, str]:
+    """`sora.flops.peak_flops(device)`, measured once per node on CPU and then read from `cache`.
+
+    On CPU the peak is a 0.5 s matmul loop; rank 0 ran it at every worker start, restarts included,
+    while the other ranks waited in the first step's collective. It is kept per host, CPU count and
+    torch thread count (what the measurement depends on). GPUs are looked up by name: no cache.
+    """
+    import json
+    import os
+    import socket
+
+    import torch
+
+    from sora.flops import peak_flops
+
+    if device.type != "cpu":
+        return peak_flops(device)
+    path = cache / "peak-flops.json"
+    key = f"{socket.gethostname()}/{os.cpu_count()} cpus/{torch.get_num_threads()} threads"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        value, label = known[key]
+        return float(value), label
+    value, label = peak_flops(device)
+    known[key] = [value, label]
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(known))
+    partial.replace(path)  # atomic: a concurrent reader sees the old or the new file
+    return value, label
