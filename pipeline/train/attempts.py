@@ -93,8 +93,16 @@ def supervise(fit: Callable[[], Any], attempts: Attempts, console: Console, leas
     from ray.train import TrainingFailedError
 
     while True:
+        if lease_lost.is_set():  # lost between attempts: never start another one
+            return None
         try:
             result = fit()
+        except (SystemExit, KeyboardInterrupt):
+            # Ray's SIGINT handler (our abort on a lost lease) may exit; the caller's
+            # `assert_held()` then fails the job with the new holder's name instead.
+            if _settled(lease_lost):
+                return None
+            raise
         except TrainingFailedError as error:
             clear = user_facing(error)
             if lease_lost.is_set() or clear is not error:
@@ -112,6 +120,11 @@ def supervise(fit: Callable[[], Any], attempts: Attempts, console: Console, leas
             f"[yellow]node drain: step {outcome['drained']} committed on {outcome['world']} workers; "
             "continuing on the workers that remain[/yellow]"
         )
+
+
+def _settled(lease_lost: threading.Event, wait_s: float = 5.0) -> bool:
+    """Whether the lease was lost (waiting briefly: the abort signal can arrive before the event is set)."""
+    return lease_lost.wait(wait_s)
 
 
 def user_facing(error: Exception) -> Exception:

@@ -183,10 +183,13 @@ class CheckpointManager:
             if not errors:
                 break
             detail = "; ".join(f"rank {rank}: {message}" for rank, (_, message) in errors)
-            if point.warm or any(kind != "corrupt" for _, (kind, _) in errors):
-                raise ckpt.ResumeError(
-                    f"resuming from checkpoint {point.checkpoint.tag} of run {point.run!r} failed: {detail}"
-                )
+            message = f"resuming from checkpoint {point.checkpoint.tag} of run {point.run!r} failed: {detail}"
+            if any(kind != "corrupt" for _, (kind, _) in errors):
+                # A storage hiccup, a full disk, a killed converter: the next attempt may succeed, so
+                # not a refusal (ResumeError ends the job) but an error within train.max_failures.
+                raise RuntimeError(message)
+            if point.warm:
+                raise ckpt.ResumeError(message)
             failed[point.checkpoint] = "; ".join(message for _, (_, message) in errors)
             if self.rank == 0:
                 log.warning("run %r: skipping checkpoint %s: %s", point.run, point.checkpoint.tag, detail)

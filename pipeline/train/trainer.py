@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +54,17 @@ def resolve_bf16(precision: str, device: torch.device) -> bool:
 class Trainer:
     """One worker's share of the run, complete once constructed (built, resumed, metrics ready)."""
 
-    def __init__(self, spec: WorkerSpec, rank: int, local_rank: int, world: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        rank: int,
+        local_rank: int,
+        world: int,
+        device: torch.device,
+        wait_for_peers: Callable[[], None] | None = None,
+    ) -> None:
         self.spec, self.rank, self.local_rank, self.world = spec, rank, local_rank, world
+        self.wait_for_peers = wait_for_peers
         self.config = spec.run_config
         self.train = self.config.train
         self.keys, self.manifest = spec.keys, spec.manifest
@@ -89,11 +99,13 @@ class Trainer:
         that checkpoint needs the universal format (written with another layout)."""
         import deepspeed
 
-        # Shards first, before this rank enters any collective: a replacement node with an empty
-        # cache downloads while the others wait at most in Ray's rendezvous, never inside a
-        # collective whose timeout (train.collective_timeout_s) a large download could exceed.
+        # Shards first, before this rank enters any torch collective: a replacement node with an
+        # empty cache downloads while the others wait in Ray Train's barrier (`wait_for_peers`), never
+        # inside a collective whose timeout (train.collective_timeout_s) a large download could exceed.
         samples = self.objective.samples(self.store, self.manifest, "train")
         val = self.objective.samples(self.store, self.manifest, "validation")
+        if self.wait_for_peers is not None:
+            self.wait_for_peers()  # Ray Train's barrier: no timeout, unlike the torch collectives below
         self.device = device
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
         self.bf16 = resolve_bf16(self.train.precision, device)

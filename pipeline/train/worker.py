@@ -19,10 +19,12 @@ from .trainer import Trainer
 
 def train_worker(spec: WorkerSpec) -> dict:
     import ray.train
+    import ray.train.collective
 
     context = ray.train.get_context()
     device = ray.train.torch.get_device() if spec.use_gpu else torch.device("cpu")
-    trainer = Trainer(spec, context.get_world_rank(), context.get_local_rank(), context.get_world_size(), device)
+    rank, local_rank, world = context.get_world_rank(), context.get_local_rank(), context.get_world_size()
+    trainer = Trainer(spec, rank, local_rank, world, device, wait_for_peers=ray.train.collective.barrier)
     while trainer.step < trainer.stop_at:
         row = trainer.train_step()
         trainer.maybe_evaluate(row)

@@ -191,7 +191,7 @@ def _restore_rank(rank, world, port, root, out, attempt, epoch):
     point = discover(store, KEYS, False, None, {})
     try:
         result = {"sizes": manager.restore(point, universal=True, local_rank=0, dp_rank=rank), "loaded": engine.loaded}
-    except ckpt.ResumeError as error:
+    except (ckpt.ResumeError, RuntimeError) as error:  # a failed conversion: RuntimeError, retried by the driver
         result = {"error": str(error)}
     (base / f"{attempt}-rank{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
