@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
+from pathlib import Path
 
 from .config.run import RayConfig
 
@@ -26,6 +28,12 @@ def ensure_ray(config: RayConfig) -> None:
     if config.address:
         ray.init(address=config.address, **kwargs)
     else:
+        # The local cluster's workers inherit this environment: DeepSpeed's JIT-built ops (the CPU
+        # shared-memory comm op, built when a worker initializes DeepSpeed) go to a folder of this
+        # virtualenv's own. In torch's shared default folder, two checkouts on one machine rebuild
+        # the op for each other (their include paths differ): 25-75 s on 2 cores, and a worker
+        # restarting meanwhile waits for it in `deepspeed.init_distributed`.
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(_extensions_dir()))
         ray.init(num_cpus=config.num_cpus, include_dashboard=False, **kwargs)
     import ray.data
 
@@ -37,3 +45,8 @@ def ensure_ray(config: RayConfig) -> None:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     context.print_on_execution_start = False
     context.verbose_stats_logs = False
+
+
+def _extensions_dir() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "torch_extensions" / f"venv-{hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]}"
