@@ -5,6 +5,7 @@ outcome. The objectives' own drivers are pipeline/pretrain/launch.py and pipelin
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -202,7 +203,10 @@ def _torch_trainer(spec: WorkerSpec, store: ObjectStore, use_gpu: bool):
     _ray_train_settings(train)
     return TorchTrainer(
         _entry,
-        train_loop_config={"spec": spec},
+        # Pickled here, unpickled by the train function: Ray Train also keeps train_loop_config in
+        # the run context that its controller (a new process at every attempt) and each worker
+        # unpickle before training starts, and the spec's classes import torch, transformers, sora.
+        train_loop_config={"spec": pickle.dumps(spec)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=train.workers,  # N, or (min, max): Ray Train places what the cluster has
             use_gpu=use_gpu,
@@ -237,4 +241,4 @@ def _headline(stage, train, use_gpu: bool, manifest: DatasetVersion, resume_step
 def _entry(loop_config: dict) -> dict:
     from .worker import train_worker
 
-    return train_worker(loop_config["spec"])  # rank 0's outcome reaches the driver (attempts.py)
+    return train_worker(pickle.loads(loop_config["spec"]))  # rank 0's outcome reaches the driver (attempts.py)

@@ -25,7 +25,6 @@ import torch
 import torch.distributed as dist
 
 from sora import SoraConfig, flops_per_token
-from sora.flops import peak_flops
 
 from ..faults import kill_once
 from ..records import ExportInfo
@@ -36,7 +35,7 @@ from .ds_config import deepspeed_config
 from .engine import Engine
 from .export import upload_hf_model
 from .loader import GlobalOrder, TrainLoader, cache_directory, validation_batches
-from .metrics import MetricsLog, mfu
+from .metrics import MetricsLog, mfu, node_peak_flops
 from .spec import WorkerSpec
 from .state import EarlyStopping, Progress, RngState
 
@@ -86,7 +85,7 @@ class Trainer:
             self.stop_at = self.step
         self.metrics = MetricsLog(self.store, self.keys, self.local, self.step) if rank == 0 else None
         self.flops_per_token = flops_per_token(self.model_config, self.tokens_per_sample)
-        peak, self.peak_label = peak_flops(device) if rank == 0 else (0.0, "")
+        peak, self.peak_label = node_peak_flops(device, cache_directory()) if rank == 0 else (0.0, "")
         self.peak_total = peak * world
 
     @property
