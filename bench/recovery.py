@@ -15,17 +15,10 @@ function started and until its `Trainer` was built: start-up is CPU-bound, so co
 the wall time shows how much of the gap is waiting for a core.
 
     python bench/recovery.py --kills 2
-    python bench/recovery.py --kills 2 --env RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.5
-    python bench/recovery.py --kills 2 --lazy-ds-compile --cached-peak --spec-bytes
+    python bench/recovery.py --kills 2 --env RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=2
 
 Measured against a tree: run it from that tree's root with `PYTHONPATH=.` (the wrapper reports
-which `pipeline` the workers imported). `--lazy-ds-compile`, `--cached-peak` and `--spec-bytes`
-apply, inside the wrapper, changes to pipeline/train so a tree without them can be compared with
-one that has them: DeepSpeed's Muon kernels compiled on first use instead of when ZeRO's optimizer
-check imports them (engine.py); the CPU peak FLOP/s measured once per node, not at every start
-(metrics.node_peak_flops); the worker spec passed pickled in `train_loop_config` and unpickled in
-the train function, so Ray Train's controller (a new process per attempt when the driver relaunches
-`fit()`) and the workers' train context do not import torch, transformers and sora to unpickle it.
+which `pipeline` the workers imported; phases a tree does not have are reported as null).
 `--profile` runs py-spy (raw collapsed stacks) on the Ray processes started after each kill.
 Prints one JSON line per recovery and a summary line (mean, min, max per phase).
 """
@@ -87,10 +80,6 @@ def _timed_entry(loop_config: dict):
 
     mark("import_pipeline")
     events.append(("pipeline_from:" + _os.path.dirname(trainer.__file__), 0.0, 0.0))
-    if options["lazy_ds_compile"]:
-        _lazy_deepspeed_compile()
-    if options["cached_peak"]:
-        trainer.peak_flops = _cached_peak_flops(options["dir"])
 
     def around(owner, name: str, label: str) -> None:
         original = getattr(owner, name, None)
@@ -113,7 +102,9 @@ def _timed_entry(loop_config: dict):
 
     around(deepspeed, "init_distributed", "init_distributed")
     around(trainer, "resolve_bf16", "resolve_bf16")
-    around(trainer, "discover", "discover")
+    around(trainer, "discover", "discover")  # a tree before checkpoint_manager.prepare_resume
+    around(trainer, "prepare_resume", "prepare_resume")
+    around(trainer, "share", "share")
     around(trainer, "Engine", "engine_build")
     around(trainer, "validation_batches", "loaders")
     around(checkpoint_manager.CheckpointManager, "restore", "checkpoint_restore")
@@ -124,7 +115,7 @@ def _timed_entry(loop_config: dict):
     around(engine.Engine, "train_step", "first_engine_step")
     dump()
     spec = loop_config["spec"]
-    if isinstance(spec, bytes):  # --spec-bytes: unpickled here, not with Ray's train run context
+    if isinstance(spec, bytes):  # pickled by the driver (launch._torch_trainer)
         import pickle
 
         spec = pickle.loads(spec)
@@ -134,59 +125,6 @@ def _timed_entry(loop_config: dict):
     finally:
         mark("exit")
         dump()
-
-
-def _lazy_deepspeed_compile() -> None:
-    """DeepSpeed's ZeRO optimizer check imports its Muon optimizer, whose kernels are decorated
-    with `torch.compile` at import: that loads TorchInductor (about 1 CPU-second) though Muon is not
-    used. Compiling on first call instead keeps the behaviour and skips the import."""
-    import functools
-
-    import deepspeed.runtime.compiler as compiler
-
-    def compile_on_first_call():
-        def decorate(function):
-            compiled = []
-
-            @functools.wraps(function)
-            def call(*args, **kwargs):
-                if not compiled:
-                    import torch
-
-                    compiled.append(torch.compile(function))
-                return compiled[0](*args, **kwargs)
-
-            return call
-
-        return decorate
-
-    compiler.compile = compile_on_first_call
-
-
-def _cached_peak_flops(directory: str):
-    """`peak_flops` measured once per node (a 0.5 s matmul loop on CPU) and then read back."""
-    import json as _json
-    import os as _os
-
-    from sora.flops import peak_flops
-
-    def cached(device):
-        if device.type == "cuda":
-            return peak_flops(device)
-        path = _os.path.join(directory, "peak-flops.json")
-        try:
-            with open(path) as f:
-                value, label = _json.load(f)
-            return value, label
-        except (OSError, ValueError):
-            pass
-        value, label = peak_flops(device)
-        with open(path + f".{_os.getpid()}", "w") as f:
-            _json.dump([value, label], f)
-        _os.replace(path + f".{_os.getpid()}", path)
-        return value, label
-
-    return cached
 
 
 # -- driver side ---------------------------------------------------------------------------------
@@ -314,7 +252,7 @@ def one_run(data, run: str, args, bench_dir: Path) -> list[dict]:
     config = run_config(data, run, args.max_steps, args.kills)
     store = open_store(config.storage.root)
     keys = RunKeys(run)
-    options = {"dir": str(bench_dir), "lazy_ds_compile": args.lazy_ds_compile, "cached_peak": args.cached_peak}
+    options = {"dir": str(bench_dir)}
     original_entry, original_trainer = launch._entry, launch._torch_trainer
 
     driver: list[tuple[str, float]] = []  # each attempt's fit() start and end, seen by the driver
@@ -323,10 +261,6 @@ def one_run(data, run: str, args, bench_dir: Path) -> list[dict]:
         driver.append(("fit_start", time.time()))
         trainer = original_trainer(spec, store_, use_gpu)
         trainer.train_loop_config["bench"] = options
-        if args.spec_bytes:  # the same dict is in the controller's TrainRunContext: it gets bytes too
-            import pickle
-
-            trainer.train_loop_config["spec"] = pickle.dumps(trainer.train_loop_config["spec"])
         fit_attempt = trainer.fit
 
         def timed_fit():
@@ -431,7 +365,7 @@ PHASES = [
     ("backend setup (process group)", "context_initialized", "backend_ready"),
     ("train fn launch -> entry", "backend_ready", "entry"),
     ("import deepspeed + pipeline.train", "entry", "import_pipeline"),
-    ("init_distributed + bf16 + discover", "import_pipeline", "discover:end"),
+    ("resume point + barrier + init_distributed", "import_pipeline", "share:end"),
     ("engine build", "engine_build:start", "engine_build:end"),
     ("loaders + checkpoint restore", "engine_build:end", "checkpoint_restore:end"),
     ("metrics log + peak flops", "checkpoint_restore:end", "trainer_init:end"),
@@ -453,7 +387,7 @@ def _breakdown(killed_at, until, victim, first_row, records, log, driver) -> dic
 
     marks = {"survivor_exit": latest("exit", [r for r in survivor if killed_at <= at(r, "exit") < until])}
     marks["new_process_start"] = min((at(r, "process_start") for r in new), default=None)
-    for name in ("entry", "import_pipeline", "discover:end", "engine_build:start", "engine_build:end"):
+    for name in ("entry", "import_pipeline", "share:end", "engine_build:start", "engine_build:end"):
         marks[name] = latest(name, new)
     for name in ("checkpoint_restore:end", "trainer_init:end", "peak_flops:start", "peak_flops:end"):
         marks[name] = latest(name, new)
@@ -505,11 +439,6 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=9)
     parser.add_argument("--root", default=None, help="folder for the dataset (reused) and runs")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE set before Ray starts")
-    parser.add_argument("--lazy-ds-compile", action="store_true", help="proposed: Muon kernels compiled lazily")
-    parser.add_argument("--cached-peak", action="store_true", help="proposed: CPU peak FLOP/s cached per node")
-    parser.add_argument(
-        "--spec-bytes", action="store_true", help="proposed: the spec travels pickled, unpickled in the train fn"
-    )
     parser.add_argument("--profile", action="store_true", help="py-spy the restarted workers (raw stacks)")
     args = parser.parse_args()
     for item in args.env:
@@ -533,8 +462,7 @@ def main() -> None:
     for label in ("before_train_fn", "until_trainer_built"):
         values = [r["worker_cpu_s"][label] for r in results if r["worker_cpu_s"][label] is not None]
         summary[f"worker cpu {label}"] = _spread(values)
-    options = {"env": args.env, "lazy_ds_compile": args.lazy_ds_compile, "cached_peak": args.cached_peak}
-    options["spec_bytes"] = args.spec_bytes
+    options = {"env": args.env}
     options["pipeline_from"] = sorted({p for r in results for p in r["pipeline_from"]})
     print(json.dumps({"bench": "recovery", **options, "recoveries": len(results), "summary": summary}), flush=True)
 

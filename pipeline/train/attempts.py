@@ -7,7 +7,10 @@ what comes next, because the two kinds of failure need different budgets:
   step and return `{"drained": step}`; the next attempt starts at once on the workers that
   remain (elastic `workers: [min, max]`) or waits for a replacement. Drains cost no budget.
 * a **lost worker** (a node or a worker process gone without notice: SIGKILL, OOM kill, a node
-  that vanished): expected on preemptible clusters, counted against `max_node_losses`.
+  that vanished): expected on preemptible clusters, counted against `max_node_losses` - as long
+  as the run moves: a loss with no new committed checkpoint since the previous loss counts as a
+  failure (a worker OOM-killed at every resume, or an error whose symptom is a dead peer, repeats
+  without progress and must stop after `max_failures`, not after `max_node_losses`).
 * an **error** a worker raised (a bug, bad data): it repeats, so it is counted against
   `max_failures` (default 2) and the run stops when that is spent.
 
@@ -69,14 +72,18 @@ class Attempts:
     failures: int = 0
     node_losses: int = 0
     drains: list[dict] = field(default_factory=list)  # the workers' drain outcomes
+    loss_commit: int | None = None  # the newest committed step when the last loss was counted
 
     @classmethod
     def of(cls, train: LoopConfig) -> Attempts:
         return cls(train.max_failures, train.max_node_losses)
 
-    def charge(self, error: BaseException) -> str:
-        """Count a failed attempt; raise it when its budget is spent, else say what happened."""
-        if lost_worker(error):
+    def charge(self, error: BaseException, committed: int | None = None) -> str:
+        """Count a failed attempt; raise it when its budget is spent, else say what happened.
+        `committed`: the run's newest committed step now (None: no checkpoint yet)."""
+        progressed = self.node_losses == 0 or committed != self.loss_commit
+        if lost_worker(error) and progressed:
+            self.loss_commit = committed
             self.node_losses += 1
             if self.node_losses > self.max_node_losses:
                 raise error
@@ -85,11 +92,19 @@ class Attempts:
         if self.failures > self.max_failures:
             raise error
         first = str(error).strip().splitlines()[-1:] or [type(error).__name__]
-        return f"a worker failed ({self.failures}/{self.max_failures} failures): {first[0][:300]}"
+        again = "" if progressed else "a worker was lost again with no new checkpoint since the last loss: "
+        return f"{again}a worker failed ({self.failures}/{self.max_failures} failures): {first[0][:300]}"
 
 
-def supervise(fit: Callable[[], Any], attempts: Attempts, console: Console, lease_lost: threading.Event) -> Any:
-    """Run `fit()` until an attempt finishes the job; relaunch after drains and failures within budget."""
+def supervise(
+    fit: Callable[[], Any],
+    attempts: Attempts,
+    console: Console,
+    lease_lost: threading.Event,
+    committed: Callable[[], int | None] = lambda: None,
+) -> Any:
+    """Run `fit()` until an attempt finishes the job; relaunch after drains and failures within
+    budget. `committed()`: the run's newest committed step (a loss must make progress to be one)."""
     from ray.train import TrainingFailedError
 
     while True:
@@ -107,7 +122,7 @@ def supervise(fit: Callable[[], Any], attempts: Attempts, console: Console, leas
             clear = user_facing(error)
             if lease_lost.is_set() or clear is not error:
                 raise clear from None  # a lost lease, or a refusal (resume, lease) that would repeat
-            what = attempts.charge(error)
+            what = attempts.charge(error, committed())
             console.print(f"[yellow]{escape(what)}; resuming from the last committed checkpoint[/yellow]")
             continue
         if lease_lost.is_set():
@@ -116,8 +131,12 @@ def supervise(fit: Callable[[], Any], attempts: Attempts, console: Console, leas
         if "drained" not in outcome:
             return result
         attempts.drains.append(outcome)
+        # The margin left before the node goes: if it runs thin, checkpoint more often or ask the
+        # platform for a longer grace period (cluster/README.md).
+        left = outcome.get("deadline_left_s")
+        margin = f", {left:.0f} s before the drain deadline" if left is not None else ""
         console.print(
-            f"[yellow]node drain: step {outcome['drained']} committed on {outcome['world']} workers; "
+            f"[yellow]node drain: step {outcome['drained']} committed on {outcome['world']} workers{margin}; "
             "continuing on the workers that remain[/yellow]"
         )
 

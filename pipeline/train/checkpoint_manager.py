@@ -19,7 +19,8 @@ New saves go to the folder of this run's lease epoch (`step-XXXXXXXX-eNNNN`, pip
 the first commit of a warm-started run removes its pin on the parent's checkpoint.
 
 Another layout: the engine loads the checkpoint's copy in DeepSpeed's universal format
-(universal.py), made once per checkpoint by rank 0 while the others wait for its outcome, and kept
+(universal.py), made once per checkpoint by rank 0 before the ranks enter any torch collective
+(`prepare_resume`; the others wait in Ray Train's barrier, which has no timeout), and kept
 in the store next to the checkpoint (a later resume with any layout reuses it); each rank then
 downloads only the part of it that it loads.
 """
@@ -77,10 +78,48 @@ def discover(
 ) -> ResumePoint | None:
     """Every rank: rank 0 finds the checkpoint to resume from and broadcasts it (a `ResumeError`
     is raised on every rank, so none waits in a collective for the others)."""
-    found = broadcast(_find(store, keys, restart, init_from, compatibility) if dist.get_rank() == 0 else None)
-    if isinstance(found, ckpt.ResumeError):
+    return share(_find(store, keys, restart, init_from, compatibility) if dist.get_rank() == 0 else None)
+
+
+def share(found: ResumePoint | Exception | None) -> ResumePoint | None:
+    """Every rank: the resume point rank 0 found, broadcast; rank 0's error is raised on every rank."""
+    found = broadcast(found)
+    if isinstance(found, Exception):
         raise found
     return found
+
+
+def prepare_resume(
+    store: ObjectStore,
+    keys: RunKeys,
+    restart: bool,
+    init_from: WarmStartLineage | None,
+    compatibility: dict,
+    layout: tuple[int, int],
+    node_dir: Path,
+    lease: LeaseToken,
+) -> tuple[ResumePoint | Exception | None, int]:
+    """Rank 0, before the ranks enter any torch collective: the checkpoint to resume from (for
+    `share`) and, when it was written with another layout than `layout`, its universal copy made
+    (universal.py). Returns it with the bytes downloaded for the conversion.
+
+    Why here: at 7B the conversion downloads the whole checkpoint (~100 GB), converts and uploads
+    (~84 GB); inside a torch collective the other ranks would wait for it under the collective
+    timeout. Here they wait in Ray Train's barrier, which has none. A checkpoint that fails
+    verification while converting is left to `restore`, which falls back to an older one once
+    every rank agrees; any other failure is raised on every rank (a retried failure, not a refusal)."""
+    found = _find(store, keys, restart, init_from, compatibility)
+    if not isinstance(found, ResumePoint) or found.layout == layout:
+        return found, 0
+    fence = lambda: lease.assert_held(store, keys)  # noqa: E731
+    writer = f"{keys.run} lease epoch {lease.epoch}"
+    try:
+        return found, conversion.ensure_converted(store, RunKeys(found.run), found.checkpoint, node_dir, fence, writer)
+    except ckpt.ResumeError:
+        return found, 0
+    except Exception as problem:  # noqa: BLE001 - raised on every rank by `share`
+        where = f"checkpoint {found.checkpoint.tag} of run {found.run!r}"
+        return RuntimeError(f"converting {where} to universal format failed: {type(problem).__name__}: {problem}"), 0
 
 
 def _find(

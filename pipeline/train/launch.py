@@ -155,7 +155,8 @@ def run_training(
             console = Console(stderr=True, quiet=quiet)
             console.print(_headline(stage, train, use_gpu, manifest, resume_step, init_from))
             with Progress(store, train.run, train.max_steps, console):
-                supervise(lambda: _torch_trainer(spec, store, use_gpu).fit(), attempts, console, heartbeat.lost)
+                fit = lambda: _torch_trainer(spec, store, use_gpu).fit()  # noqa: E731
+                supervise(fit, attempts, console, heartbeat.lost, lambda: _newest_commit(store, keys))
             heartbeat.assert_held()
     finally:
         lease.release()  # the next launch need not wait for the lease to expire
@@ -167,6 +168,11 @@ def run_training(
         "manifest_version": manifest.version,
         "attempts": {"failures": attempts.failures, "node_losses": attempts.node_losses, "drains": attempts.drains},
     }
+
+
+def _newest_commit(store: ObjectStore, keys: RunKeys) -> int | None:
+    sound = ckpt.inventory(store, keys).sound
+    return max((c.step for c in sound), default=None)
 
 
 def _abort_training(error: Exception) -> None:

@@ -13,6 +13,7 @@ and memory-mapped, so random access to any block costs no copy of the shard.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -163,11 +164,15 @@ def validation_batches(
 ) -> list[tuple[torch.Tensor, ...]]:
     """A fixed validation set (the first samples in shard order), split across ranks in micro-batches.
 
-    Every rank gets the same number of full micro-batches (the set is cut to a multiple of
-    dp_size x micro_batch): a rank with one micro-batch more would wait forever in the collective
-    of the next step.
+    Every rank gets the same number of full micro-batches: a rank with one micro-batch more would
+    wait forever in the collective of the next step. The set is cut to a multiple of the global
+    batch, which every data-parallel split of a run divides, so an elastic run validates on the
+    same samples whatever its worker count (only a set smaller than one global batch is cut to
+    a multiple of dp_size x micro_batch, and then depends on it).
     """
     unit = dp_size * micro_batch
-    count = min(len(blocks), batches * global_batch) // unit * unit
+    available = min(len(blocks), batches * global_batch)
+    whole = math.lcm(global_batch, unit)  # = global_batch for any valid split
+    count = available // whole * whole or available // unit * unit
     ids = np.arange(count)[dp_rank::dp_size]
     return [blocks.batch(ids[i : i + micro_batch]) for i in range(0, len(ids), micro_batch)]

@@ -30,7 +30,7 @@ from ..faults import kill_once
 from ..records import ExportInfo
 from ..storage import open_store
 from . import checkpoint as ckpt
-from .checkpoint_manager import CheckpointManager, ResumePoint, discover
+from .checkpoint_manager import CheckpointManager, ResumePoint, prepare_resume, share
 from .ds_config import deepspeed_config
 from .engine import Engine
 from .export import upload_hf_model
@@ -81,6 +81,8 @@ class Trainer:
         point, universal = self._build(device)
         self.checkpoints = self._checkpoint_manager()
         self.resume_bytes = self.checkpoints.restore(point, universal, local_rank, self.dp_rank) if point else None
+        if self.resume_bytes:
+            self.resume_bytes[0] += self.converted_bytes  # rank 0's download for the conversion
         if self.early.stopped:  # stopped early before the restart: straight to the export
             self.stop_at = self.step
         self.metrics = MetricsLog(self.store, self.keys, self.local, self.step) if rank == 0 else None
@@ -103,15 +105,23 @@ class Trainer:
         # inside a collective whose timeout (train.collective_timeout_s) a large download could exceed.
         samples = self.objective.samples(self.store, self.manifest, "train")
         val = self.objective.samples(self.store, self.manifest, "validation")
-        if self.wait_for_peers is not None:
-            self.wait_for_peers()  # Ray Train's barrier: no timeout, unlike the torch collectives below
         self.device = device
-        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
         self.bf16 = resolve_bf16(self.train.precision, device)
-        point = discover(self.store, self.keys, self.spec.restart, self.spec.init_from, self.compatibility)
         # The batch cut for the workers Ray Train started (elastic: any count in [min, max]).
         self.split = self.train.split(self.world)
-        universal = point is not None and point.layout != (self.split.data_parallel, self.train.pipeline_stages)
+        layout = (self.split.data_parallel, self.train.pipeline_stages)
+        # Rank 0 finds the checkpoint and, for another layout, converts it, also before any collective.
+        found, self.converted_bytes = (None, 0)
+        if self.rank == 0:
+            found, self.converted_bytes = prepare_resume(
+                self.store, self.keys, self.spec.restart, self.spec.init_from, self.compatibility, layout,
+                self.node_dir, self.spec.lease,
+            )  # fmt: skip
+        if self.wait_for_peers is not None:
+            self.wait_for_peers()  # Ray Train's barrier: no timeout, unlike the torch collectives below
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+        point = share(found)
+        universal = point is not None and point.layout != layout
         ds_config = deepspeed_config(self.train, self.bf16, load_universal=universal, split=self.split)
         self.engine = Engine(self.train, self.model_config, ds_config, device, self.objective)
         # Parameters this rank holds after construction: ~total/world under ZeRO-3 (partitioned

@@ -6,8 +6,8 @@ next to the checkpoint (`<checkpoint>/universal/`, pipeline/keys.py). Garbage co
 checkpoint listing go by checkpoint folder: the copy is never taken for a checkpoint and is deleted
 with its own.
 
-Converting (global rank 0; the other ranks wait for its outcome in a broadcast, so download,
-conversion and upload must fit the collective timeout): download the whole checkpoint
+Converting (global rank 0, before any torch collective: checkpoint_manager.prepare_resume; the
+other ranks wait in Ray Train's barrier, which has no timeout): download the whole checkpoint
 (verified), run `ds_to_universal` into a fresh scratch folder, upload every file it wrote (hashed
 while streaming), check the run lease and write the `Converted` marker last, listing each file
 with size and sha256. Without the marker the copy does not exist: a conversion killed midway, or
@@ -26,6 +26,7 @@ verification removes the marker, so the next attempt converts again instead of t
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -136,7 +137,11 @@ def convert(source: Path, target: Path) -> None:
     # ZeRO-1/2 saves carry `universal_checkpoint_info` only when the model declares one (Megatron's
     # tensor-parallel metadata); Sora's does not, and without it the converter refuses them. With no
     # tensor parallelism the default it injects (the format version) is all there is to say.
-    command += ["--inject_missing_state", "--num_extract_workers", "1", "--num_merge_workers", "1"]
+    # Extract (one rank file each) and merge (one parameter each) in parallel, up to 8 processes:
+    # at 7B a serial conversion of 64 ranks' files takes tens of minutes; each process holds one
+    # rank's optimizer share or one parameter's slices, so 8 stay well inside a node's memory.
+    workers = str(max(1, min(8, os.cpu_count() or 1)))
+    command += ["--inject_missing_state", "--num_extract_workers", workers, "--num_merge_workers", workers]
     target.parent.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:

@@ -89,6 +89,24 @@ def test_validation_split_gives_every_rank_the_same_number_of_batches():
     assert all(inputs.shape[0] == 2 for batches in per_rank for inputs, _ in batches)
 
 
+def test_an_elastic_run_validates_on_the_same_samples_at_every_worker_count():
+    class Blocks:  # row i holds the sample id i
+        def __len__(self):
+            return 37
+
+        def batch(self, ids):
+            return to_tensors(np.repeat(np.asarray(ids)[:, None], 5, axis=1), np.full(len(ids), 5))
+
+    def samples(dp: int, micro: int) -> list[int]:
+        rows = [
+            inputs[:, 0] for rank in range(dp) for inputs, _ in validation_batches(Blocks(), 3, 16, micro, rank, dp)
+        ]
+        return sorted(int(i) for batch in rows for i in batch)
+
+    # workers [1, 4] with global_batch 16, micro_batch 4 (loop.py: 1 -> 4 x 4, 2 -> 4 x 2, 4 -> 4 x 1).
+    assert samples(1, 4) == samples(2, 4) == samples(4, 4) == list(range(32))
+
+
 def test_rows_with_one_token_are_never_written_and_never_give_nan():
     # 3 documents + EOS each = 9 tokens; block_len 4 -> rows of 4, 4 and a tail of 1 (only EOS).
     blocks, valid = pack([np.array([5, 6]), np.array([7, 8]), np.array([9, 10])], 0, 1, 4, np.dtype("uint16"))

@@ -244,3 +244,22 @@ def test_resume_with_another_layout_converts_once_and_each_rank_downloads_what_i
     embed = 3 * PARAMETERS["embed.weight"]
     assert second[0]["sizes"] == [shared + embed, shared + head]
     assert sum(second[0]["sizes"]) < original_bytes(store)
+
+
+def test_rank_0_converts_before_any_collective_and_a_failure_reaches_every_rank(setup, monkeypatch):
+    """checkpoint_manager.prepare_resume runs on rank 0 before the Ray barrier (no process group yet)."""
+    from pipeline.train.checkpoint_manager import ResumePoint, prepare_resume
+
+    store, tmp_path = setup
+    lease = acquire_lease(store, KEYS.lease, 60, what="test")
+    token = LeaseToken(lease.owner, lease.epoch)
+    same = prepare_resume(store, KEYS, False, None, {}, (2, 1), tmp_path / "n0", token)
+    assert isinstance(same[0], ResumePoint) and same[1] == 0 and conversions(tmp_path) == 0  # same layout
+    monkeypatch.setenv("FAKE_CONVERT_DIE", "1")
+    failed, _ = prepare_resume(store, KEYS, False, None, {}, (1, 1), tmp_path / "n1", token)
+    assert isinstance(failed, RuntimeError) and "killed by signal 9" in str(failed)  # `share` raises it everywhere
+    monkeypatch.delenv("FAKE_CONVERT_DIE")
+    point, downloaded = prepare_resume(store, KEYS, False, None, {}, (1, 1), tmp_path / "n2", token)
+    assert point.checkpoint == CHECKPOINT and downloaded == original_bytes(store)
+    assert universal.converted(store, KEYS, CHECKPOINT) is not None and conversions(tmp_path) == 2
+    lease.release()
