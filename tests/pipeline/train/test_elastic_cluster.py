@@ -34,7 +34,7 @@ from pipeline.train import checkpoint as ckpt
 from pipeline.train.loader import GlobalOrder
 from pipeline.train.metrics import read_rows
 
-pytestmark = [pytest.mark.distributed, pytest.mark.s3]
+pytestmark = [pytest.mark.distributed, pytest.mark.s3, pytest.mark.timeout(1200)]
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
 STEPS = 64
