@@ -65,6 +65,16 @@ CollectiveTimeout = Annotated[
     ),
 ]
 
+WorkersPerNode = Annotated[
+    int,
+    Field(
+        ge=1,
+        description="Elastic workers: nodes come and go whole, so the group trains only on multiples of this "
+        "(8 on 8-GPU nodes): both ends of the range must be multiples, and the global batch must split over "
+        "each multiple in the range (other counts in the range are never used).",
+    ),
+]
+
 ResizeInterval = Annotated[
     float,
     Field(
@@ -112,6 +122,7 @@ class LoopConfig(Section):
     max_failures: MaxFailures = 2
     max_node_losses: MaxNodeLosses = 10
     collective_timeout_s: CollectiveTimeout = 600.0
+    workers_per_node: WorkersPerNode = 1
     resize_interval_s: ResizeInterval = 60.0
     placement_timeout_s: PlacementTimeout = 20.0
 
@@ -141,6 +152,15 @@ class LoopConfig(Section):
         return isinstance(self.workers, tuple)
 
     @property
+    def worker_counts(self) -> list[int]:
+        """The worker counts the run may train on: every multiple of `workers_per_node` in the range
+        (a fixed count: that count)."""
+        if not self.elastic:
+            return [self.workers]
+        step = self.workers_per_node
+        return list(range(self.min_workers, self.max_workers + 1, step))
+
+    @property
     def stages(self) -> int:
         """Pipeline stages (1: data parallel only)."""
         return 1
@@ -161,6 +181,11 @@ class LoopConfig(Section):
         micro-batch and uses the largest divisor of the per-replica share that fits, so every
         count in the range keeps the global batch (and with it the sample order and the schedule).
         """
+        if self.elastic and workers % self.workers_per_node:
+            raise ValueError(
+                f"{self.prefix}workers: {workers} workers is not a multiple of workers_per_node "
+                f"({self.workers_per_node}); counts this run trains on: {self.worker_counts}"
+            )
         dp = workers // self.stages
         share, rest = divmod(self.global_batch, dp)
         micro = self.micro_batch
@@ -177,7 +202,7 @@ class LoopConfig(Section):
                 f"{self.prefix}global_batch ({self.global_batch}) must be divisible by micro_batch x "
                 f"{self.parallel_name} ({self.micro_batch} x {dp} = {per_step})"
             )
-        fits = [w for w in range(self.min_workers, self.max_workers + 1) if self.global_batch % (w // self.stages) == 0]
+        fits = [w for w in self.worker_counts if self.global_batch % (w // self.stages) == 0]
         return (
             f"{self.prefix}workers {list(self.workers)}: global_batch ({self.global_batch}) cannot be split over "
             f"{dp} data-parallel workers; every count in the range must divide it (counts that do: {fits})"
@@ -187,7 +212,12 @@ class LoopConfig(Section):
         """The batch split (at every worker count) and the LR schedule; each section's validator calls it."""
         if self.min_workers < 1 or self.min_workers > self.max_workers:
             raise ValueError(f"{self.prefix}workers: need 1 <= min <= max, not {list(self.workers)}")
-        for workers in range(self.min_workers, self.max_workers + 1):
+        step = self.workers_per_node
+        if self.elastic and (self.min_workers % step or self.max_workers % step):
+            raise ValueError(
+                f"{self.prefix}workers {list(self.workers)}: both ends must be multiples of workers_per_node ({step})"
+            )
+        for workers in self.worker_counts:
             self.split(workers)
         if self.min_lr > self.lr:
             raise ValueError(f"{self.prefix}min_lr must not exceed {self.prefix}lr")

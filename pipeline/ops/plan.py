@@ -244,7 +244,7 @@ def _worker_range(train) -> list[dict] | None:
     """Elastic runs: the batch split at every worker count of the range (None for a fixed count)."""
     if not train.elastic:
         return None
-    splits = [train.split(w) for w in range(train.min_workers, train.max_workers + 1)]
+    splits = [train.split(w) for w in train.worker_counts]
     return [{"workers": s.workers, "micro_batch": s.micro_batch, "grad_accum": s.grad_accum} for s in splits]
 
 

@@ -37,11 +37,24 @@ def test_pipeline_with_zero3_is_rejected_before_launch(tmp_path):
         ({"workers": 3, "strategy": "pipeline", "pipeline_stages": 2}, "multiple of pipeline_stages"),
         ({"offload": True, "strategy": "zero1"}, "offload is supported with strategy zero3 only"),
         ({"bogus": 1}, "Extra inputs are not permitted"),
+        ({"workers": [1, 3], "global_batch": 16}, r"over 3 data-parallel workers.*counts that do: \[1, 2\]"),
+        ({"workers": [4, 12], "workers_per_node": 8}, r"both ends must be multiples of workers_per_node \(8\)"),
+        ({"workers": [8, 24], "workers_per_node": 8, "global_batch": 32}, r"over 24 .*counts that do: \[8, 16\]"),
     ],
 )
 def test_invalid_combinations(train, message):
     with pytest.raises(ValueError, match=message):
         RunConfig.model_validate({"train": train})
+
+
+def test_elastic_runs_train_on_whole_nodes_with_the_same_global_batch():
+    train = RunConfig.model_validate(
+        {"train": {"workers": [8, 16], "workers_per_node": 8, "global_batch": 1680, "micro_batch": 4}}
+    ).train  # 1680 splits over 8 and 16 workers, not over 9..15: those counts are never used
+    assert train.worker_counts == [8, 16]
+    assert [(s.micro_batch, s.grad_accum) for s in map(train.split, train.worker_counts)] == [(3, 70), (3, 35)]
+    with pytest.raises(ValueError, match="13 workers is not a multiple of workers_per_node"):
+        train.split(13)  # Ray placed a partial node: the attempt fails with this line
 
 
 def test_deepspeed_auto_fields_are_filled():
