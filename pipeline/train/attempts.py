@@ -1,7 +1,8 @@
 """The driver's supervision of one training job across attempts: drains, lost workers, errors.
 
-Ray Train runs each attempt (`TorchTrainer.fit`) with no retries of its own; this loop decides
-what comes next, because the two kinds of failure need different budgets:
+Ray Train retries a failed worker group inside its controller, and Sora's budgets decide there
+(retry_policy.py runs `Attempts.charge` in the controller); this loop relaunches `fit()` after a
+drain and decides on what reaches the driver. The kinds of outcome and their budgets:
 
 * a **drain** (a node announced it will go, e.g. a spot reclaim): the workers commit the current
   step and return `{"drained": step}`; the next attempt starts at once on the workers that
@@ -63,6 +64,10 @@ def _is_loss(error: BaseException) -> bool:
     return False
 
 
+class BudgetSpent(RuntimeError):
+    """A budget is spent: the run stops with the failure that spent it."""
+
+
 @dataclass
 class Attempts:
     """Counts of what ended each attempt, against the run's budgets."""
@@ -122,6 +127,9 @@ def supervise(
             clear = user_facing(error)
             if lease_lost.is_set() or clear is not error:
                 raise clear from None  # a lost lease, or a refusal (resume, lease) that would repeat
+            spent = getattr(error, "controller_failure", None)
+            if isinstance(spent, BudgetSpent):  # decided in the controller (retry_policy.py)
+                raise spent from None
             what = attempts.charge(error, committed())
             console.print(f"[yellow]{escape(what)}; resuming from the last committed checkpoint[/yellow]")
             continue
@@ -152,7 +160,7 @@ def user_facing(error: Exception) -> Exception:
     while seen is not None:
         if isinstance(seen, UserError):
             return seen
-        seen = seen.__cause__ or seen.__context__
+        seen = getattr(seen, "controller_failure", None) or seen.__cause__ or seen.__context__
     text = str(error)
     for marker in ("ResumeError: ", "LeaseHeldError: "):
         if marker in text:

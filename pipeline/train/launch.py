@@ -152,10 +152,21 @@ def run_training(
                 fault_dir=os.environ.get("SORA_FAULT_DIR"),
                 init_from=init_from,
             )
+            from .retry_policy import BudgetCallback, load_counts, reset_counts  # imports Ray Train
+
+            store_location = (config.storage.root, config.storage.settings())
+            reset_counts(store, train.run)  # budgets are per job: a relaunched job starts afresh
             console = Console(stderr=True, quiet=quiet)
             console.print(_headline(stage, train, use_gpu, manifest, resume_step, init_from))
             with Progress(store, train.run, train.max_steps, console):
-                fit = lambda: _torch_trainer(spec, store, use_gpu).fit()  # noqa: E731
+
+                def fit():
+                    budget = BudgetCallback(attempts, _newest_commit(store, keys), *store_location, train.run)
+                    try:
+                        return _torch_trainer(spec, store, use_gpu, budget).fit()
+                    finally:
+                        load_counts(store, train.run, attempts)  # what the controller counted
+
                 supervise(fit, attempts, console, heartbeat.lost, lambda: _newest_commit(store, keys))
             heartbeat.assert_held()
     finally:
@@ -201,7 +212,7 @@ def _ray_train_settings(train) -> None:
     os.environ.setdefault("RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S", "1")
 
 
-def _torch_trainer(spec: WorkerSpec, store: ObjectStore, use_gpu: bool):
+def _torch_trainer(spec: WorkerSpec, store: ObjectStore, use_gpu: bool, budget=None):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -224,9 +235,11 @@ def _torch_trainer(spec: WorkerSpec, store: ObjectStore, use_gpu: bool):
             name=train.run,
             storage_path=store.path(RunKeys(train.run).ray),
             storage_filesystem=store.fs,
-            # No retries inside Ray Train: attempts.py tells lost workers from errors. Drains
-            # announced to Ray (node preemption) are retried without limit, as Ray does by default.
-            failure_config=ray.train.FailureConfig(max_failures=0, max_preemption_failures=-1),
+            # Ray Train retries every failed worker group in its controller (no relaunch of fit());
+            # Sora's budgets decide there and stop the run (retry_policy.py). Drains announced to
+            # Ray (node preemption) are retried without limit, as Ray does by default.
+            failure_config=ray.train.FailureConfig(max_failures=-1, max_preemption_failures=-1),
+            callbacks=[budget] if budget is not None else None,
         ),
     )
 

@@ -45,3 +45,28 @@ def test_each_budget_is_spent_on_its_own_kind():
     attempts.charge(TrainingFailed(ValueError("bad row")))
     with pytest.raises(TrainingFailed):
         attempts.charge(TrainingFailed(ActorDiedError("node died")), committed=12)
+
+
+def test_the_controller_applies_the_budgets_and_the_driver_reads_its_counts(tmp_path):
+    """retry_policy.BudgetCallback: Ray Train's controller retries; Sora's budgets stop the run."""
+    from pipeline.errors import UserError
+    from pipeline.storage import open_store
+    from pipeline.train.attempts import BudgetSpent
+    from pipeline.train.retry_policy import BudgetCallback, load_counts, reset_counts
+
+    root = f"file://{tmp_path}/store"
+    store = open_store(root)
+    callback = BudgetCallback(Attempts(max_failures=1, max_node_losses=5), None, root, {}, "r")
+    callback.after_exception(None, {1: ActorDiedError("worker died")})  # a loss: retried
+    callback.after_report(None, [{"step": 8}, {"step": 8}], checkpoint=object())  # step 8 committed
+    callback.after_exception(None, {0: ValueError("bad row")})  # an error: retried once
+    with pytest.raises(UserError, match="checkpoint 4 is corrupt"):  # a refusal stops at once
+        callback.after_exception(None, {0: RuntimeError("ResumeError: checkpoint 4 is corrupt\n...")})
+    with pytest.raises(BudgetSpent, match=r"2 failures \(max_failures 1\), 1 node losses.*rank 0: bad row"):
+        callback.after_exception(None, {0: ValueError("bad row")})
+    driver = Attempts(max_failures=1, max_node_losses=5)
+    load_counts(store, "r", driver)
+    assert (driver.failures, driver.node_losses, driver.loss_commit) == (2, 1, None)
+    reset_counts(store, "r")  # the next job starts afresh
+    load_counts(store, "r", fresh := Attempts(1, 5))
+    assert (fresh.failures, fresh.node_losses) == (0, 0)
