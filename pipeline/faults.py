@@ -20,7 +20,10 @@ def kill_once(spec: str | None, rank: int, step: int, marker_dir: str) -> None:
     """Kill this worker process (`os._exit(1)`) when `spec` is "RANK:STEP" and it has not fired yet.
 
     The marker file makes it fire once per run, so the restarted worker group can finish.
+    "RANK:STEP:raise" raises an error there instead, at every attempt: a bug that repeats.
     """
+    if spec == f"{rank}:{step}:raise":
+        raise RuntimeError(f"fault injection: rank {rank} raises at step {step}")
     if not spec or spec != f"{rank}:{step}":
         return
     marker = os.path.join(marker_dir, f"killed-{rank}-{step}")

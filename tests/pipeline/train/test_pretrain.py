@@ -150,6 +150,17 @@ def test_killed_worker_is_restarted_from_last_committed_checkpoint(dataset_root,
     assert store.exists("runs/killed/hf/model.safetensors")
 
 
+def test_an_error_that_repeats_stops_the_run_after_max_failures(dataset_root, monkeypatch):
+    from pipeline.train.attempts import BudgetSpent
+
+    monkeypatch.setenv("SORA_KILL_WORKER", "1:3:raise")  # rank 1 raises in step 3, at every attempt
+    config = train_config(dataset_root, "buggy", max_failures=1, max_steps=4, checkpoint_interval=2)
+    with pytest.raises(BudgetSpent, match=r"2 failures \(max_failures 1\), 0 node losses.*rank 1 raises at step 3"):
+        pretrain(config, quiet=True)
+    store = open_store(config.storage.root)
+    assert max(r["step"] for r in metrics(store, "buggy")) <= 3  # never got past the bug
+
+
 @pytest.mark.s3
 def test_checkpoints_and_export_on_s3(tmp_path, s3_bucket, ray_session):
     from datagen import data_config, make_corpus
