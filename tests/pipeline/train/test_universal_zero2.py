@@ -33,6 +33,11 @@ def _rank(rank, world, port, root, out):
     import deepspeed
     import torch.distributed as dist
 
+    # A forked child must not use the parent's intra-op thread pool: once earlier tests in this
+    # pytest process ran torch ops, the child's first matmul waits forever for the pool's threads,
+    # which fork did not copy (this hung the CI run). One thread never enters the pool.
+    torch.set_num_threads(1)
+
     from pipeline.train.engine import Engine
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
