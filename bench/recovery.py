@@ -257,9 +257,9 @@ def one_run(data, run: str, args, bench_dir: Path) -> list[dict]:
 
     driver: list[tuple[str, float]] = []  # each attempt's fit() start and end, seen by the driver
 
-    def torch_trainer(spec, store_, use_gpu):
+    def torch_trainer(spec, store_, use_gpu, *rest):
         driver.append(("fit_start", time.time()))
-        trainer = original_trainer(spec, store_, use_gpu)
+        trainer = original_trainer(spec, store_, use_gpu, *rest)
         trainer.train_loop_config["bench"] = options
         fit_attempt = trainer.fit
 
