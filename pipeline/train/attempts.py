@@ -8,10 +8,10 @@ drain and decides on what reaches the driver. The kinds of outcome and their bud
   step and return `{"drained": step}`; the next attempt starts at once on the workers that
   remain (elastic `workers: [min, max]`) or waits for a replacement. Drains cost no budget.
 * a **lost worker** (a node or a worker process gone without notice: SIGKILL, OOM kill, a node
-  that vanished): expected on preemptible clusters, counted against `max_node_losses` - as long
-  as the run moves: a loss with no new committed checkpoint since the previous loss counts as a
-  failure (a worker OOM-killed at every resume, or an error whose symptom is a dead peer, repeats
-  without progress and must stop after `max_failures`, not after `max_node_losses`).
+  that vanished): expected on preemptible clusters, counted against `max_node_losses`. A lost
+  node always counts there; a lost worker *process* on a live node (an OOM kill, a segfault) does
+  only while the run moves: with no new committed checkpoint since the previous loss it counts as
+  a failure (a worker OOM-killed at every resume repeats, and must stop after `max_failures`).
 * an **error** a worker raised (a bug, bad data): it repeats, so it is counted against
   `max_failures` (default 2) and the run stops when that is spent.
 
@@ -35,7 +35,10 @@ from ..errors import UserError
 # Worker errors that mean "the worker is gone", not "the worker raised": Ray's actor-death and
 # health-check failures. Matched by class name so the driver imports no Ray internals.
 _LOST = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerHealthCheckFailedError",
-         "NodeDiedError", "OwnerDiedError")  # fmt: skip
+         "WorkerHealthCheckTimeoutError", "NodeDiedError", "OwnerDiedError")  # fmt: skip
+
+# What Ray's GCS says when it killed an actor because its node died (gcs_actor_manager).
+_NODE_DIED = ("its node has died", "NodeDiedError")
 
 
 # What a rank raises when a peer of its collective vanished (gloo, NCCL): collateral of a loss.
@@ -53,6 +56,20 @@ def lost_worker(error: BaseException) -> bool:
     if any(_is_loss(e) for e in failures):
         return True
     return bool(failures) and all(any(s in str(e) for s in _PEER_GONE) for e in failures)
+
+
+def node_lost(error: BaseException) -> bool:
+    """Whether a worker of the failed attempt died with its node (not just its process)."""
+    failures = list((getattr(error, "worker_failures", None) or {}).values())
+    return any(any(mark in _chain_text(e) for mark in _NODE_DIED) for e in failures)
+
+
+def _chain_text(error: BaseException) -> str:
+    parts, seen = [], error
+    while seen is not None:
+        parts.append(f"{type(seen).__name__}: {seen}")
+        seen = getattr(seen, "health_check_failure", None) or seen.__cause__
+    return "\n".join(parts)
 
 
 def _is_loss(error: BaseException) -> bool:
@@ -86,7 +103,7 @@ class Attempts:
     def charge(self, error: BaseException, committed: int | None = None) -> str:
         """Count a failed attempt; raise it when its budget is spent, else say what happened.
         `committed`: the run's newest committed step now (None: no checkpoint yet)."""
-        progressed = self.node_losses == 0 or committed != self.loss_commit
+        progressed = self.node_losses == 0 or committed != self.loss_commit or node_lost(error)
         if lost_worker(error) and progressed:
             self.loss_commit = committed
             self.node_losses += 1

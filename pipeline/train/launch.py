@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from sora import SoraConfig
 
@@ -53,8 +54,11 @@ def pin_dataset(store: ObjectStore, config: RunConfig) -> DatasetVersion:
 class Progress:
     """Polls rank 0's newest metrics segment and prints one line per new log interval."""
 
-    def __init__(self, store: ObjectStore, run: str, max_steps: int, console: Console) -> None:
+    def __init__(
+        self, store: ObjectStore, run: str, max_steps: int, console: Console, epoch: int | None = None
+    ) -> None:
         self.store, self.keys, self.max_steps, self.console = store, RunKeys(run), max_steps, console
+        self.epoch, self.events_shown = epoch, 0  # the job's attempt messages (retry_policy.py)
         self.stop = threading.Event()
         self.last_step = 0
         self.thread = threading.Thread(target=self._poll, daemon=True)
@@ -64,6 +68,7 @@ class Progress:
             self.show()
 
     def show(self) -> None:
+        self._show_attempts()
         try:
             row = last_row(self.store, self.keys.metrics)
         except (FileNotFoundError, OSError):
@@ -78,6 +83,20 @@ class Progress:
             f"step {row.step}/{self.max_steps} loss {row.loss:.4f}{val} lr {row.lr:.2e} "
             f"{row.tokens_per_s:,.0f} tok/s MFU {row.mfu:.1%} ETA {eta:.0f}s"
         )
+
+    def _show_attempts(self) -> None:
+        """Print what Ray Train's controller decided after a failure (it runs elsewhere)."""
+        if self.epoch is None:
+            return
+        from .retry_policy import read_attempts
+
+        try:
+            events = (read_attempts(self.store, self.keys.run, self.epoch) or {}).get("events", [])
+        except (OSError, ValueError):
+            return
+        for event in events[self.events_shown :]:
+            self.console.print(f"[yellow]{escape(event)}[/yellow]")
+        self.events_shown = max(self.events_shown, len(events))
 
     def __enter__(self) -> Progress:
         self.thread.start()
@@ -152,22 +171,21 @@ def run_training(
                 fault_dir=os.environ.get("SORA_FAULT_DIR"),
                 init_from=init_from,
             )
-            from .retry_policy import BudgetCallback, load_counts, reset_counts  # imports Ray Train
+            from .retry_policy import BudgetCallback, load_counts, newest_commit  # imports Ray Train
 
-            store_location = (config.storage.root, config.storage.settings())
-            reset_counts(store, train.run)  # budgets are per job: a relaunched job starts afresh
+            where = (config.storage.root, config.storage.settings(), train.run, lease.epoch)
+            events: list[str] = []  # what the controllers decided (printed by Progress)
             console = Console(stderr=True, quiet=quiet)
             console.print(_headline(stage, train, use_gpu, manifest, resume_step, init_from))
-            with Progress(store, train.run, train.max_steps, console):
+            with Progress(store, train.run, train.max_steps, console, lease.epoch):
 
                 def fit():
-                    budget = BudgetCallback(attempts, _newest_commit(store, keys), *store_location, train.run)
                     try:
-                        return _torch_trainer(spec, store, use_gpu, budget).fit()
+                        return _torch_trainer(spec, store, use_gpu, BudgetCallback(attempts, events, *where)).fit()
                     finally:
-                        load_counts(store, train.run, attempts)  # what the controller counted
+                        events[:] = load_counts(store, train.run, lease.epoch, attempts)  # the controller's
 
-                supervise(fit, attempts, console, heartbeat.lost, lambda: _newest_commit(store, keys))
+                supervise(fit, attempts, console, heartbeat.lost, lambda: newest_commit(store, keys))
             heartbeat.assert_held()
     finally:
         lease.release()  # the next launch need not wait for the lease to expire
@@ -179,11 +197,6 @@ def run_training(
         "manifest_version": manifest.version,
         "attempts": {"failures": attempts.failures, "node_losses": attempts.node_losses, "drains": attempts.drains},
     }
-
-
-def _newest_commit(store: ObjectStore, keys: RunKeys) -> int | None:
-    sound = ckpt.inventory(store, keys).sound
-    return max((c.step for c in sound), default=None)
 
 
 def _abort_training(error: Exception) -> None:

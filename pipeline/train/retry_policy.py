@@ -3,93 +3,119 @@ there, without relaunching `fit()`.
 
 Ray Train retries a failed worker group itself (`FailureConfig(max_failures=-1)`), which skips what
 a relaunch from the driver costs: the old controller's shutdown, a new `TrainController` and
-placement-group cleaner (two more Python processes), a fresh resource request (issue 17 item 8
-measured each recovery phase). Ray's own policy has one budget for every worker error, so this
-callback, run by the controller at every failure before Ray decides, applies Sora's (attempts.py):
-a lost worker against `max_node_losses`, an error a worker raised against `max_failures`, a
-refusal (`ResumeError`, a lost lease) at once. Raising from the callback stops the run: Ray ends
-`fit()` with a `ControllerError` carrying what was raised here.
+placement-group cleaner (two more Python processes), a fresh resource request (issue 17 item 8:
+21 s -> 12 s from a killed worker to the next step, bench/recovery.py). Ray's own policy has one
+budget for every worker error, so this controller callback applies Sora's (attempts.py) once per
+failure, when the controller moves to `RestartingState`: a lost worker against `max_node_losses`,
+an error a worker raised against `max_failures`, a refusal (`ResumeError`, a lost lease) at once.
+Raising stops the run: Ray ends `fit()` with a `ControllerError` carrying what was raised here.
 
-The counts survive the controller: after every decision they are written to
-`runs/<run>/attempts.json`, which the driver reads back when `fit()` returns (after a drain it
-starts the next attempt with them).
+Not charged: preemption deaths (a drained node went before its workers returned: Ray's own
+preemption budget, unlimited) and worker-group start failures (placement timeouts while Ray's view
+of the cluster catches up).
+
+Ray 2.60 internals used (DeveloperAPI, the lock file pins Ray): `ControllerCallback`,
+`RestartingState`, the preemption test of the default failure policy. The state-update hook runs
+once per controller transition; `UserCallback.after_exception` would run at every health poll
+(0.5 s) for as long as a failed group is polled, charging one failure many times.
+
+The counts survive the controller: after every decision they go to
+`runs/<run>/attempts/e<lease epoch>.json` with the messages, which the driver prints (launch.py
+`Progress`) and reads back when `fit()` returns.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 
-import ray.train
+from ray.train.v2._internal.execution.callback import ControllerCallback
+from ray.train.v2._internal.execution.controller.state import RestartingState
+from ray.train.v2._internal.execution.failure_handling.default import _is_preemption_failure
+from ray.train.v2.api.exceptions import WorkerGroupError
 
 from ..errors import UserError
 from ..keys import RunKeys
 from ..storage import open_store
 from .attempts import Attempts, BudgetSpent, user_facing
 
-
-class WorkerFailures(Exception):
-    """One failed attempt: each rank's error (the shape `lost_worker` reads)."""
-
-    def __init__(self, worker_failures: dict[int, BaseException]) -> None:
-        lines = [f"rank {rank}: {_last_line(error)}" for rank, error in sorted(worker_failures.items())]
-        super().__init__("; ".join(lines))
-        self.worker_failures = worker_failures
+log = logging.getLogger(__name__)
 
 
-class BudgetCallback(ray.train.UserCallback):
-    """Runs in the controller; `attempts` are the counts so far, `committed` the newest committed step."""
+class BudgetCallback(ControllerCallback):
+    """Runs in the controller with the counts so far; `epoch` is the job's run-lease epoch."""
 
-    def __init__(self, attempts: Attempts, committed: int | None, root: str, settings: dict, run: str) -> None:
-        self.attempts, self.committed = attempts, committed
-        self.root, self.settings, self.run = root, settings, run
+    def __init__(self, attempts: Attempts, events: list[str], root: str, settings: dict, run: str, epoch: int) -> None:
+        self.attempts, self.events = attempts, list(events)  # the job's so far (earlier controllers')
+        self.root, self.settings, self.run, self.epoch = root, settings, run, epoch
 
-    def after_report(self, run_context, metrics, checkpoint) -> None:
-        if checkpoint is not None:  # workers report only committed checkpoints (worker.py)
-            self.committed = max(m.get("step", 0) for m in metrics)
-
-    def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
-        for error in worker_exceptions.values():
-            clear = user_facing(error)
-            if clear is not error:
+    def after_controller_state_update(self, previous_state, current_state) -> None:
+        if not isinstance(current_state, RestartingState):
+            return
+        error = current_state.training_failed_error
+        if not isinstance(error, WorkerGroupError) or _is_preemption_failure(error):
+            return
+        for failure in error.worker_failures.values():
+            clear = user_facing(failure)
+            if clear is not failure:
                 raise UserError(str(clear))  # a refusal would repeat: stop now
-        failed = WorkerFailures(worker_exceptions)
+        store = open_store(self.root, self.settings)
         try:
-            what = self.attempts.charge(failed, self.committed)
-        except WorkerFailures:
-            self._save()
+            what = self.attempts.charge(error, newest_commit(store, RunKeys(self.run)))
+        except WorkerGroupError:
             a = self.attempts
             spent = f"{a.failures} failures (max_failures {a.max_failures}), {a.node_losses} node losses"
-            raise BudgetSpent(f"training stopped after {spent}; the last attempt failed with {failed}") from None
-        self._save()
-        print(f"{what}; resuming from the last committed checkpoint", flush=True)
+            what = f"training stopped after {spent}; the last attempt failed with {_summary(error)}"
+            self._save(store, what)
+            raise BudgetSpent(what) from None
+        self._save(store, f"{what}; resuming from the last committed checkpoint")
 
-    def _save(self) -> None:
+    def _save(self, store, what: str) -> None:
+        self.events.append(what)
         counts = {k: v for k, v in asdict(self.attempts).items() if k != "drains"}
-        store = open_store(self.root, self.settings)
-        store.write(attempts_key(self.run), json.dumps(counts).encode())
+        try:  # the decision stands even if the store cannot take the note now
+            store.write(attempts_key(self.run, self.epoch), json.dumps({**counts, "events": self.events}).encode())
+        except Exception as error:  # noqa: BLE001
+            log.warning("run %r: could not record the attempt counts: %s", self.run, error)
 
 
-def attempts_key(run: str) -> str:
-    return f"{RunKeys(run).prefix}/attempts.json"
+def newest_commit(store, keys: RunKeys) -> int | None:
+    """The newest committed checkpoint's step (from the listing: no content read)."""
+    from .checkpoint import inventory
+
+    return max((c.step for c in inventory(store, keys).sound), default=None)
 
 
-def reset_counts(store, run: str) -> None:
-    """The driver, at the start of a job: budgets are per job, not per run."""
-    if store.exists(attempts_key(run)):
-        store.delete(attempts_key(run))
+def attempts_key(run: str, epoch: int) -> str:
+    """Per lease epoch: a new job (a new epoch) starts with fresh budgets, and a controller left
+    over from a job that lost its lease cannot overwrite the counts of the job that took it."""
+    return f"{RunKeys(run).prefix}/attempts/e{epoch:04d}.json"
 
 
-def load_counts(store, run: str, attempts: Attempts) -> None:
-    """The driver: take the counts the last controller wrote (none written: unchanged)."""
+def read_attempts(store, run: str, epoch: int) -> dict | None:
     try:
-        counts = json.loads(store.read(attempts_key(run)))
+        return json.loads(store.read(attempts_key(run, epoch)))
     except FileNotFoundError:
-        return
+        return None
+
+
+def load_counts(store, run: str, epoch: int, attempts: Attempts) -> list[str]:
+    """The driver: take the counts the last controller wrote (none written: unchanged); returns
+    the job's messages so far."""
+    try:
+        counts = read_attempts(store, run, epoch) or {}
+    except Exception as error:  # noqa: BLE001 - never hide fit()'s own outcome
+        log.warning("run %r: could not read the attempt counts: %s", run, error)
+        counts = {}
     for name in ("failures", "node_losses", "loss_commit"):
         setattr(attempts, name, counts.get(name, getattr(attempts, name)))
+    return counts.get("events", [])
 
 
-def _last_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return (lines[-1] if lines else type(error).__name__)[:300]
+def _summary(error: WorkerGroupError) -> str:
+    lines = []
+    for rank, failure in sorted(error.worker_failures.items()):
+        text = str(failure).strip().splitlines()
+        lines.append(f"rank {rank}: {(text[-1] if text else type(failure).__name__)[:300]}")
+    return "; ".join(lines)

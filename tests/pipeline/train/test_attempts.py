@@ -47,26 +47,42 @@ def test_each_budget_is_spent_on_its_own_kind():
         attempts.charge(TrainingFailed(ActorDiedError("node died")), committed=12)
 
 
-def test_the_controller_applies_the_budgets_and_the_driver_reads_its_counts(tmp_path):
-    """retry_policy.BudgetCallback: Ray Train's controller retries; Sora's budgets stop the run."""
+def test_a_lost_node_always_counts_as_a_loss_even_without_progress():
+    attempts = Attempts(max_failures=0, max_node_losses=10)
+    node = TrainingFailed(ActorDiedError("The actor died because its node has died. Node Id: ab12"))
+    for _ in range(3):  # spot reclaims in a row during one long resume: no commit in between
+        assert attempts.charge(node, committed=8).startswith("a worker was lost")
+    assert (attempts.node_losses, attempts.failures) == (3, 0)
+
+
+def test_the_controller_charges_once_per_restart_and_the_driver_reads_its_counts(tmp_path):
+    """retry_policy.BudgetCallback runs in Ray Train's controller at each state change: only the move
+    to RestartingState charges (once per failure), a refusal or a spent budget stops the run."""
+    from ray.train.v2._internal.execution.controller.state import RestartingState, RunningState
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
     from pipeline.errors import UserError
     from pipeline.storage import open_store
     from pipeline.train.attempts import BudgetSpent
-    from pipeline.train.retry_policy import BudgetCallback, load_counts, reset_counts
+    from pipeline.train.retry_policy import BudgetCallback, load_counts, read_attempts
 
     root = f"file://{tmp_path}/store"
     store = open_store(root)
-    callback = BudgetCallback(Attempts(max_failures=1, max_node_losses=5), None, root, {}, "r")
-    callback.after_exception(None, {1: ActorDiedError("worker died")})  # a loss: retried
-    callback.after_report(None, [{"step": 8}, {"step": 8}], checkpoint=object())  # step 8 committed
-    callback.after_exception(None, {0: ValueError("bad row")})  # an error: retried once
+    callback = BudgetCallback(Attempts(max_failures=1, max_node_losses=5), [], root, {}, "r", epoch=3)
+
+    def restart(*failures):
+        error = WorkerGroupError("failed", dict(enumerate(failures)))
+        callback.after_controller_state_update(RunningState(), RestartingState(training_failed_error=error))
+
+    callback.after_controller_state_update(RestartingState(None), RunningState())  # not a failure: nothing
+    restart(ActorDiedError("worker died"))  # a loss: retried
+    restart(ValueError("bad row"))  # an error: retried once
     with pytest.raises(UserError, match="checkpoint 4 is corrupt"):  # a refusal stops at once
-        callback.after_exception(None, {0: RuntimeError("ResumeError: checkpoint 4 is corrupt\n...")})
+        restart(RuntimeError("ResumeError: checkpoint 4 is corrupt\n..."))
     with pytest.raises(BudgetSpent, match=r"2 failures \(max_failures 1\), 1 node losses.*rank 0: bad row"):
-        callback.after_exception(None, {0: ValueError("bad row")})
+        restart(ValueError("bad row"))
     driver = Attempts(max_failures=1, max_node_losses=5)
-    load_counts(store, "r", driver)
-    assert (driver.failures, driver.node_losses, driver.loss_commit) == (2, 1, None)
-    reset_counts(store, "r")  # the next job starts afresh
-    load_counts(store, "r", fresh := Attempts(1, 5))
-    assert (fresh.failures, fresh.node_losses) == (0, 0)
+    events = load_counts(store, "r", 3, driver)
+    assert (driver.failures, driver.node_losses) == (2, 1) and len(events) == 3
+    assert events[0].startswith("a worker was lost (1/5 node losses)") and "training stopped" in events[-1]
+    assert read_attempts(store, "r", 4) is None  # the next job (a new lease epoch) starts afresh
