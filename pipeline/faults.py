@@ -7,6 +7,7 @@ check is one environment lookup.
 
 import os
 import sys
+import time
 
 
 def fail_point(name: str) -> None:
@@ -33,3 +34,16 @@ def kill_once(spec: str | None, rank: int, step: int, marker_dir: str) -> None:
     open(marker, "w").close()
     print(f"fault injection: killing rank {rank} at step {step}", file=sys.stderr, flush=True)
     os._exit(1)
+
+
+def pace(path: str | None) -> None:
+    """Wait the seconds written in the file `path` (tests: a multi-node test keeps a run from
+    finishing before the cluster changes it waits for, whatever the machine's speed)."""
+    if not path:
+        return
+    try:
+        with open(path) as handle:
+            delay = float(handle.read())
+    except (OSError, ValueError):
+        return
+    time.sleep(delay)

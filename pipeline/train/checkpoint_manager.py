@@ -105,21 +105,29 @@ def prepare_resume(
 
     Why here: at 7B the conversion downloads the whole checkpoint (~100 GB), converts and uploads
     (~84 GB); inside a torch collective the other ranks would wait for it under the collective
-    timeout. Here they wait in Ray Train's barrier, which has none. A checkpoint that fails
-    verification while converting is left to `restore`, which falls back to an older one once
-    every rank agrees; any other failure is raised on every rank (a retried failure, not a refusal)."""
-    found = _find(store, keys, restart, init_from, compatibility)
-    if not isinstance(found, ResumePoint) or found.layout == layout:
-        return found, 0
+    timeout. Here they wait in Ray Train's barrier, which has none. A checkpoint whose files fail
+    verification while downloading for the conversion is passed over for the next older one (also
+    converted here); any other failure is raised on every rank (a retried failure, not a refusal)."""
     fence = lambda: lease.assert_held(store, keys)  # noqa: E731
     writer = f"{keys.run} lease epoch {lease.epoch}"
-    try:
-        return found, conversion.ensure_converted(store, RunKeys(found.run), found.checkpoint, node_dir, fence, writer)
-    except ckpt.ResumeError:
-        return found, 0
-    except Exception as problem:  # noqa: BLE001 - raised on every rank by `share`
-        where = f"checkpoint {found.checkpoint.tag} of run {found.run!r}"
-        return RuntimeError(f"converting {where} to universal format failed: {type(problem).__name__}: {problem}"), 0
+    failed: dict[CheckpointId, str] = {}
+    found = _find(store, keys, restart, init_from, compatibility)
+    while isinstance(found, ResumePoint) and found.layout != layout:
+        source, checkpoint = RunKeys(found.run), found.checkpoint
+        try:
+            return found, conversion.ensure_converted(store, source, checkpoint, node_dir, fence, writer)
+        except ckpt.ResumeError as problem:  # a file failed verification: the next older checkpoint
+            if found.warm:
+                return problem, 0
+            log.warning("run %r: skipping checkpoint %s: %s", keys.run, checkpoint.tag, problem)
+            failed[checkpoint] = str(problem)
+            found = _find(store, keys, restart, init_from, compatibility, exclude=failed)
+        except Exception as problem:  # noqa: BLE001 - raised on every rank by `share`
+            where = f"checkpoint {checkpoint.tag} of run {found.run!r}"
+            return RuntimeError(
+                f"converting {where} to universal format failed: {type(problem).__name__}: {problem}"
+            ), 0
+    return found, 0
 
 
 def _find(
@@ -255,27 +263,17 @@ class CheckpointManager:
     def _download(self, point: ResumePoint, dp_rank: int, universal: bool) -> tuple[int, Outcome]:
         """This rank's download of what it loads from `point`: the bytes and the outcome.
 
-        Another layout loads the checkpoint's universal copy (universal.py): rank 0 converts it
-        once if the store has none yet, every rank learns whether that failed (a failure is
-        reported by rank 0 alone, and nobody downloads), then each rank fetches its share."""
+        Another layout loads the checkpoint's universal copy (universal.py), which rank 0 made
+        before the ranks met (`prepare_resume`); each rank fetches its share of it. Never converted
+        here, inside a collective: a fallback to an older checkpoint without a copy fails this
+        attempt (every rank), and the next one converts it before the barrier."""
         source, checkpoint, node = RunKeys(point.run), point.checkpoint, self.node_dir
         if not universal:
             return _attempt(lambda: fetch.download_for_rank(self.store, source, checkpoint, node, dp_rank, False))
         fence = lambda: self.lease.assert_held(self.store, self.keys)  # noqa: E731
-        writer = f"{self.keys.run} lease epoch {self.lease.epoch}"
-        converted, error = 0, None
-        if self.rank == 0:
-            converted, error = _attempt(
-                lambda: conversion.ensure_converted(self.store, source, checkpoint, node, fence, writer)
-            )
-        if broadcast(error) is not None:
-            return converted, error
         # Under ZeRO-1/2 a rank reads only the parameters of its optimizer partition (None: all).
         parameters = getattr(self.engine, "universal_parameters", lambda: None)()
-        fetched, error = _attempt(
-            lambda: conversion.download_for_rank(self.store, source, checkpoint, node, parameters, fence)
-        )
-        return converted + fetched, error
+        return _attempt(lambda: conversion.download_for_rank(self.store, source, checkpoint, node, parameters, fence))
 
     def _next(
         self, point: ResumePoint, failed: dict[CheckpointId, str], universal: bool

@@ -169,6 +169,7 @@ def run_training(
                 # Fault injection for reliability tests only: SORA_KILL_WORKER="RANK:STEP".
                 kill_worker=os.environ.get("SORA_KILL_WORKER"),
                 fault_dir=os.environ.get("SORA_FAULT_DIR"),
+                pace_file=os.environ.get("SORA_STEP_PACE_FILE"),
                 init_from=init_from,
             )
             from .retry_policy import BudgetCallback, load_counts, newest_commit  # imports Ray Train

@@ -52,6 +52,7 @@ class WorkerSpec:
     restart: bool = False  # train from step 0 even though unusable checkpoints exist
     kill_worker: str | None = None  # fault injection for tests: "RANK:STEP"
     fault_dir: str | None = None
+    pace_file: str | None = None  # tests: seconds to wait after each step, read from this file
     # Warm-start lineage decided on the driver (pipeline/pretrain/warm_start.py). Loaded only
     # while the run has no checkpoint of its own.
     init_from: WarmStartLineage | None = None

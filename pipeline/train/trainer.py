@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from sora import SoraConfig, flops_per_token
 
-from ..faults import kill_once
+from ..faults import kill_once, pace
 from ..records import ExportInfo
 from ..storage import open_store
 from . import checkpoint as ckpt
@@ -164,6 +164,7 @@ class Trainer:
         loss = self.engine.train_step(micro)
         self.progress.advance(self.train.global_batch * self.tokens_per_sample)
         kill_once(self.spec.kill_worker, self.rank, self.step, self.spec.fault_dir or tempfile.gettempdir())
+        pace(self.spec.pace_file)
         finished = time.perf_counter()
         if self.train.record_sample_ids:
             gathered = [None] * self.world

@@ -25,10 +25,12 @@ verification removes the marker, so the next attempt converts again instead of t
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -108,9 +110,15 @@ def ensure_converted(
         return 0
     downloaded = fetch.download_for_rank(store, keys, checkpoint, node_dir, 0, everything=True)
     folder = local_folder(checkpoint)
-    scratch = node_dir / ".convert" / folder
-    shutil.rmtree(scratch.parent, ignore_errors=True)  # a killed conversion's output never counts
+    # A scratch folder per converting process: a converter orphaned by a killed worker (its pool
+    # processes outlive it) never writes into this one. Those of dead processes are removed.
+    scratch = node_dir / ".convert" / f"{folder}-{os.getpid()}"
+    for stale in scratch.parent.glob(f"{folder}-*"):
+        if not _alive(int(stale.name.rsplit("-", 1)[1])):
+            shutil.rmtree(stale, ignore_errors=True)
+    shutil.rmtree(scratch, ignore_errors=True)  # a killed conversion's output never counts
     started = time.monotonic()
+    log.info("run %r: converting %s to universal format (%d bytes downloaded)", keys.run, checkpoint.tag, downloaded)
     convert(node_dir / checkpoint.tag, scratch)
     seconds = time.monotonic() - started
     for key in store.list(keys.universal(checkpoint)):  # an interrupted upload: start over
@@ -143,12 +151,32 @@ def convert(source: Path, target: Path) -> None:
     workers = str(max(1, min(8, os.cpu_count() or 1)))
     command += ["--inject_missing_state", "--num_extract_workers", workers, "--num_merge_workers", workers]
     target.parent.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, preexec_fn=_die_with_parent)
     if done.returncode:
         how = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit status {done.returncode}"
         raise RuntimeError(
             f"converting checkpoint {source.name} to universal format failed ({how}):\n{done.stderr[-2000:]}"
         )
+
+
+def _die_with_parent() -> None:
+    """In the converter (Linux): SIGKILL it when the worker that started it dies, instead of
+    leaving it converting for nobody."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def download_for_rank(

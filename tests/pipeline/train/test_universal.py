@@ -181,20 +181,35 @@ class ShardedEngine:
 def _restore_rank(rank, world, port, root, out, attempt, epoch):
     import torch.distributed as dist
 
-    from pipeline.train.checkpoint_manager import CheckpointManager, discover
+    from pipeline.train.checkpoint_manager import CheckpointManager, prepare_resume, share
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     store, base = open_store(root), Path(out)
-    engine = ShardedEngine(rank)
     dirs = (base / attempt / f"scratch{rank}", base / attempt / f"node{rank}")  # two fresh nodes
-    manager = CheckpointManager(store, KEYS, LeaseToken("me", epoch), engine, {}, {"compatibility": {}}, dirs, 2)
-    point = discover(store, KEYS, False, None, {})
+    token = LeaseToken("me", epoch)
+    # As Trainer._build: rank 0 finds the checkpoint and converts it (written on 2 ranks, loaded
+    # with another layout) before the ranks meet; then the others learn the outcome.
+    found, converted = prepare_resume(store, KEYS, False, None, {}, (4, 1), dirs[1], token) if rank == 0 else (None, 0)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    engine = ShardedEngine(rank)
+    manager = CheckpointManager(store, KEYS, token, engine, {}, {"compatibility": {}}, dirs, 2)
     try:
-        result = {"sizes": manager.restore(point, universal=True, local_rank=0, dp_rank=rank), "loaded": engine.loaded}
+        point = share(found)
+        sizes = manager.restore(point, universal=True, local_rank=0, dp_rank=rank)
+        sizes[0] += dist_sum(converted)  # rank 0's download for the conversion
+        result = {"sizes": sizes, "loaded": engine.loaded}
     except (ckpt.ResumeError, RuntimeError) as error:  # a failed conversion: RuntimeError, retried by the driver
         result = {"error": str(error)}
     (base / f"{attempt}-rank{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
+
+
+def dist_sum(value: int) -> int:
+    import torch
+    import torch.distributed as dist
+
+    total = torch.tensor([value])
+    dist.all_reduce(total)
+    return int(total.item())
 
 
 def restore_on_two_ranks(store, tmp_path, attempt, epoch):
@@ -215,10 +230,7 @@ def test_resume_with_another_layout_converts_once_and_each_rank_downloads_what_i
     epoch = acquire_lease(store, KEYS.lease, 120, owner="me").epoch  # the fence before the marker passes
     monkeypatch.setenv("FAKE_CONVERT_DIE", "1")
     for result in restore_on_two_ranks(store, tmp_path, "killed", epoch):  # the conversion is killed: no rank hangs
-        assert (
-            "rank 0: RuntimeError: converting checkpoint step-00000006-e0001 to universal format failed"
-            in (result["error"])
-        )
+        assert "converting checkpoint step-00000006-e0001 of run 'r' to universal format failed" in result["error"]
     assert universal.converted(store, KEYS, CHECKPOINT) is None
     monkeypatch.delenv("FAKE_CONVERT_DIE")
 
@@ -262,4 +274,27 @@ def test_rank_0_converts_before_any_collective_and_a_failure_reaches_every_rank(
     point, downloaded = prepare_resume(store, KEYS, False, None, {}, (1, 1), tmp_path / "n2", token)
     assert point.checkpoint == CHECKPOINT and downloaded == original_bytes(store)
     assert universal.converted(store, KEYS, CHECKPOINT) is not None and conversions(tmp_path) == 2
+    lease.release()
+
+
+def test_a_checkpoint_whose_files_fail_verification_while_converting_falls_back_to_an_older_one(setup):
+    """The fallback happens in prepare_resume, before the barrier: never a second conversion inside
+    a torch collective (restore only downloads a copy that exists)."""
+    from pipeline.train.checkpoint_manager import prepare_resume
+
+    store, tmp_path = setup
+    older = C(3, 1)
+    local = tmp_path / "saved" / older.tag
+    local.mkdir(parents=True)
+    for name, size in ORIGINAL.items():
+        (local / name).write_bytes(b"o" * size)
+    files = ckpt.upload_rank_files(store, KEYS, older, local)
+    ckpt.commit(store, KEYS, older, files, trainer_state(3), epoch=1, fence=lambda: None)
+    damaged = KEYS.checkpoint_file(CHECKPOINT, "zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    store.write(damaged, b"x" * ORIGINAL["zero_pp_rank_1_mp_rank_00_optim_states.pt"])  # same size, other bytes
+    lease = acquire_lease(store, KEYS.lease, 60, what="test")
+    token = LeaseToken(lease.owner, lease.epoch)
+    point, _ = prepare_resume(store, KEYS, False, None, {}, (1, 1), tmp_path / "n", token)
+    assert point.checkpoint == older and any(CHECKPOINT.tag in reason for reason in point.skipped)
+    assert universal.converted(store, KEYS, older) is not None and universal.converted(store, KEYS, CHECKPOINT) is None
     lease.release()
