@@ -153,8 +153,9 @@ class LoopConfig(Section):
 
     @property
     def worker_counts(self) -> list[int]:
-        """The worker counts the run may train on: every multiple of `workers_per_node` in the range
-        (a fixed count: that count)."""
+        """The worker counts the run is planned for: every multiple of `workers_per_node` in the
+        range (a fixed count: that count). Ray may place another count (a node with a GPU less):
+        the run trains on it if the global batch splits over it, else that attempt fails."""
         if not self.elastic:
             return [self.workers]
         step = self.workers_per_node
@@ -181,21 +182,16 @@ class LoopConfig(Section):
         micro-batch and uses the largest divisor of the per-replica share that fits, so every
         count in the range keeps the global batch (and with it the sample order and the schedule).
         """
-        if self.elastic and workers % self.workers_per_node:
-            raise ValueError(
-                f"{self.prefix}workers: {workers} workers is not a multiple of workers_per_node "
-                f"({self.workers_per_node}); counts this run trains on: {self.worker_counts}"
-            )
         dp = workers // self.stages
         share, rest = divmod(self.global_batch, dp)
         micro = self.micro_batch
         if self.elastic:
             micro = max(d for d in range(1, self.micro_batch + 1) if share % d == 0)
         if rest or share % micro:
-            raise ValueError(self._split_error(dp))
+            raise ValueError(self._split_error(dp, workers))
         return BatchSplit(workers, dp, micro, share // micro)
 
-    def _split_error(self, dp: int) -> str:
+    def _split_error(self, dp: int, workers: int) -> str:
         if not self.elastic:
             per_step = self.micro_batch * dp
             return (
@@ -203,6 +199,12 @@ class LoopConfig(Section):
                 f"{self.parallel_name} ({self.micro_batch} x {dp} = {per_step})"
             )
         fits = [w for w in self.worker_counts if self.global_batch % (w // self.stages) == 0]
+        if workers not in self.worker_counts:  # Ray placed a count off the node multiples
+            return (
+                f"{self.prefix}workers: Ray Train placed {workers} workers, not a multiple of workers_per_node "
+                f"({self.workers_per_node}) (a node with fewer free GPUs?), and global_batch ({self.global_batch}) "
+                f"cannot be split over {dp}; counts this run trains on: {self.worker_counts}"
+            )
         return (
             f"{self.prefix}workers {list(self.workers)}: global_batch ({self.global_batch}) cannot be split over "
             f"{dp} data-parallel workers; every count in the range must divide it (counts that do: {fits})"

@@ -53,8 +53,9 @@ def test_elastic_runs_train_on_whole_nodes_with_the_same_global_batch():
     ).train  # 1680 splits over 8 and 16 workers, not over 9..15: those counts are never used
     assert train.worker_counts == [8, 16]
     assert [(s.micro_batch, s.grad_accum) for s in map(train.split, train.worker_counts)] == [(3, 70), (3, 35)]
-    with pytest.raises(ValueError, match="13 workers is not a multiple of workers_per_node"):
-        train.split(13)  # Ray placed a partial node: the attempt fails with this line
+    assert train.split(15).grad_accum == 28  # Ray placed a node with a GPU less: 1680 splits over 15
+    with pytest.raises(ValueError, match="placed 13 workers, not a multiple of workers_per_node"):
+        train.split(13)  # ... but not over 13: that attempt fails with this line
 
 
 def test_deepspeed_auto_fields_are_filled():
