@@ -83,8 +83,6 @@ def test_drain_join_and_node_loss_keep_the_exact_sample_sequence(cluster, s3_buc
     node_a = cluster.add_node(cpus=1, cache=tmp_path / "cache-a")
     node_b = cluster.add_node(cpus=1, cache=tmp_path / "cache-b")
 
-    # Larger batches than other tests: steps slow enough that Ray's resource view (refreshed every
-    # 20 s by its autoscaling coordinator) sees the joining node before the run ends.
     options = dict(max_steps=STEPS, checkpoint_interval=8, eval_interval=STEPS, keep_last=20, log_interval=1,
                    global_batch=64, micro_batch=8)  # fmt: skip
     config = train_config(data, "elastic", workers=[1, 2], record_sample_ids=True, resize_interval_s=5,
@@ -92,7 +90,13 @@ def test_drain_join_and_node_loss_keep_the_exact_sample_sequence(cluster, s3_buc
     raw = config.model_dump(mode="json")
     raw["ray"] = {"address": cluster.address}
     (tmp_path / "elastic.yaml").write_text(yaml.safe_dump(raw))
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=cluster.token, **CREDENTIALS)
+    # Each step waits the seconds in this file: slow while the test waits for the cluster to change
+    # (Ray notices a joining node within ~20 s), fast once it has seen what it waits for, so the run
+    # can neither finish early on a fast machine nor take long on a slow one.
+    pace = tmp_path / "pace"
+    pace.write_text("0.5")
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=cluster.token, SORA_STEP_PACE_FILE=str(pace),
+               **CREDENTIALS)  # fmt: skip
     log = tmp_path / "driver.log"
     with open(log, "wb") as out:
         driver = subprocess.Popen(
@@ -109,6 +113,7 @@ def test_drain_join_and_node_loss_keep_the_exact_sample_sequence(cluster, s3_buc
         match = _wait("the drain commit", lambda: re.search(r"node drain: step (\d+) committed", log.read_text()),
                       driver, log)  # fmt: skip
         drain_step = int(match.group(1))
+        pace.write_text("3.0")  # until the group has grown back (a node joins, Ray sees it, resizes)
         one = _wait(
             "training on one worker", lambda: (r := _row(store, "elastic")) and r.workers == 1 and r, driver, log
         )
@@ -118,6 +123,7 @@ def test_drain_join_and_node_loss_keep_the_exact_sample_sequence(cluster, s3_buc
         cluster.add_node(cpus=1, cache=tmp_path / "cache-c")
         _wait("two workers again", lambda: (r := _row(store, "elastic")) and r.workers == 2 and r.step > one.step,
               driver, log, timeout=120, store=store)  # fmt: skip
+        pace.write_text("0.3")
         assert list((tmp_path / "cache-c").glob("*.arrow")), "the joining node fetched the shards into its own cache"
         # 3. SIGKILL every process of node A.
         _wait("a step on two workers", lambda: (r := _row(store, "elastic")) and r.step >= drain_step + 4, driver, log)
@@ -127,6 +133,7 @@ def test_drain_join_and_node_loss_keep_the_exact_sample_sequence(cluster, s3_buc
                       lambda: (r := _row(store, "elastic")) and r.time > killed_at and r.workers == 1 and r,
                       driver, log)  # fmt: skip
         back_after_loss = again.time - killed_at
+        pace.write_text("0")
         assert driver.wait(timeout=400) == 0, log.read_text()[-4000:]
     finally:
         if driver.poll() is None:
