@@ -69,16 +69,21 @@ def trainer_state(step):
     )
 
 
+def commit_checkpoint(store, tmp_path, checkpoint: C, fill: bytes) -> None:
+    """Commit a ZeRO-3 save on 2 ranks (ORIGINAL's files, each `fill` repeated) as `checkpoint`."""
+    local = tmp_path / "saved" / checkpoint.tag
+    local.mkdir(parents=True)
+    for name, size in ORIGINAL.items():
+        (local / name).write_bytes(fill * size)
+    files = ckpt.upload_rank_files(store, KEYS, checkpoint, local)
+    ckpt.commit(store, KEYS, checkpoint, files, trainer_state(checkpoint.step), epoch=1, fence=lambda: None)
+
+
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
     """A committed checkpoint in a local store, and the fake converter in place of ds_to_universal."""
     store = open_store(f"file://{tmp_path}/store")
-    local = tmp_path / "saved" / CHECKPOINT.tag
-    local.mkdir(parents=True)
-    for name, size in ORIGINAL.items():
-        (local / name).write_bytes(b"s" * size)
-    files = ckpt.upload_rank_files(store, KEYS, CHECKPOINT, local)
-    ckpt.commit(store, KEYS, CHECKPOINT, files, trainer_state(6), epoch=1, fence=lambda: None)
+    commit_checkpoint(store, tmp_path, CHECKPOINT, b"s")
     script = tmp_path / "fake_converter.py"
     script.write_text(f"PARAMETERS = {PARAMETERS!r}\n{FAKE_CONVERTER}")
     monkeypatch.setattr(universal, "COMMAND", [sys.executable, str(script)])
@@ -284,12 +289,7 @@ def test_a_checkpoint_whose_files_fail_verification_while_converting_falls_back_
 
     store, tmp_path = setup
     older = C(3, 1)
-    local = tmp_path / "saved" / older.tag
-    local.mkdir(parents=True)
-    for name, size in ORIGINAL.items():
-        (local / name).write_bytes(b"o" * size)
-    files = ckpt.upload_rank_files(store, KEYS, older, local)
-    ckpt.commit(store, KEYS, older, files, trainer_state(3), epoch=1, fence=lambda: None)
+    commit_checkpoint(store, tmp_path, older, b"o")
     damaged = KEYS.checkpoint_file(CHECKPOINT, "zero_pp_rank_1_mp_rank_00_optim_states.pt")
     store.write(damaged, b"x" * ORIGINAL["zero_pp_rank_1_mp_rank_00_optim_states.pt"])  # same size, other bytes
     lease = acquire_lease(store, KEYS.lease, 60, what="test")
