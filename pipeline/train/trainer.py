@@ -105,21 +105,22 @@ class Trainer:
         # inside a collective whose timeout (train.collective_timeout_s) a large download could exceed.
         samples = self.objective.samples(self.store, self.manifest, "train")
         val = self.objective.samples(self.store, self.manifest, "validation")
+        self._wait_for_peers()
         self.device = device
-        self.bf16 = resolve_bf16(self.train.precision, device)
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+        self.bf16 = resolve_bf16(self.train.precision, device)  # a quick collective: every rank is here
         # The batch cut for the workers Ray Train started (elastic: any count in [min, max]).
         self.split = self.train.split(self.world)
         layout = (self.split.data_parallel, self.train.pipeline_stages)
-        # Rank 0 finds the checkpoint and, for another layout, converts it, also before any collective.
+        # Rank 0 finds the checkpoint and, for another layout, converts it (at 7B: ~100 GB down,
+        # ~84 GB up) while the others wait in the barrier again, not in a collective.
         found, self.converted_bytes = (None, 0)
         if self.rank == 0:
             found, self.converted_bytes = prepare_resume(
                 self.store, self.keys, self.spec.restart, self.spec.init_from, self.compatibility, layout,
                 self.node_dir, self.spec.lease,
             )  # fmt: skip
-        if self.wait_for_peers is not None:
-            self.wait_for_peers()  # Ray Train's barrier: no timeout, unlike the torch collectives below
-        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+        self._wait_for_peers()
         point = share(found)
         universal = point is not None and point.layout != layout
         ds_config = deepspeed_config(self.train, self.bf16, load_universal=universal, split=self.split)
@@ -136,6 +137,11 @@ class Trainer:
         evals = self.train.eval_batches
         self.val_batches = validation_batches(val, evals, batch, micro, self.dp_rank, dp) if val is not None else []
         return point, universal
+
+    def _wait_for_peers(self) -> None:
+        """Ray Train's barrier: no timeout, unlike the torch collectives (train.collective_timeout_s)."""
+        if self.wait_for_peers is not None:
+            self.wait_for_peers()
 
     @property
     def compatibility(self) -> dict:
