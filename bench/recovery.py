@@ -293,7 +293,7 @@ def one_run(data, run: str, args, bench_dir: Path) -> list[dict]:
             except (FileNotFoundError, OSError, ValueError):
                 continue
             for i, (killed_at, _) in enumerate(kills):
-                first = next((r for r in rows if r["time"] > killed_at), None)
+                first = next((r for r in rows if _restarted(r, killed_at)), None)
                 if i not in firsts and first is not None:
                     firsts[i] = first
             if len(kills) >= args.kills or len(firsts) < len(kills):
@@ -317,7 +317,7 @@ def one_run(data, run: str, args, bench_dir: Path) -> list[dict]:
         raise RuntimeError(outcome["error"])
     rows = read_rows(store, keys.metrics)
     for i, (killed_at, _) in enumerate(kills):
-        firsts.setdefault(i, next(r for r in rows if r["time"] > killed_at))
+        firsts.setdefault(i, next(r for r in rows if _restarted(r, killed_at)))
     records = _worker_records(bench_dir)
     session_dir = Path(ray._private.worker._global_node.get_session_dir_path())
     log = _controller_log(session_dir)
@@ -326,6 +326,12 @@ def one_run(data, run: str, args, bench_dir: Path) -> list[dict]:
         until = kills[i + 1][0] if i + 1 < len(kills) else float("inf")
         results.append(_breakdown(killed_at, until, victim, firsts[i], records, log, driver))
     return results
+
+
+def _restarted(row: dict, killed_at: float) -> bool:
+    """The first step of a restarted group: after the kill, and resumed (a survivor may still log
+    the step it was finishing when its peer was killed)."""
+    return row["time"] > killed_at and "resume_download_bytes" in row
 
 
 def _controller_log(session_dir: Path) -> list[tuple[float, str]]:
