@@ -120,13 +120,13 @@ class Inventory:
 
 def inventory(store: ObjectStore, keys: RunKeys) -> Inventory:
     """Classify every checkpoint by its listing (names, presence, sizes): cheap, no content read."""
-    present: dict[CheckpointId, set[str]] = {}
+    present: dict[CheckpointId, dict[str, int]] = {}  # checkpoint -> {file name: size}
     prefix = keys.checkpoints + "/"
-    for key in store.list(keys.checkpoints):
+    for key, size in store.list_sizes(keys.checkpoints).items():
         tag, _, rest = key[len(prefix) :].partition("/")
         checkpoint = CheckpointId.parse(tag)
         if checkpoint is not None and rest:
-            present.setdefault(checkpoint, set()).add(rest)
+            present.setdefault(checkpoint, {})[rest] = size
     found = Inventory()
     for checkpoint in sorted(present, key=lambda c: c.order, reverse=True):
         if COMMITTED not in present[checkpoint]:
@@ -145,7 +145,9 @@ def read_committed(store: ObjectStore, keys: RunKeys, checkpoint: int | Checkpoi
     return Committed.load(store, keys, checkpoint)
 
 
-def _listing_problem(store: ObjectStore, keys: RunKeys, checkpoint: CheckpointId, present: set[str]) -> str | None:
+def _listing_problem(
+    store: ObjectStore, keys: RunKeys, checkpoint: CheckpointId, present: dict[str, int]
+) -> str | None:
     try:
         marker = read_committed(store, keys, checkpoint)
     except (ValueError, KeyError, TypeError) as error:
@@ -157,7 +159,7 @@ def _listing_problem(store: ObjectStore, keys: RunKeys, checkpoint: CheckpointId
     for entry in marker.files:
         if entry.name not in present:
             return f"file {entry.name} listed in COMMITTED is missing"
-        actual = store.size(keys.checkpoint_file(checkpoint, entry.name))
+        actual = present[entry.name]  # from the listing: no request per file
         if actual != entry.size:
             return f"file {entry.name} has {actual} bytes, COMMITTED lists {entry.size}"
     return None
