@@ -362,6 +362,7 @@ CONTROLLER_MARKS = {
 PHASES = [
     ("detect (kill -> failure decision)", None, "detected"),
     ("worker group shutdown", "detected", "shutdown_done"),
+    # A relaunch of fit() by the driver (trees before Ray Train retried in its controller):
     ("old controller exit -> fit() returns", "shutdown_done", "fit_end"),
     ("driver: next attempt's fit()", "fit_end", "fit_start"),
     ("new controller started", "fit_start", "controller_start"),
@@ -402,7 +403,8 @@ def _breakdown(killed_at, until, victim, first_row, records, log, driver) -> dic
     for name, needle in CONTROLLER_MARKS.items():
         marks[name] = next((when for when, message in window if needle in message), None)
     for name in ("fit_end", "fit_start"):  # a relaunch by the driver (Ray Train without retries)
-        marks[name] = next((when for event, when in driver if event == name and killed_at <= when < until), None)
+        when = next((when for event, when in driver if event == name and killed_at <= when < until), None)
+        marks[name] = when if when is not None and when < first_row["time"] else None  # not the job's end
     cpu = {}
     for label, name in (("before_train_fn", "entry"), ("until_trainer_built", "trainer_init:end")):
         values = [at(r, name, 2) for r in new if at(r, name, 2) is not None]
