@@ -116,6 +116,10 @@ class RunKeys:
         """Append-only segments `metrics/part-<first step>.jsonl` (see pipeline/train/metrics.py)."""
         return f"{self.prefix}/metrics"
 
+    def attempts(self, epoch: int) -> str:
+        """`attempts/e<epoch>.json`: one job's failure budgets and decisions (per run-lease epoch)."""
+        return f"{self.prefix}/attempts/e{epoch:04d}.json"
+
     def timing(self, stage: str) -> str:
         """`timings/<stage>.json`: wall time of one stage (what the report shows)."""
         return f"{self.prefix}/timings/{stage}.json"

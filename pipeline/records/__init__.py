@@ -38,9 +38,10 @@ from .dataset import (
 from .evaluation import Chance, EvalLineage, EvalResults, EvalSuites, SuiteFile, SuiteIndex, SuiteTask
 from .export import ExportInfo
 from .metrics import MetricsRow, last_row, read_rows
-from .run import RunPin, StageTiming, StoredConfig, WarmStartLineage
+from .run import AttemptLog, RunPin, StageTiming, StoredConfig, WarmStartLineage
 
 __all__ = [
+    "AttemptLog",
     "COMMITTED",
     "CONVERTED",
     "SPLITS",

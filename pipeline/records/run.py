@@ -1,5 +1,5 @@
-"""Run records: the dataset pin (`run.json`), the stored run config (`config.json`) and the wall
-time per stage (`timings/<stage>.json`).
+"""Run records: the dataset pin (`run.json`), the stored run config (`config.json`), the wall
+time per stage (`timings/<stage>.json`) and a training job's attempt log (`attempts/e<epoch>.json`).
 
 `run.json` is created at a run's first launch (create-if-absent: two racing launches pin one
 version) and later changed only by compare-and-swap (the warm-start lineage, `init_from`).
@@ -102,5 +102,29 @@ class StageTiming(Record):
     def load(cls, store: ObjectStore, run: str, stage: str) -> StageTiming | None:
         try:
             return cls.from_bytes(store.read(RunKeys(run).timing(stage)))
+        except FileNotFoundError:
+            return None
+
+
+class AttemptLog(Record):
+    """One training job's failure budgets as spent so far and what was decided after each failure
+    (pipeline/train/retry_policy.py). Written by Ray Train's controller, one writer per lease
+    epoch (the key carries it), read by the driver."""
+
+    json_indent = None
+    json_sort_keys = False
+
+    failures: int = 0
+    node_losses: int = 0
+    loss_commit: int | None = None  # the newest committed step when the last loss was counted
+    events: list[str] = Field(default_factory=list)
+
+    def write(self, store: ObjectStore, run: str, epoch: int) -> None:
+        store.write(RunKeys(run).attempts(epoch), self.to_bytes())
+
+    @classmethod
+    def load(cls, store: ObjectStore, run: str, epoch: int) -> AttemptLog | None:
+        try:
+            return cls.from_bytes(store.read(RunKeys(run).attempts(epoch)))
         except FileNotFoundError:
             return None

@@ -21,7 +21,7 @@ from ..config.run import RunConfig
 from ..errors import UserError
 from ..keys import CheckpointId, RunKeys
 from ..ray_runtime import ensure_ray
-from ..records import DatasetVersion, ExportInfo, RunPin, WarmStartLineage, last_row, read_dataset
+from ..records import AttemptLog, DatasetVersion, ExportInfo, RunPin, WarmStartLineage, last_row, read_dataset
 from ..storage import ObjectStore
 from ..storage.lease import acquire_lease
 from . import checkpoint as ckpt
@@ -88,12 +88,11 @@ class Progress:
         """Print what Ray Train's controller decided after a failure (it runs elsewhere)."""
         if self.epoch is None:
             return
-        from .retry_policy import read_attempts
-
         try:
-            events = (read_attempts(self.store, self.keys.run, self.epoch) or {}).get("events", [])
+            record = AttemptLog.load(self.store, self.keys.run, self.epoch)
         except (OSError, ValueError):
             return
+        events = record.events if record else []
         for event in events[self.events_shown :]:
             self.console.print(f"[yellow]{escape(event)}[/yellow]")
         self.events_shown = max(self.events_shown, len(events))

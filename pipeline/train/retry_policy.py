@@ -20,15 +20,13 @@ once per controller transition; `UserCallback.after_exception` would run at ever
 (0.5 s) for as long as a failed group is polled, charging one failure many times.
 
 The counts survive the controller: after every decision they go to
-`runs/<run>/attempts/e<lease epoch>.json` with the messages, which the driver prints (launch.py
+`runs/<run>/attempts/e<lease epoch>.json` (`AttemptLog`) with the messages, which the driver prints (launch.py
 `Progress`) and reads back when `fit()` returns.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict
 
 from ray.train.v2._internal.execution.callback import ControllerCallback
 from ray.train.v2._internal.execution.controller.state import RestartingState
@@ -37,6 +35,7 @@ from ray.train.v2.api.exceptions import WorkerGroupError
 
 from ..errors import UserError
 from ..keys import RunKeys
+from ..records import AttemptLog
 from ..storage import open_store
 from .attempts import Attempts, BudgetSpent, user_facing
 
@@ -73,9 +72,12 @@ class BudgetCallback(ControllerCallback):
 
     def _save(self, store, what: str) -> None:
         self.events.append(what)
-        counts = {k: v for k, v in asdict(self.attempts).items() if k != "drains"}
+        a = self.attempts
+        record = AttemptLog(
+            failures=a.failures, node_losses=a.node_losses, loss_commit=a.loss_commit, events=self.events
+        )
         try:  # the decision stands even if the store cannot take the note now
-            store.write(attempts_key(self.run, self.epoch), json.dumps({**counts, "events": self.events}).encode())
+            record.write(store, self.run, self.epoch)
         except Exception as error:  # noqa: BLE001
             log.warning("run %r: could not record the attempt counts: %s", self.run, error)
 
@@ -87,30 +89,21 @@ def newest_commit(store, keys: RunKeys) -> int | None:
     return max((c.step for c in inventory(store, keys).sound), default=None)
 
 
-def attempts_key(run: str, epoch: int) -> str:
-    """Per lease epoch: a new job (a new epoch) starts with fresh budgets, and a controller left
-    over from a job that lost its lease cannot overwrite the counts of the job that took it."""
-    return f"{RunKeys(run).prefix}/attempts/e{epoch:04d}.json"
-
-
-def read_attempts(store, run: str, epoch: int) -> dict | None:
-    try:
-        return json.loads(store.read(attempts_key(run, epoch)))
-    except FileNotFoundError:
-        return None
-
-
 def load_counts(store, run: str, epoch: int, attempts: Attempts) -> list[str]:
     """The driver: take the counts the last controller wrote (none written: unchanged); returns
-    the job's messages so far."""
+    the job's messages so far. The log is per lease epoch: a new job starts with fresh budgets, and
+    a controller left over from a job that lost its lease cannot overwrite the next job's."""
     try:
-        counts = read_attempts(store, run, epoch) or {}
+        record = AttemptLog.load(store, run, epoch)
     except Exception as error:  # noqa: BLE001 - never hide fit()'s own outcome
         log.warning("run %r: could not read the attempt counts: %s", run, error)
-        counts = {}
-    for name in ("failures", "node_losses", "loss_commit"):
-        setattr(attempts, name, counts.get(name, getattr(attempts, name)))
-    return counts.get("events", [])
+        record = None
+    if record is None:
+        return []
+    attempts.failures, attempts.node_losses, attempts.loss_commit = (
+        record.failures, record.node_losses, record.loss_commit,
+    )  # fmt: skip
+    return record.events
 
 
 def _summary(error: WorkerGroupError) -> str:

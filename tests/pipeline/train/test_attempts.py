@@ -62,9 +62,10 @@ def test_the_controller_charges_once_per_restart_and_the_driver_reads_its_counts
     from ray.train.v2.api.exceptions import WorkerGroupError
 
     from pipeline.errors import UserError
+    from pipeline.records import AttemptLog
     from pipeline.storage import open_store
     from pipeline.train.attempts import BudgetSpent
-    from pipeline.train.retry_policy import BudgetCallback, load_counts, read_attempts
+    from pipeline.train.retry_policy import BudgetCallback, load_counts
 
     root = f"file://{tmp_path}/store"
     store = open_store(root)
@@ -85,4 +86,4 @@ def test_the_controller_charges_once_per_restart_and_the_driver_reads_its_counts
     events = load_counts(store, "r", 3, driver)
     assert (driver.failures, driver.node_losses) == (2, 1) and len(events) == 3
     assert events[0].startswith("a worker was lost (1/5 node losses)") and "training stopped" in events[-1]
-    assert read_attempts(store, "r", 4) is None  # the next job (a new lease epoch) starts afresh
+    assert AttemptLog.load(store, "r", 4) is None  # the next job (a new lease epoch) starts afresh
