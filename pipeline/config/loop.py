@@ -60,8 +60,9 @@ CollectiveTimeout = Annotated[
     Field(
         ge=10,
         description="Seconds a rank waits in a collective for the others before the attempt fails "
-        "(torch.distributed's process-group timeout). Shards are fetched before the first collective, so "
-        "this bounds checkpoint downloads and steps only.",
+        "(torch.distributed's process-group timeout). Shards, checkpoint downloads and the universal "
+        "conversion happen outside collectives (ranks wait for each other in Ray Train's barrier), so this "
+        "bounds steps and checkpoint saves.",
     ),
 ]
 

@@ -169,10 +169,11 @@ class CheckpointManager:
         dirs: tuple[Path, Path],  # (this rank's scratch directory, the node's download directory)
         keep_last: int,
         restart: bool = False,  # the run may start from step 0 when no checkpoint is usable
+        wait_for_peers: Callable[[], None] | None = None,  # Ray Train's barrier (no timeout)
     ) -> None:
         self.store, self.keys, self.lease, self.engine, self.states = store, keys, lease, engine, states
         self.fixed, (self.local, self.node_dir), self.keep_last = fixed, dirs, keep_last
-        self.restart = restart
+        self.restart, self.wait_for_peers = restart, wait_for_peers
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.skipped: list[str] = []  # checkpoints resume passed over: "<tag>: <reason>"
         self.parent: str | None = None  # warm-start parent whose pin the first commit removes
@@ -224,6 +225,8 @@ class CheckpointManager:
         while True:
             source = RunKeys(point.run)
             downloaded, error = self._download(point, dp_rank, universal)
+            if self.wait_for_peers is not None:  # a fresh node downloads its partitions: wait here,
+                self.wait_for_peers()  # not in the all-gather under the collective timeout
             outcomes = [None] * self.world
             dist.all_gather_object(outcomes, error)
             errors = [(rank, e) for rank, e in enumerate(outcomes) if e is not None]

@@ -48,20 +48,29 @@ class BudgetCallback(ControllerCallback):
     def __init__(self, attempts: Attempts, events: list[str], root: str, settings: dict, run: str, epoch: int) -> None:
         self.attempts, self.events = attempts, list(events)  # the job's so far (earlier controllers')
         self.root, self.settings, self.run, self.epoch = root, settings, run, epoch
+        self.charged = None  # the failure charged last: an elastic restart waiting for room stays in
+        # RestartingState, and the controller reports the same state again at every loop
+        self.committed: int | None = None  # the newest commit last read from the store
 
     def after_controller_state_update(self, previous_state, current_state) -> None:
         if not isinstance(current_state, RestartingState):
             return
         error = current_state.training_failed_error
-        if not isinstance(error, WorkerGroupError) or _is_preemption_failure(error):
+        if error is self.charged or not isinstance(error, WorkerGroupError) or _is_preemption_failure(error):
             return
+        self.charged = error
         for failure in error.worker_failures.values():
             clear = user_facing(failure)
             if clear is not failure:
                 raise UserError(str(clear))  # a refusal would repeat: stop now
-        store = open_store(self.root, self.settings)
+        store = None
         try:
-            what = self.attempts.charge(error, newest_commit(store, RunKeys(self.run)))
+            store = open_store(self.root, self.settings)
+            self.committed = newest_commit(store, RunKeys(self.run))
+        except Exception as problem:  # noqa: BLE001 - a storage blip must not end the run
+            log.warning("run %r: could not list the checkpoints (%s); last seen: %s", self.run, problem, self.committed)
+        try:
+            what = self.attempts.charge(error, self.committed)
         except WorkerGroupError:
             a = self.attempts
             spent = f"{a.failures} failures (max_failures {a.max_failures}), {a.node_losses} node losses"
@@ -77,6 +86,8 @@ class BudgetCallback(ControllerCallback):
             failures=a.failures, node_losses=a.node_losses, loss_commit=a.loss_commit, events=self.events
         )
         try:  # the decision stands even if the store cannot take the note now
+            if store is None:
+                raise OSError("the store could not be opened")
             record.write(store, self.run, self.epoch)
         except Exception as error:  # noqa: BLE001
             log.warning("run %r: could not record the attempt counts: %s", self.run, error)

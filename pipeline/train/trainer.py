@@ -159,7 +159,10 @@ class Trainer:
             "config": self.spec.config,
         }
         dirs, keep = (self.local, self.node_dir), self.train.keep_last
-        return CheckpointManager(self.store, self.keys, self.spec.lease, self.engine, states, fixed, dirs, keep)
+        return CheckpointManager(
+            self.store, self.keys, self.spec.lease, self.engine, states, fixed, dirs, keep,
+            wait_for_peers=self.wait_for_peers,
+        )  # fmt: skip
 
     # -- step --------------------------------------------------------------------------------------
     def train_step(self) -> dict | None:

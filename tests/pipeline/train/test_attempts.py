@@ -77,13 +77,20 @@ def test_the_controller_charges_once_per_restart_and_the_driver_reads_its_counts
 
     callback.after_controller_state_update(RestartingState(None), RunningState())  # not a failure: nothing
     restart(ActorDiedError("worker died"))  # a loss: retried
+    # An elastic restart waiting for room reports the same RestartingState at every controller loop.
+    waiting = RestartingState(
+        training_failed_error=WorkerGroupError("failed", {0: ActorDiedError("its node has died")})
+    )
+    for _ in range(5):
+        callback.after_controller_state_update(waiting, waiting)
+    assert callback.attempts.node_losses == 2  # charged once
     restart(ValueError("bad row"))  # an error: retried once
     with pytest.raises(UserError, match="checkpoint 4 is corrupt"):  # a refusal stops at once
         restart(RuntimeError("ResumeError: checkpoint 4 is corrupt\n..."))
-    with pytest.raises(BudgetSpent, match=r"2 failures \(max_failures 1\), 1 node losses.*rank 0: bad row"):
+    with pytest.raises(BudgetSpent, match=r"2 failures \(max_failures 1\), 2 node losses.*rank 0: bad row"):
         restart(ValueError("bad row"))
     driver = Attempts(max_failures=1, max_node_losses=5)
     events = load_counts(store, "r", 3, driver)
-    assert (driver.failures, driver.node_losses) == (2, 1) and len(events) == 3
+    assert (driver.failures, driver.node_losses) == (2, 2) and len(events) == 4
     assert events[0].startswith("a worker was lost (1/5 node losses)") and "training stopped" in events[-1]
     assert AttemptLog.load(store, "r", 4) is None  # the next job (a new lease epoch) starts afresh
