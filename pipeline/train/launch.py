@@ -227,7 +227,9 @@ def _ray_train_settings(train) -> None:
 
 def _torch_trainer(spec: WorkerSpec, store: ObjectStore, use_gpu: bool, budget=None):
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
+
+    from .ray_trainer import SoraTorchTrainer as TorchTrainer
 
     train = spec.run_config.train
     _ray_train_settings(train)
