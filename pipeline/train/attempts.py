@@ -64,21 +64,20 @@ def node_lost(error: BaseException) -> bool:
     return any(any(mark in _chain_text(e) for mark in _NODE_DIED) for e in failures)
 
 
-def _chain_text(error: BaseException) -> str:
-    parts, seen = [], error
+def _chain(error: BaseException):
+    """The error and what caused it (Ray's health-check failure wraps the actor's death)."""
+    seen = error
     while seen is not None:
-        parts.append(f"{type(seen).__name__}: {seen}")
+        yield seen
         seen = getattr(seen, "health_check_failure", None) or seen.__cause__
-    return "\n".join(parts)
+
+
+def _chain_text(error: BaseException) -> str:
+    return "\n".join(f"{type(seen).__name__}: {seen}" for seen in _chain(error))
 
 
 def _is_loss(error: BaseException) -> bool:
-    seen = error
-    while seen is not None:
-        if any(cls.__name__ in _LOST for cls in type(seen).__mro__):
-            return True
-        seen = getattr(seen, "health_check_failure", None) or seen.__cause__
-    return False
+    return any(cls.__name__ in _LOST for seen in _chain(error) for cls in type(seen).__mro__)
 
 
 class BudgetSpent(RuntimeError):
