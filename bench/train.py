@@ -99,7 +99,8 @@ def plain_loop(config, manifest, steps: int, global_batch: int, micro_batch: int
     from pipeline.pretrain.launch import model_config_for
     from pipeline.storage import open_store
     from pipeline.train.engine import lr_lambda
-    from pipeline.train.loader import BlockStore, GlobalOrder, TrainLoader
+    from pipeline.pretrain.objective import LanguageModeling
+    from pipeline.train.loader import TrainLoader
     from sora import SoraForCausalLM, causal_lm_loss, flops_per_token
     from sora.flops import measure_cpu_matmul_peak
 
@@ -110,8 +111,8 @@ def plain_loop(config, manifest, steps: int, global_batch: int, micro_batch: int
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, betas=(0.9, 0.95), weight_decay=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.train))
     store = open_store(config.storage.root)
-    blocks = BlockStore(store, manifest.split("train"))
-    loader = TrainLoader(blocks, GlobalOrder(len(blocks), config.train.seed), global_batch, micro_batch, 0, 1)
+    stream = LanguageModeling.for_run(config.train, [(manifest, 1.0)]).train_samples(store, manifest, config.train.seed)
+    loader = TrainLoader(stream, global_batch, micro_batch, 0, 1)
     rates = []
     for _ in range(steps):
         started = time.perf_counter()

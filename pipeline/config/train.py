@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, model_validator
 
 from .loop import LoopConfig
 
 Strategy = Literal["zero1", "zero2", "zero3", "pipeline"]
+
+
+class MixtureSource(BaseModel):
+    """One dataset of a training mixture (`train.data`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(description="Dataset name.")
+    weight: float = Field(gt=0, description="Share of the training samples drawn from it (weights are normalized).")
+    version: int | Literal["LATEST"] = Field(
+        default="LATEST", description="Manifest version; LATEST is resolved at the first launch and pinned."
+    )
 
 
 class TrainConfig(LoopConfig):
@@ -27,6 +39,28 @@ class TrainConfig(LoopConfig):
     dataset: str | None = Field(default=None, description="Dataset name (default: data.name).")
     dataset_version: int | Literal["LATEST"] = Field(
         default="LATEST", description="Manifest version; LATEST is resolved at launch and pinned into the run."
+    )
+    data: list[MixtureSource] | None = Field(
+        default=None,
+        description="A weighted mixture of datasets, e.g. [{dataset: web, weight: 0.7}, {dataset: code, weight: 0.3}] "
+        "(instead of dataset/dataset_version); each version is pinned at the first launch.",
+    )
+    on_exhausted: Literal["repeat", "stop"] = Field(
+        default="repeat",
+        description="When a dataset's samples run out: repeat it (its epoch count is in the metrics) or stop the run "
+        "there (checkpoint and export).",
+    )
+    shuffle_window: int = Field(
+        default=8,
+        ge=1,
+        description="Shards per shuffle window: samples are shuffled across the shards of a window, windows follow "
+        "a shuffled shard order. Larger mixes more and needs more node cache.",
+    )
+    prefetch: int = Field(default=8, ge=0, description="Shards fetched ahead of need beyond the current window.")
+    cache_limit: ByteSize | None = Field(
+        default=None,
+        description="Byte limit of the node's shard cache (e.g. 200GB); default: half the cache filesystem's free "
+        "space. It must hold (2 x shuffle_window + prefetch) shards per dataset.",
     )
     init_from: str | None = Field(
         default=None,
@@ -90,6 +124,12 @@ class TrainConfig(LoopConfig):
         if self.max_workers % self.pipeline_stages:
             raise ValueError(f"workers ({self.workers}) must be a multiple of pipeline_stages ({self.pipeline_stages})")
         self.check_loop()
+        if self.data is not None:
+            if self.dataset is not None or self.dataset_version != "LATEST":
+                raise ValueError("train.data (a mixture) replaces train.dataset and train.dataset_version: set one")
+            names = [source.dataset for source in self.data]
+            if not names or len(set(names)) != len(names):
+                raise ValueError(f"train.data must name each dataset once, got {names}")
         if self.offload and self.strategy != "zero3":
             raise ValueError("offload is supported with strategy zero3 only")
         return self

@@ -23,6 +23,7 @@ from sora import SoraConfig, SoraForSequenceClassification
 from ..data.tokenizer_step import load_stored_tokenizer
 from ..records import DatasetVersion, ExportInfo
 from ..storage import ObjectStore
+from ..train.loader import ShuffledSamples
 from ..train.node_lock import node_lock
 from .examples import ExampleSet
 from .task import FinetuneTask
@@ -114,7 +115,13 @@ class Classification:
         return target
 
     # -- data ------------------------------------------------------------------------------------
-    def samples(self, store: ObjectStore, manifest: DatasetVersion, split: str) -> ExampleSet | None:
+    def train_samples(self, store: ObjectStore, manifest: DatasetVersion, seed: int) -> ShuffledSamples:
+        return ShuffledSamples(self.samples(store, manifest, "train"), seed)
+
+    def validation_samples(self, store: ObjectStore, manifest: DatasetVersion, seed: int) -> ExampleSet:
+        return self.samples(store, manifest, "validation")
+
+    def samples(self, store: ObjectStore, manifest: DatasetVersion, split: str) -> ExampleSet:
         tokenizer = load_stored_tokenizer(store, manifest.tokenizer)
         key = f"{self.task.suite_prefix}/{SPLIT_FILES[split]}"
         return ExampleSet(store, key, tokenizer, self.task.max_length, manifest.tokenizer.pad_id)

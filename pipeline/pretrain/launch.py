@@ -1,5 +1,6 @@
-"""Driver side of `sora pretrain`: pin the dataset version, size the model to its tokenizer, plan
-the warm start, and run the training job (pipeline/train/launch.py) with `LanguageModeling`."""
+"""Driver side of `sora pretrain`: pin the dataset versions (one dataset or a mixture), size the
+model to their tokenizer, plan the warm start, and run the training job (pipeline/train/launch.py)
+with `LanguageModeling`."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from ..errors import UserError
 from ..keys import RunKeys
 from ..records import DatasetVersion
 from ..storage import open_store
-from ..train.launch import finished_export, pin_dataset, run_training
+from ..train.launch import finished_export, run_training
 from ..train.metrics import read_rows
 from . import warm_start
+from .mixture import pin_sources
 from .objective import LanguageModeling
 
 
@@ -47,7 +49,8 @@ def pretrain(config: RunConfig, quiet: bool = False, restart: bool = False) -> d
     if not restart and finished_export(store, keys, config.train.max_steps):
         rows = read_rows(store, keys.metrics)
         return {"final": rows[-1] if rows else {}, "export": store.uri(keys.export), "skipped": True}
-    manifest = pin_dataset(store, config)
+    sources = pin_sources(store, config)
+    manifest = sources[0][0]  # its tokenizer and sequence length are every source's (mixture.py checks)
     model_config = model_config_for(config, manifest)
     planned = []
 
@@ -62,7 +65,7 @@ def pretrain(config: RunConfig, quiet: bool = False, restart: bool = False) -> d
             manifest,
             model_config,
             "pretrain",
-            LanguageModeling(),
+            LanguageModeling.for_run(config.train, sources),
             plan_warm_start=plan_warm_start,
             quiet=quiet,
             restart=restart,

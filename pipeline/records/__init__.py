@@ -38,7 +38,7 @@ from .dataset import (
 from .evaluation import Chance, EvalLineage, EvalResults, EvalSuites, SuiteFile, SuiteIndex, SuiteTask
 from .export import ExportInfo
 from .metrics import MetricsRow, last_row, read_rows
-from .run import AttemptLog, RunPin, StageTiming, StoredConfig, WarmStartLineage
+from .run import AttemptLog, PinnedSource, RunPin, StageTiming, StoredConfig, WarmStartLineage
 
 __all__ = [
     "AttemptLog",
@@ -61,6 +61,7 @@ __all__ = [
     "Manifest",
     "ManifestStats",
     "MetricsRow",
+    "PinnedSource",
     "RunPin",
     "ShardEntry",
     "SourceEntry",

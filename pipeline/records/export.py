@@ -11,7 +11,7 @@ from ..errors import UserError
 from ..keys import RunKeys
 from ..storage import ObjectStore
 from .base import Record
-from .run import WarmStartLineage
+from .run import PinnedSource, WarmStartLineage
 
 FILE = "sora_export.json"
 
@@ -21,8 +21,10 @@ class ExportInfo(Record):
     val_loss: float | None = None
     dataset: str
     dataset_version: int
+    data: list[PinnedSource] | None = None  # a mixture: every dataset version and its weight
     run: str
     early_stopped: bool = False
+    data_exhausted: bool = False  # stopped where a dataset ran out (train.on_exhausted: stop)
     tokenizer_sha256: str | None = None
     warm_start: WarmStartLineage | None = None  # a warm-started pretrain run: run.json's init_from
     init_from: str | None = None  # URI of the checkpoint or export the weights started from
@@ -33,7 +35,7 @@ class ExportInfo(Record):
     suite_prefix: str | None = None  # the classify suite build it learned from
 
     def finished(self, max_steps: int) -> bool:
-        return self.step >= max_steps or self.early_stopped
+        return self.step >= max_steps or self.early_stopped or self.data_exhausted
 
     def write_local(self, folder: Path) -> None:
         (folder / FILE).write_text(self.to_bytes().decode())

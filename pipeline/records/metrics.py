@@ -28,6 +28,9 @@ class MetricsRow(Record):
     val_ppl: float | None = None
     val_accuracy: float | None = None
     early_stopped: bool | None = None
+    tokens_by_dataset: dict[str, int] | None = None  # cumulative, per dataset of the run's data
+    epochs_by_dataset: dict[str, int] | None = None  # epochs begun (a dataset that ran out repeats)
+    data_exhausted: str | None = None  # the run stopped where a dataset ran out (on_exhausted: stop)
 
     @property
     def step_s(self) -> float:

@@ -26,12 +26,21 @@ class WarmStartLineage(Record):
     checkpoint: str  # URI of the parent's checkpoint folder
 
 
+class PinnedSource(Record):
+    """One dataset of a mixture as pinned at a run's first launch (and recorded in its export)."""
+
+    dataset: str
+    dataset_version: int
+    weight: float
+
+
 class RunPin(Record):
     json_indent = None
     json_sort_keys = False
 
-    dataset: str
+    dataset: str  # the (first) dataset: its tokenizer and sequence length are the run's
     dataset_version: int
+    data: list[PinnedSource] | None = None  # a mixture (train.data); None: `dataset` alone
     init_from: WarmStartLineage | None = None
 
     @staticmethod

@@ -1,14 +1,12 @@
-"""Deterministic, resumable data loading from a manifest's Arrow shards.
+"""Deterministic, resumable batches from a sample stream: the part of loading that every
+training run shares.
 
-The global sample order is a pure function of (seed, epoch, manifest): epoch e visits every
-training block once in the order `permutation(PCG64([seed, e]))`, and epochs follow each other
-forever. The loader's whole state is one integer, the number of samples consumed, so resuming
-continues at exactly the next sample, and resuming with a different number of workers at the
-same global batch continues the same global sequence (each data-parallel rank takes its slice of
-every global batch).
-
-Shards are downloaded once per node into a local cache, verified against the manifest's sha256,
-and memory-mapped, so random access to any block costs no copy of the shard.
+A sample stream (`objective.SampleStream`) maps positions of an infinite, seeded global sequence
+to sample ids: pretraining streams the manifests' shards (streaming.py), fine-tuning shuffles a
+small in-memory example set (`ShuffledSamples`). The loader's whole state is one integer, the
+number of samples consumed, so resuming continues at exactly the next sample, and resuming with a
+different number of workers at the same global batch continues the same global sequence (each
+data-parallel rank takes its slice of every global batch).
 """
 
 from __future__ import annotations
@@ -20,76 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
-
-from ..data.shards import CorruptShardError
-from ..records import ShardEntry
-from ..storage import ObjectStore
-from .node_lock import node_lock
 
 
 def cache_directory() -> Path:
+    """The node's cache root (shards under `shards/`, checkpoint partitions under `checkpoints/`)."""
     return Path(os.environ.get("SORA_CACHE", Path(tempfile.gettempdir()) / "sora-cache"))
 
 
-def fetch_shard(store: ObjectStore, entry: ShardEntry, cache: Path) -> Path:
-    """Local verified copy of a shard, content-addressed by sha256, downloaded once per node.
-
-    The ranks of a node share `cache`; a lock per shard makes one of them download (streaming,
-    verified) while the others wait and then reuse the file.
-    """
-    path = cache / f"{entry.sha256}.arrow"
-    if path.exists():
-        return path
-    with node_lock(cache / f"{entry.sha256}.lock"):
-        if not path.exists():
-            try:
-                store.download_file(entry.key, path, entry.sha256, entry.bytes)
-            except ValueError as error:
-                raise CorruptShardError(f"shard {entry.uri} is corrupt: {error}") from None
-    return path
-
-
-class BlockStore:
-    """Random access to the blocks of one split, across its shards."""
-
-    def __init__(self, store: ObjectStore, entries, cache: Path | None = None) -> None:
-        cache = cache or cache_directory()
-        entries = [e if isinstance(e, ShardEntry) else ShardEntry.from_dict(e) for e in entries]
-        self.batches: list[tuple[np.ndarray, np.ndarray]] = []
-        starts = []
-        total = 0
-        for entry in entries:
-            reader = pa.ipc.open_file(pa.memory_map(str(fetch_shard(store, entry, cache))))
-            for i in range(reader.num_record_batches):
-                batch = reader.get_batch(i)
-                ids = batch.column("input_ids")
-                width = ids.type.list_size
-                values = ids.values.to_numpy(zero_copy_only=True).reshape(-1, width)
-                self.batches.append((values, batch.column("valid").to_numpy()))
-                starts.append(total)
-                total += batch.num_rows
-        self.starts = np.asarray(starts, dtype=np.int64)
-        self.num_samples = total
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def get(self, sample_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(blocks int64 [n, seq_len+1], valid int [n]) for global sample ids."""
-        which = np.searchsorted(self.starts, sample_ids, side="right") - 1
-        rows = [self.batches[b][0][i - self.starts[b]] for b, i in zip(which, sample_ids, strict=True)]
-        valid = [self.batches[b][1][i - self.starts[b]] for b, i in zip(which, sample_ids, strict=True)]
-        return np.stack(rows).astype(np.int64), np.asarray(valid)
-
-    def batch(self, sample_ids: np.ndarray) -> tuple[torch.Tensor, ...]:
-        """The model inputs of these samples: (inputs, labels) of causal language modelling."""
-        return to_tensors(*self.get(sample_ids))
-
-
 class GlobalOrder:
-    """The infinite, seeded, epoch-by-epoch shuffled sequence of sample ids."""
+    """The infinite, seeded, epoch-by-epoch shuffled sequence of the ids of a small in-memory
+    sample set (it holds a permutation of all of them: fine-tuning sets, not pretraining corpora)."""
 
     def __init__(self, num_samples: int, seed: int) -> None:
         if num_samples == 0:
@@ -111,6 +50,34 @@ class GlobalOrder:
         return out
 
 
+class ShuffledSamples:
+    """A sample stream over an in-memory set (`len()` and `batch(ids)`), shuffled each epoch."""
+
+    def __init__(self, samples, seed: int) -> None:
+        self.samples, self.order = samples, GlobalOrder(len(samples), seed)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def ids(self, start: int, count: int) -> np.ndarray:
+        return self.order.ids(start, count)
+
+    def seek(self, position: int, ids: np.ndarray) -> None:
+        """Everything is in memory already."""
+
+    def batch(self, ids: np.ndarray) -> tuple[torch.Tensor, ...]:
+        return self.samples.batch(ids)
+
+    def progress(self, consumed: int) -> dict:
+        return {"epoch": consumed // len(self.samples)}
+
+    def stop_position(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
 def to_tensors(blocks: np.ndarray, valid: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs `[:-1]`, labels `[1:]`; labels past the block's real tokens are ignored (-100)."""
     tokens = torch.from_numpy(blocks)
@@ -124,8 +91,7 @@ def to_tensors(blocks: np.ndarray, valid: np.ndarray) -> tuple[torch.Tensor, tor
 class TrainLoader:
     """The slice of each global batch that belongs to one data-parallel rank, micro-batch by micro-batch."""
 
-    blocks: BlockStore  # or any sample source with `len()` and `batch(ids)` (fine-tuning examples)
-    order: GlobalOrder
+    stream: object  # an objective.SampleStream
     global_batch: int
     micro_batch: int
     dp_rank: int
@@ -138,29 +104,35 @@ class TrainLoader:
 
     def step_ids(self) -> np.ndarray:
         """This rank's sample ids for the next step (grad_accum x micro_batch of them)."""
-        ids = self.order.ids(self.consumed, self.global_batch)
+        ids = self.stream.ids(self.consumed, self.global_batch)
         per_rank = self.global_batch // self.dp_size
         return ids[self.dp_rank * per_rank : (self.dp_rank + 1) * per_rank]
 
     def next_step(self) -> tuple[list[tuple[torch.Tensor, ...]], np.ndarray]:
         """Micro-batches of the next step and their sample ids; advances the state."""
         ids = self.step_ids()
+        self.stream.seek(self.consumed, ids)
         micro = []
         for k in range(self.grad_accum):
             chunk = ids[k * self.micro_batch : (k + 1) * self.micro_batch]
-            micro.append(self.blocks.batch(chunk))
+            micro.append(self.stream.batch(chunk))
         self.consumed += self.global_batch
         return micro, ids
 
+    def seek_current(self) -> None:
+        """Hold (download if needed) what the next step reads: before training starts, outside any
+        collective, so a node with an empty cache downloads while the others wait in a barrier."""
+        self.stream.seek(self.consumed, self.step_ids())
+
     def state_dict(self) -> dict:
-        return {"consumed": self.consumed, "epoch": self.consumed // len(self.blocks)}
+        return {"consumed": self.consumed, **self.stream.progress(self.consumed)}
 
     def load_state_dict(self, state: dict) -> None:
         self.consumed = int(state["consumed"])
 
 
 def validation_batches(
-    blocks: BlockStore, batches: int, global_batch: int, micro_batch: int, dp_rank: int, dp_size: int
+    blocks, batches: int, global_batch: int, micro_batch: int, dp_rank: int, dp_size: int
 ) -> list[tuple[torch.Tensor, ...]]:
     """A fixed validation set (the first samples in shard order), split across ranks in micro-batches.
 

@@ -30,6 +30,27 @@ class Samples(Protocol):
     def batch(self, ids: Any) -> tuple[torch.Tensor, ...]: ...
 
 
+class SampleStream(Protocol):
+    """The training samples: an infinite seeded sequence of sample ids (a pure function of the
+    position) and the model inputs of any of them (loader.py's `TrainLoader` reads it)."""
+
+    def ids(self, start: int, count: int) -> Any:
+        """Sample ids at positions start .. start+count-1."""
+
+    def seek(self, position: int, ids: Any) -> None:
+        """About to read `ids` (at `position`): hold what they need, fetch ahead what follows."""
+
+    def batch(self, ids: Any) -> tuple[torch.Tensor, ...]: ...
+
+    def progress(self, consumed: int) -> dict[str, Any]:
+        """Where the sequence is after `consumed` positions (epochs, per-dataset samples)."""
+
+    def stop_position(self) -> int | None:
+        """A position the run must stop before (a dataset ran out), or None."""
+
+    def close(self) -> None: ...
+
+
 class Objective(Protocol):
     name: str  # "causal_lm" (next-token loss, tied LM head) or a task name (accuracy reported)
     patience: int | None  # evaluations without a better validation loss before stopping; None: never
@@ -40,8 +61,11 @@ class Objective(Protocol):
     def build_model(self, model_config: SoraConfig, ds_config: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
         """(model, keep_alive): keep_alive must live as long as the model (ZeRO-3 construction)."""
 
-    def samples(self, store: ObjectStore, manifest: DatasetVersion, split: str) -> Samples | None:
-        """The `train` or `validation` samples (None: this run has no validation split)."""
+    def train_samples(self, store: ObjectStore, manifest: DatasetVersion, seed: int) -> SampleStream:
+        """The training sequence (seeded)."""
+
+    def validation_samples(self, store: ObjectStore, manifest: DatasetVersion, seed: int) -> Samples | None:
+        """The validation samples, read in order (None: this run has no validation split)."""
 
     def tokens_per_sample(self, manifest: DatasetVersion) -> int: ...
 

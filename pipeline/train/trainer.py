@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from sora import SoraConfig, flops_per_token
 
+from ..errors import UserError
 from ..faults import kill_once, pace
 from ..records import ExportInfo
 from ..storage import open_store
@@ -34,7 +35,7 @@ from .checkpoint_manager import CheckpointManager, ResumePoint, prepare_resume, 
 from .ds_config import deepspeed_config
 from .engine import Engine
 from .export import upload_hf_model
-from .loader import GlobalOrder, TrainLoader, cache_directory, validation_batches
+from .loader import TrainLoader, cache_directory, validation_batches
 from .metrics import MetricsLog, mfu, node_peak_flops
 from .spec import WorkerSpec
 from .state import EarlyStopping, Progress, RngState
@@ -85,6 +86,11 @@ class Trainer:
             self.resume_bytes[0] += self.converted_bytes  # rank 0's download for the conversion
         if self.early.stopped:  # stopped early before the restart: straight to the export
             self.stop_at = self.step
+        self.data_exhausted = self._data_limit()
+        # The shards of the next step, before the first collective of the loop: a node with an empty
+        # cache downloads them while the others wait in Ray Train's barrier (no collective timeout).
+        self.loader.seek_current()
+        self._wait_for_peers()
         self.metrics = MetricsLog(self.store, self.keys, self.local, self.step) if rank == 0 else None
         self.flops_per_token = flops_per_token(self.model_config, self.tokens_per_sample)
         peak, self.peak_label = node_peak_flops(device, cache_directory()) if rank == 0 else (0.0, "")
@@ -100,11 +106,13 @@ class Trainer:
         that checkpoint needs the universal format (written with another layout)."""
         import deepspeed
 
-        # Shards first, before this rank enters any torch collective: a replacement node with an
-        # empty cache downloads while the others wait in Ray Train's barrier (`wait_for_peers`), never
-        # inside a collective whose timeout (train.collective_timeout_s) a large download could exceed.
-        samples = self.objective.samples(self.store, self.manifest, "train")
-        val = self.objective.samples(self.store, self.manifest, "validation")
+        # Data first, before this rank enters any torch collective: the training stream reads only the
+        # shard index here (shards stream in later, see `seek_current`), the validation set is read
+        # now; a replacement node downloads while the others wait in Ray Train's barrier
+        # (`wait_for_peers`), never inside a collective whose timeout a download could exceed.
+        seed = self.train.seed
+        samples = self.objective.train_samples(self.store, self.manifest, seed)
+        val = self.objective.validation_samples(self.store, self.manifest, seed)
         self._wait_for_peers()
         self.device = device
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
@@ -131,12 +139,27 @@ class Trainer:
         dist.all_gather_object(held, self.engine.local_parameter_count())
         self.held_parameters = held
         self.dp_rank = self.engine.engine.grid.data_parallel_id if self.engine.pipeline else self.rank
-        order = GlobalOrder(len(samples), self.train.seed)
         batch, micro, dp = self.train.global_batch, self.split.micro_batch, self.split.data_parallel
-        self.loader = TrainLoader(samples, order, batch, micro, self.dp_rank, dp)
+        self.loader = TrainLoader(samples, batch, micro, self.dp_rank, dp)
         evals = self.train.eval_batches
         self.val_batches = validation_batches(val, evals, batch, micro, self.dp_rank, dp) if val is not None else []
+        if hasattr(val, "close"):
+            val.close()  # the batches are copies: release the validation shards
         return point, universal
+
+    def _data_limit(self) -> str | None:
+        """With on_exhausted: stop, end the run at the last step before a dataset would repeat."""
+        stop = self.loader.stream.stop_position()
+        if stop is None:
+            return None
+        last = stop // self.train.global_batch
+        if last == 0:
+            batch = self.train.global_batch
+            raise UserError(f"{self.loader.stream.describe_exhausted()}, before one global batch of {batch}")
+        if last >= self.stop_at:
+            return None
+        self.stop_at = last
+        return f"{self.loader.stream.describe_exhausted()}: the run stops at step {last}"
 
     def _wait_for_peers(self) -> None:
         """Ray Train's barrier: no timeout, unlike the torch collectives (train.collective_timeout_s)."""
@@ -200,6 +223,12 @@ class Trainer:
             "tokens": self.progress.tokens,
             "peak": self.peak_label,
         }
+        datasets = self.loader.stream.progress(self.loader.consumed).get("datasets")
+        if datasets:  # samples drawn and epochs begun per dataset of the mixture (a pure function of the step)
+            row["tokens_by_dataset"] = {name: d["samples"] * self.tokens_per_sample for name, d in datasets.items()}
+            row["epochs_by_dataset"] = {name: d["epoch"] for name, d in datasets.items()}
+        if self.data_exhausted and self.step == self.stop_at:
+            row["data_exhausted"] = self.data_exhausted
         if self.held_parameters is not None:
             row["parameters_per_rank"] = self.held_parameters
             self.held_parameters = None
@@ -244,6 +273,10 @@ class Trainer:
         self.checkpoints.save(self.step, after_commit=self._publish_metrics)
         self.stall = time.perf_counter() - started
 
+    def close(self) -> None:
+        """Stop the prefetch and release the held shards (the node cache may evict them)."""
+        self.loader.stream.close()
+
     def _publish_metrics(self) -> None:
         self.metrics.flush()
         self.metrics.publish_tensorboard(self.step)
@@ -251,7 +284,8 @@ class Trainer:
     # -- export ------------------------------------------------------------------------------------
     def export(self) -> None:
         """The finished run's HF export (the objective's model and lineage), written by rank 0."""
-        if self.train.export and (self.step >= self.train.max_steps or self.early.stopped):
+        finished = self.step >= self.train.max_steps or self.early.stopped or self.data_exhausted
+        if self.train.export and finished:
             state_dict = self.engine.full_state_dict()
             if self.rank == 0:
                 model = self.objective.export_model(self.model_config, state_dict)
@@ -270,6 +304,7 @@ class Trainer:
             dataset_version=self.manifest.version,
             run=self.train.run,
             early_stopped=self.early.stopped,
+            data_exhausted=bool(self.data_exhausted),
             tokenizer_sha256=self.manifest.tokenizer.sha256,
         )
         lineage = self.spec.init_from

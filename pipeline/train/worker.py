@@ -25,6 +25,15 @@ def train_worker(spec: WorkerSpec) -> dict:
     device = ray.train.torch.get_device() if spec.use_gpu else torch.device("cpu")
     rank, local_rank, world = context.get_world_rank(), context.get_local_rank(), context.get_world_size()
     trainer = Trainer(spec, rank, local_rank, world, device, wait_for_peers=ray.train.collective.barrier)
+    try:
+        return _train(trainer)
+    finally:
+        trainer.close()
+
+
+def _train(trainer: Trainer) -> dict:
+    import ray.train
+
     while trainer.step < trainer.stop_at:
         row = trainer.train_step()
         trainer.maybe_evaluate(row)
@@ -36,6 +45,8 @@ def train_worker(spec: WorkerSpec) -> dict:
         if drain is not None and trainer.step < trainer.stop_at:
             return _drain(trainer, drain, committed)
     trainer.export()
+    if trainer.rank == 0 and trainer.data_exhausted:
+        print(trainer.data_exhausted, flush=True)
     return {"finished": trainer.step, "world": trainer.world}
 
 

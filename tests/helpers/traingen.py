@@ -31,3 +31,10 @@ def train_config(data: RunConfig, run: str, **train) -> RunConfig:
     raw = data.model_dump(mode="json")
     raw["train"] = values
     return RunConfig.model_validate(raw)
+
+
+def expected_ids(manifest, seed: int, start: int, count: int, window: int = 8) -> list[int]:
+    """The sample ids a run on `manifest` alone reads at positions start .. start+count-1."""
+    from pipeline.train.sample_sequence import SampleSequence
+
+    return SampleSequence([(manifest, 1.0)], seed, window).ids(start, count).tolist()

@@ -24,14 +24,13 @@ import numpy as np
 import pytest
 import yaml
 from ray_cluster import Cluster
-from traingen import train_config
+from traingen import expected_ids, train_config
 
 from pipeline.keys import RunKeys
 from pipeline.pretrain.launch import pretrain
-from pipeline.records import last_row
+from pipeline.records import last_row, read_dataset
 from pipeline.storage import open_store
 from pipeline.train import checkpoint as ckpt
-from pipeline.train.loader import GlobalOrder
 from pipeline.train.metrics import read_rows
 
 pytestmark = [pytest.mark.distributed, pytest.mark.s3, pytest.mark.timeout(1200)]
@@ -148,12 +147,12 @@ def test_drain_join_and_node_loss_keep_the_exact_sample_sequence(cluster, s3_buc
     assert drain_step in [c.step for c in ckpt.inventory(store, keys).sound]
     worlds = [r["workers"] for r in rows]
     assert worlds[:drain_step] == [2] * drain_step and 1 in worlds and worlds[-1] == 1
-    order = GlobalOrder(_train_samples(store), config.train.seed)
+    manifest = read_dataset(store, "test", "LATEST")
     batch = config.train.global_batch
     recorded = read_rows(store, keys.samples)
     assert [r["step"] for r in recorded] == list(range(1, STEPS + 1))
     for r in recorded:
-        assert r["ids"] == order.ids((r["step"] - 1) * batch, batch).tolist(), r["step"]
+        assert r["ids"] == expected_ids(manifest, config.train.seed, (r["step"] - 1) * batch, batch), r["step"]
 
     # Losses before the first fault equal an uninterrupted 2-worker run's (on the local Ray).
     reference = train_config(data, "reference", workers=2, stop_after_steps=drain_step, **options)
@@ -162,10 +161,3 @@ def test_drain_join_and_node_loss_keep_the_exact_sample_sequence(cluster, s3_buc
     np.testing.assert_allclose([r["loss"] for r in rows[:drain_step]], expected, rtol=1e-6)
     print(f"\nFIGURES drain->training again {back_after_drain:.1f} s (drain at step {drain_step}); "
           f"node SIGKILL->training again {back_after_loss:.1f} s")  # fmt: skip
-
-
-def _train_samples(store) -> int:
-    from pipeline.records import read_dataset
-    from pipeline.train.loader import BlockStore
-
-    return len(BlockStore(store, read_dataset(store, "test", "LATEST").split("train")))

@@ -2,12 +2,14 @@
 elastic resume, pipeline parallelism, killed workers, checkpoints on S3."""
 
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from traingen import train_config
+from traingen import expected_ids, train_config
 from transformers import AutoModelForCausalLM
 
 from pipeline.keys import RunKeys
@@ -15,8 +17,10 @@ from pipeline.pretrain.launch import pretrain
 from pipeline.records import read_version
 from pipeline.storage import open_store
 from pipeline.train import checkpoint as ckpt
-from pipeline.train.loader import BlockStore, GlobalOrder, validation_batches
+from pipeline.train.loader import validation_batches
 from pipeline.train.metrics import read_rows
+from pipeline.train.shard_cache import ShardCache
+from pipeline.train.streaming import ValidationSamples
 from sora import causal_lm_loss
 
 pytestmark = [pytest.mark.distributed]
@@ -45,10 +49,12 @@ def hf_val_loss(path, store, config):
     """Validation loss of the exported model, on the same validation batches the trainer used."""
     manifest = read_version(store, "test")
     model = AutoModelForCausalLM.from_pretrained(path).eval()
-    blocks = BlockStore(store, manifest.split("val"))
+    cache = ShardCache(Path(tempfile.mkdtemp()), 1 << 30)
+    blocks = ValidationSamples(store, [(manifest, 1.0)], config.train.seed, cache)
     batches = validation_batches(
         blocks, config.train.eval_batches, config.train.global_batch, config.train.micro_batch, 0, 1
     )
+    blocks.close()
     total = count = 0.0
     with torch.no_grad():
         for inputs, labels in batches:
@@ -105,10 +111,10 @@ def test_exact_resume_same_losses_parameters_and_samples(dataset_root, tmp_path)
 
     ids = [i for row in samples(store, "resumed") for i in row["ids"]]
     assert ids == [i for row in samples(store, "straight") for i in row["ids"]]
-    blocks = len(BlockStore(store, read_version(store, "test").split("train")))
-    assert len(ids) == 12 * 8 <= blocks
+    manifest = read_version(store, "test")
+    assert len(ids) == 12 * 8 <= sum(e.rows for e in manifest.split("train"))
     assert len(set(ids)) == len(ids)  # no duplicate
-    assert ids == GlobalOrder(blocks, 1234).ids(0, len(ids)).tolist()  # no gap: exactly the global order
+    assert ids == expected_ids(manifest, 1234, 0, len(ids))  # no gap: exactly the global order
 
 
 def test_resume_on_one_worker_continues_the_same_sample_sequence(dataset_root):
@@ -117,9 +123,8 @@ def test_resume_on_one_worker_continues_the_same_sample_sequence(dataset_root):
     pretrain(train_config(dataset_root, "elastic", record_sample_ids=True, workers=1, micro_batch=4), quiet=True)
     rows = samples(store, "elastic")
     assert [r["step"] for r in rows] == list(range(1, 13))
-    blocks = len(BlockStore(store, read_version(store, "test").split("train")))
     ids = [i for row in rows for i in row["ids"]]
-    assert ids == GlobalOrder(blocks, 1234).ids(0, 12 * 8).tolist()
+    assert ids == expected_ids(read_version(store, "test"), 1234, 0, 12 * 8)
     losses = [r["loss"] for r in metrics(store, "elastic")]
     assert all(np.isfinite(losses)) and np.mean(losses[-3:]) < np.mean(losses[:3])
 

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 from datagen import data_config, make_corpus, make_documents, write_jsonl
-from traingen import train_config
+from traingen import expected_ids, train_config
 
 from pipeline.errors import UserError
 from pipeline.keys import RunKeys
@@ -18,7 +18,6 @@ from pipeline.records import read_version
 from pipeline.storage import open_store
 from pipeline.train import checkpoint as ckpt
 from pipeline.train import launch
-from pipeline.train.loader import BlockStore, GlobalOrder
 from pipeline.train.metrics import read_rows
 
 pytestmark = [pytest.mark.distributed]
@@ -126,8 +125,7 @@ def test_warm_start_on_refreshed_dataset(data, tmp_path, monkeypatch):
     assert [r["step"] for r in rows] == list(range(1, CHILD_STEPS + 1))
     assert rows[0]["lr"] == pytest.approx(parent_rows[0]["lr"])
     ids = [i for row in read_rows(store, RunKeys("child").samples) for i in row["ids"]]
-    blocks = len(BlockStore(store, read_version(store, "warm", 2).split("train")))
-    assert ids == GlobalOrder(blocks, 1234).ids(0, CHILD_STEPS * 8).tolist()
+    assert ids == expected_ids(read_version(store, "warm", 2), 1234, 0, CHILD_STEPS * 8)
     # The optimizer moments carried: Adam's step counter continued from the parent's.
     assert optimizer_steps(store, "parent", PARENT_STEPS, tmp_path) == {PARENT_STEPS}
     assert optimizer_steps(store, "child", CHILD_STEPS, tmp_path) == {PARENT_STEPS + CHILD_STEPS}

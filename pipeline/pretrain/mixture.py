@@ -1,0 +1,80 @@
+"""The datasets a pretraining run trains on: one dataset (`train.dataset`, the default) or a
+weighted mixture (`train.data`), each version pinned in `runs/<run>/run.json` at the first launch.
+
+A relaunch under the same run name must ask for the same thing: the same datasets with the same
+weights (and, where the config names one, the pinned version). A changed mixture changes the
+sample order, so resuming would not continue the run; it is refused with one line.
+"""
+
+from __future__ import annotations
+
+from ..config.run import RunConfig
+from ..errors import UserError
+from ..records import DatasetVersion, PinnedSource, RunPin, read_dataset
+from ..storage import ObjectStore
+from ..train.launch import pin_dataset
+
+Sources = list[tuple[DatasetVersion, float]]
+
+
+def describe(sources: list[PinnedSource] | list) -> str:
+    return ", ".join(f"{s.dataset} v{s.dataset_version} x {s.weight:g}" for s in sources)
+
+
+def pin_sources(store: ObjectStore, config: RunConfig) -> Sources:
+    """(manifest, weight) of every dataset the run trains on, pinned at the first launch."""
+    train = config.train
+    pinned, _ = RunPin.load(store, train.run)
+    if train.data is None:
+        if pinned is not None and pinned.data:
+            raise UserError(
+                f"run {train.run!r} trains on the mixture [{describe(pinned.data)}]; the config names one dataset: "
+                "restore train.data or use another run name"
+            )
+        return [(pin_dataset(store, config), 1.0)]
+    if pinned is None:
+        manifests = [read_dataset(store, s.dataset, s.version) for s in train.data]
+        sources = [(m, s.weight) for m, s in zip(manifests, train.data, strict=True)]
+        check_compatible(sources)
+        entries = [PinnedSource(dataset=m.dataset, dataset_version=m.version, weight=w) for m, w in sources]
+        if RunPin(dataset=entries[0].dataset, dataset_version=entries[0].dataset_version, data=entries).create(
+            store, train.run
+        ):
+            return sources
+        pinned, _ = RunPin.load(store, train.run)  # another launch pinned first: follow its pin
+    return _resume(store, config, pinned)
+
+
+def _resume(store: ObjectStore, config: RunConfig, pinned: RunPin) -> Sources:
+    train = config.train
+    have = pinned.data or [PinnedSource(dataset=pinned.dataset, dataset_version=pinned.dataset_version, weight=1.0)]
+    asked = [(s.dataset, s.weight) for s in train.data]
+    versions_ok = all(s.version in ("LATEST", p.dataset_version) for s, p in zip(train.data, have, strict=False))
+    if asked != [(p.dataset, p.weight) for p in have] or not versions_ok:
+        wanted = ", ".join(f"{s.dataset} {'v' + str(s.version) if s.version != 'LATEST' else 'LATEST'} x {s.weight:g}"
+                           for s in train.data)  # fmt: skip
+        raise UserError(
+            f"run {train.run!r} was launched on the mixture [{describe(have)}], the config now asks for [{wanted}]: "
+            "a changed mixture needs a new run name (init_from can warm-start it from this run)"
+        )
+    sources = [(read_dataset(store, p.dataset, p.dataset_version), p.weight) for p in have]
+    check_compatible(sources)
+    return sources
+
+
+def check_compatible(sources: Sources) -> None:
+    """Every dataset of a mixture must be tokenized alike: the model has one vocabulary and one context."""
+    first, _ = sources[0]
+    for manifest, _ in sources[1:]:
+        if manifest.tokenizer.sha256 != first.tokenizer.sha256:
+            raise UserError(
+                f"mixture: {manifest.dataset} v{manifest.version} was tokenized with tokenizer "
+                f"{manifest.tokenizer.sha256[:12]}, {first.dataset} v{first.version} with "
+                f"{first.tokenizer.sha256[:12]}; "
+                "every dataset of a mixture needs the same tokenizer (data.tokenizer.path)"
+            )
+        if (manifest.seq_len, manifest.dtype) != (first.seq_len, first.dtype):
+            raise UserError(
+                f"mixture: {manifest.dataset} v{manifest.version} has seq_len {manifest.seq_len} ({manifest.dtype}), "
+                f"{first.dataset} v{first.version} has {first.seq_len} ({first.dtype}): rebuild one with the other's"
+            )

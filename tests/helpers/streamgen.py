@@ -1,0 +1,58 @@
+"""Synthetic datasets for the streaming tests: many small shards of random token blocks, published
+in-process (no Ray, no data stage) with one shared tokenizer, so several of them form a mixture."""
+
+from __future__ import annotations
+
+import numpy as np
+
+SEQ_LEN = 16
+VOCAB = 300  # the tokenizer trained below has ~this many tokens: ids stay below it
+
+
+def shared_tokenizer(store, prefix: str):
+    """A tiny BPE tokenizer stored under `prefix` (the same bytes, so the same sha256, everywhere)."""
+    from pipeline.config.data import DataConfig
+    from pipeline.data.tokenizer_step import store_tokenizer, train_tokenizer
+
+    texts = [(bytes([i]), f"synthetic text number {i} " * 4) for i in range(64)]
+    config = DataConfig.model_validate({"name": "synthetic", "tokenizer": {"vocab_size": VOCAB}})
+    tokenizer, eos_id, pad_id = train_tokenizer(config, texts)
+    return store_tokenizer(store, prefix, tokenizer, eos_id, pad_id)
+
+
+def publish_synthetic(store, name: str, train_shards: int, rows_per_shard: int, val_rows: int = 64, version: int = 1):
+    """Publish version `version` of dataset `name`: `train_shards` train shards of `rows_per_shard`
+    random blocks each and one val shard. Returns the manifest."""
+    from pipeline.data.shards import blocks_table, write_shard
+    from pipeline.keys import DatasetKeys
+    from pipeline.records import BuildStats, Manifest, ManifestStats, ShardEntry, publish
+    from pipeline.storage.lease import acquire_lease
+
+    keys = DatasetKeys(name)
+    block = shared_tokenizer(store, keys.prefix)
+    rng = np.random.default_rng(hash(name) % 2**32)
+    shards = {"train": [], "val": []}
+    counts = {"train": [rows_per_shard] * train_shards, "val": [val_rows]}
+    for split, sizes in counts.items():
+        for index, rows in enumerate(sizes):
+            blocks = rng.integers(0, min(block.vocab_size, 250), size=(rows, SEQ_LEN + 1)).astype(np.uint16)
+            valid = np.full(rows, SEQ_LEN + 1, dtype=np.int32)
+            key = f"{keys.prefix}/shards/v{version}/{split}/part-{index:05d}.arrow"
+            entry = write_shard(store, key, blocks_table(blocks, valid), tokens=rows * (SEQ_LEN + 1))
+            shards[split].append(ShardEntry(**entry, docs=rows))
+    manifest = Manifest(
+        schema_version=1,
+        version=version,
+        parent_version=None if version == 1 else version - 1,
+        dataset=name,
+        seq_len=SEQ_LEN,
+        dtype="uint16",
+        tokenizer=block,
+        shards=shards,
+        stats=ManifestStats(run=BuildStats(), total=BuildStats()),
+    )
+    lease = acquire_lease(store, keys.lease, 60)
+    latest = store.read_with_etag(keys.latest)
+    publish(store, manifest, latest[1] if latest else None, lease)
+    lease.release()
+    return manifest
