@@ -65,13 +65,17 @@ class ShardCache:
 
     # -- what is on disk ---------------------------------------------------------------------------
     def usage(self) -> int:
-        """Bytes of finished shards and partial downloads in the cache directory."""
+        """Bytes of finished shards and partial downloads in the cache directory (a file renamed
+        from its partial name while the directory is listed is counted once)."""
         return sum(size for _, size, _ in _entries(self.directory, (".arrow", ".tmp")))
 
     def _accounted(self) -> int:
-        """Finished shards plus live reservations (what the limit is checked against)."""
-        shards = sum(size for _, size, _ in _entries(self.directory, (".arrow",)))
-        return shards + sum(self._live_reservations().values())
+        """Finished shards plus live reservations (what the limit is checked against).
+
+        Reservations are listed before shards: a downloader renames its shard into place before
+        it drops its reservation, so a shard finishing meanwhile is counted at least once."""
+        reserved = sum(self._live_reservations().values())
+        return reserved + sum(size for _, size, _ in _entries(self.directory, (".arrow",)))
 
     def _live_reservations(self) -> dict[Path, int]:
         live = {}
@@ -157,14 +161,16 @@ def default_limit(directory: Path) -> int:
 
 def _entries(directory: Path, suffixes: tuple[str, ...]) -> list[tuple[Path, int, float]]:
     """(path, size, mtime) of the files with these suffixes; files deleted meanwhile are skipped."""
-    found = []
+    found, inodes = [], set()
     for path in directory.iterdir():
-        if path.name.endswith(suffixes) and not path.name.endswith(".lock"):
+        if path.name.endswith(suffixes):
             try:
                 stat = path.stat()
             except FileNotFoundError:
                 continue
-            found.append((path, stat.st_size, stat.st_mtime))
+            if stat.st_ino not in inodes:
+                inodes.add(stat.st_ino)
+                found.append((path, stat.st_size, stat.st_mtime))
     return found
 
 

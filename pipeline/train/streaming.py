@@ -56,10 +56,15 @@ class OpenShard:
         self.starts = np.asarray(starts, dtype=np.int64)
 
     def rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(blocks int64 [n, seq_len+1], valid [n]) of these row numbers (copies: the shard may go)."""
         which = np.searchsorted(self.starts, rows, side="right") - 1
-        blocks = np.stack([self.blocks[b][r - self.starts[b]] for b, r in zip(which, rows, strict=True)])
-        valid = np.asarray([self.valid[b][r - self.starts[b]] for b, r in zip(which, rows, strict=True)])
-        return blocks.astype(np.int64), valid
+        blocks = np.empty((len(rows), self.blocks[0].shape[1]), dtype=np.int64)
+        valid = np.empty(len(rows), dtype=np.int64)
+        for b in np.unique(which).tolist():
+            mine = which == b
+            local = rows[mine] - self.starts[b]
+            blocks[mine], valid[mine] = self.blocks[b][local], self.valid[b][local]
+        return blocks, valid
 
     def close(self) -> None:
         self.blocks = self.valid = []  # drop the views into the mapping before the lock goes

@@ -3,21 +3,29 @@ in-process (no Ray, no data stage) with one shared tokenizer, so several of them
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 SEQ_LEN = 16
 VOCAB = 300  # the tokenizer trained below has ~this many tokens: ids stay below it
 
 
-def shared_tokenizer(store, prefix: str):
-    """A tiny BPE tokenizer stored under `prefix` (the same bytes, so the same sha256, everywhere)."""
+@functools.cache
+def _tokenizer():
     from pipeline.config.data import DataConfig
-    from pipeline.data.tokenizer_step import store_tokenizer, train_tokenizer
+    from pipeline.data.tokenizer_step import train_tokenizer
 
     texts = [(bytes([i]), f"synthetic text number {i} " * 4) for i in range(64)]
     config = DataConfig.model_validate({"name": "synthetic", "tokenizer": {"vocab_size": VOCAB}})
-    tokenizer, eos_id, pad_id = train_tokenizer(config, texts)
-    return store_tokenizer(store, prefix, tokenizer, eos_id, pad_id)
+    return train_tokenizer(config, texts)
+
+
+def shared_tokenizer(store, prefix: str):
+    """A tiny BPE tokenizer stored under `prefix` (the same bytes, so the same sha256, everywhere)."""
+    from pipeline.data.tokenizer_step import store_tokenizer
+
+    return store_tokenizer(store, prefix, *_tokenizer())
 
 
 def publish_synthetic(store, name: str, train_shards: int, rows_per_shard: int, val_rows: int = 64, version: int = 1):
