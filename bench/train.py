@@ -97,9 +97,9 @@ def elastic_vs_fixed(config, args) -> dict:
 
 def plain_loop(config, manifest, steps: int, global_batch: int, micro_batch: int) -> dict:
     from pipeline.pretrain.launch import model_config_for
+    from pipeline.pretrain.objective import LanguageModeling
     from pipeline.storage import open_store
     from pipeline.train.engine import lr_lambda
-    from pipeline.pretrain.objective import LanguageModeling
     from pipeline.train.loader import TrainLoader
     from sora import SoraForCausalLM, causal_lm_loss, flops_per_token
     from sora.flops import measure_cpu_matmul_peak

@@ -80,12 +80,13 @@ def test_a_mixture_ten_times_the_cache_trains_through_a_kill_and_a_resize(
     shutil.rmtree(directory, ignore_errors=True)
     monkeypatch.setenv("SORA_KILL_WORKER", "1:17")  # mid-window, 7 steps after the checkpoint of step 10
     monkeypatch.setenv("SORA_FAULT_DIR", str(tmp_path / "faults"))
-    config = mixture_config(store, "mix", record_sample_ids=True, cache_limit=limit, max_failures=2, stop_after_steps=25)
+    options = {"record_sample_ids": True, "cache_limit": limit}
+    config = mixture_config(store, "mix", max_failures=2, stop_after_steps=25, **options)
     with CachePoller(directory, limit) as poller:
         pretrain(config, quiet=True)
         assert (tmp_path / "faults" / "mix-1-17").exists()  # the fault fired
         monkeypatch.delenv("SORA_KILL_WORKER")
-        resized = mixture_config(store, "mix", record_sample_ids=True, cache_limit=limit, workers=1, micro_batch=8)
+        resized = mixture_config(store, "mix", workers=1, micro_batch=8, **options)
         pretrain(resized, quiet=True)
     assert 0 < poller.peak <= limit, (poller.peak, limit)
     assert poller.samples > 100
