@@ -59,8 +59,8 @@ class TrainConfig(LoopConfig):
     prefetch: int = Field(default=8, ge=0, description="Shards fetched ahead of need beyond the current window.")
     cache_limit: ByteSize | None = Field(
         default=None,
-        description="Byte limit of the node's shard cache (e.g. 200GB); default: half the cache filesystem's free "
-        "space. It must hold (2 x shuffle_window + prefetch) shards per dataset.",
+        description="Byte limit of the node's shard cache (e.g. 200GB); default: the node's SORA_CACHE_LIMIT, else "
+        "half the cache filesystem's free space. It must hold (2 x shuffle_window + prefetch) shards per dataset.",
     )
     init_from: str | None = Field(
         default=None,

@@ -49,6 +49,8 @@ def evaluate_run(config: RunConfig) -> dict[str, Any]:
     model_config = SoraConfig.from_dict(hf_config)
     manifest = read_dataset(store, info.dataset, info.dataset_version)
     lineage = {"dataset": info.dataset, "dataset_version": info.dataset_version, "run": run}
+    if info.data:  # a mixture: every dataset version and weight the model was pretrained on
+        lineage["data"] = [source.to_dict() for source in info.data]
     checkpoints = {
         "pretrained": (store.uri(export_key), "causal_lm"),
         "scratch": (

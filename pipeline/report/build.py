@@ -50,7 +50,7 @@ def build_report(store: ObjectStore, run: str) -> dict[str, str]:
     parts.append(data_table(manifest) if manifest else "_the run has not pinned a dataset yet_\n")
 
     parts.append("## Pretraining\n")
-    parts.append(_pretraining(store, run, images))
+    parts.append(_pretraining(store, run, images, pin))
     parts.append("## Fine-tuning\n")
     ft_runs = finetune.run_names(run)
     parts.append(_finetuning(store, ft_runs, images))
@@ -72,7 +72,7 @@ def build_report(store: ObjectStore, run: str) -> dict[str, str]:
     return {"md": store.uri(f"{keys.prefix}/report.md"), "html": store.uri(f"{keys.prefix}/report.html")}
 
 
-def _pretraining(store: ObjectStore, run: str, images: dict[str, bytes]) -> str:
+def _pretraining(store: ObjectStore, run: str, images: dict[str, bytes], pin: RunPin | None) -> str:
     rows = read_rows(store, RunKeys(run).metrics)
     if not rows:
         return "_not run yet_\n"
@@ -83,8 +83,26 @@ def _pretraining(store: ObjectStore, run: str, images: dict[str, bytes]) -> str:
         f"{last.step} steps, {last.tokens:,} tokens, final loss {last.loss:.3f}"
         + (f", validation loss {val[-1].val_loss:.3f}" if val else "")
         + f", median {sorted(r.tokens_per_s for r in rows)[len(rows) // 2]:,.0f} tokens/s.\n\n"
-        "![pretraining curves](report/pretrain.png)\n"
+        + (f"Stopped early: {last.data_exhausted}.\n\n" if last.data_exhausted else "")
+        + _mixture_table(last, pin)
+        + "![pretraining curves](report/pretrain.png)\n"
     )
+
+
+def _mixture_table(last, pin: RunPin | None) -> str:
+    """Tokens drawn per dataset of a mixture, against its weight."""
+    if not last.tokens_by_dataset or not pin or not pin.data:
+        return ""
+    total = sum(last.tokens_by_dataset.values()) or 1
+    lines = ["| dataset | version | weight | tokens | share | epochs begun |", "|---|---|---|---|---|---|"]
+    for source in pin.data:
+        tokens = last.tokens_by_dataset.get(source.dataset, 0)
+        epochs = (last.epochs_by_dataset or {}).get(source.dataset, 0)
+        lines.append(
+            f"| {source.dataset} | v{source.dataset_version} | {source.weight:g} | {tokens:,} | "
+            f"{tokens / total:.1%} | {epochs} |"
+        )
+    return "\n".join(lines) + "\n\n"
 
 
 def _finetuning(store: ObjectStore, ft_runs: dict[str, str], images: dict[str, bytes]) -> str:

@@ -154,7 +154,17 @@ class ShardCache:
 
 
 def default_limit(directory: Path) -> int:
-    """Half of what the cache filesystem could give the shards: free space plus shards already cached."""
+    """The node's limit: `SORA_CACHE_LIMIT` (bytes or e.g. "1500GB", set where the node's disk is
+    known: the cluster assets), else half of what the cache filesystem could give the shards
+    (free space plus shards already cached)."""
+    configured = os.environ.get("SORA_CACHE_LIMIT")
+    if configured:
+        from pydantic import ByteSize, TypeAdapter, ValidationError
+
+        try:
+            return int(TypeAdapter(ByteSize).validate_python(configured))
+        except ValidationError:
+            raise UserError(f"SORA_CACHE_LIMIT={configured!r} is not a size (e.g. 1500GB or 1610612736000)") from None
     cached = sum(size for _, size, _ in _entries(directory, (".arrow",)))
     return int(DEFAULT_FRACTION * (shutil.disk_usage(directory).free + cached))
 

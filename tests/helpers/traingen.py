@@ -3,7 +3,7 @@
 from pipeline.config.run import RunConfig
 
 
-def train_config(data: RunConfig, run: str, **train) -> RunConfig:
+def train_config(data: RunConfig, run: str, /, **train) -> RunConfig:
     """Tiny model, 2 CPU workers, small batches: a run takes seconds of compute."""
     values = {
         "run": run,

@@ -84,7 +84,7 @@ def test_a_mixture_ten_times_the_cache_trains_through_a_kill_and_a_resize(
     config = mixture_config(store, "mix", max_failures=2, stop_after_steps=25, **options)
     with CachePoller(directory, limit) as poller:
         pretrain(config, quiet=True)
-        assert (tmp_path / "faults" / "mix-1-17").exists()  # the fault fired
+        assert (tmp_path / "faults" / "killed-1-17").exists()  # the fault fired
         monkeypatch.delenv("SORA_KILL_WORKER")
         resized = mixture_config(store, "mix", workers=1, micro_batch=8, **options)
         pretrain(resized, quiet=True)
@@ -103,10 +103,10 @@ def test_a_mixture_ten_times_the_cache_trains_through_a_kill_and_a_resize(
     assert read * shard > 5 * limit  # the run read well past what the cache holds: it evicted
 
     rows = read_rows(store, keys.metrics)
-    assert [r.workers for r in rows][-1] == 1
+    assert rows[-1]["workers"] == 1
     drawn = sequence.progress(STEPS * BATCH)["datasets"]
-    assert rows[-1].tokens_by_dataset == {name: d["samples"] * SEQ_LEN for name, d in drawn.items()}
-    assert rows[-1].epochs_by_dataset == {"web": 0, "code": 1}  # code (30 % of 1280 > 320) repeats
+    assert rows[-1]["tokens_by_dataset"] == {name: d["samples"] * SEQ_LEN for name, d in drawn.items()}
+    assert rows[-1]["epochs_by_dataset"] == {"web": 0, "code": 1}  # code (30 % of 1280 > 320) repeats
 
     pinned, _ = RunPin.load(store, "mix")
     assert [(p.dataset, p.dataset_version, p.weight) for p in pinned.data] == [("web", 1, 0.7), ("code", 1, 0.3)]
@@ -123,7 +123,7 @@ def test_a_dataset_that_runs_out_stops_the_run_when_asked(mixture_root, ray_sess
     config = mixture_config(store, "until-code-ends", on_exhausted="stop", max_steps=100, checkpoint_interval=50)
     first, _ = SampleSequence([(web, 0.7), (code, 0.3)], config.train.seed, WINDOW).first_repeat()
     result = pretrain(config, quiet=True)
-    assert result["final"].step == first // BATCH < 100
-    assert result["final"].data_exhausted.startswith("code ran out after 320 samples")
+    assert result["final"]["step"] == first // BATCH < 100
+    assert result["final"]["data_exhausted"].startswith("code ran out after 320 samples")
     assert ExportInfo.load(store, "until-code-ends").data_exhausted  # exported where it stopped
     assert pretrain(config, quiet=True)["skipped"]  # and a rerun has nothing left to do

@@ -1,0 +1,202 @@
+"""Streaming training data from throttled object storage: data wait, time to first step, loader memory.
+
+    python bench/streaming.py [--shards 40] [--rows 4000] [--bandwidth-mb 20] [--latency-ms 50]
+
+Two synthetic datasets are published to a local store: a 1x corpus (`--shards` shards) and a 10x
+corpus (10x the shards). Every shard download goes through a store that sleeps the request
+latency and streams at a fixed bandwidth (`ThrottledStore`), like a remote bucket.
+
+1. **Data wait**: 1 rank streams the 10x corpus with a node cache of 1/10 of its split, while each
+   step spends `--step-ms` of compute (a fixed busy loop on the main thread). The loader's share of
+   the step time (`TrainLoader.next_step`, what the trainer logs as `data_wait_s`) is printed, and
+   the bytes downloaded (the cache evicts and streams the split several times over).
+2. **Time to first step** on an empty cache, 1x and 10x corpus (`--reps` each, mean and stdev),
+   against the baseline of the pre-streaming loader: download the whole split, then step.
+3. **Loader memory per rank** (tracemalloc peak of building the stream and reading `--steps` steps),
+   1x vs 10x, against the baseline: the int64 permutation of all samples the old loader held.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "helpers"))
+
+
+class ThrottledStore:
+    """An object store whose downloads pay a per-request latency and a fixed bandwidth."""
+
+    def __init__(self, inner, bandwidth: float, latency: float) -> None:
+        self.inner, self.bandwidth, self.latency = inner, bandwidth, latency
+        self.downloaded = 0
+
+    def download_file(self, key, path, expected_sha256=None, expected_size=None):
+        started = time.perf_counter()
+        result = self.inner.download_file(key, path, expected_sha256, expected_size)
+        owed = self.latency + result[0] / self.bandwidth - (time.perf_counter() - started)
+        time.sleep(max(0.0, owed))
+        self.downloaded += result[0]
+        return result
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def busy(seconds: float) -> None:
+    """A step's compute: a busy loop (holds the GIL like the Python side of a real step)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def stream_for(store, manifest, cache_dir: Path, limit: int, window: int, prefetch: int, seed: int = 0):
+    from pipeline.train.shard_cache import ShardCache
+    from pipeline.train.streaming import DataStream, StreamSettings
+
+    return DataStream(store, [(manifest, 1.0)], StreamSettings(seed, window, prefetch), ShardCache(cache_dir, limit))
+
+
+def data_wait(store, manifest, args, work: Path) -> dict:
+    from pipeline.train.loader import TrainLoader
+
+    split = sum(e.bytes for e in manifest.split("train"))
+    limit = split // 10
+    stream = stream_for(store, manifest, work / "wait-cache", limit, args.window, args.prefetch)
+    loader = TrainLoader(stream, args.batch, args.batch, 0, 1)
+    waits, steps = [], []
+    store.downloaded = 0
+    for _ in range(args.wait_steps):
+        started = time.perf_counter()
+        loader.next_step()
+        fetched = time.perf_counter()
+        busy(args.step_ms / 1000)
+        waits.append(fetched - started)
+        steps.append(time.perf_counter() - started)
+    peak = stream.cache.usage()
+    stream.close()
+    later = waits[1:]  # step 1 waits for its first shards (time to first step, below)
+    return {
+        "cache_limit_bytes": limit,
+        "split_bytes": split,
+        "cache_bytes_at_end": peak,
+        "downloaded_bytes": store.downloaded,
+        "evictions": stream.cache.evictions,
+        "data_wait_share": sum(later) / sum(steps[1:]),
+        "data_wait_ms_median": statistics.median(later) * 1000,
+        "data_wait_ms_max": max(later) * 1000,
+        "steps": args.wait_steps,
+    }
+
+
+def first_step(store, manifest, args, work: Path, tag: str) -> dict:
+    """Seconds from an empty cache to the end of the first step: streaming vs download-everything."""
+    from pipeline.train.loader import TrainLoader
+    from pipeline.train.shard_cache import ShardCache
+
+    streamed, whole = [], []
+    for rep in range(args.reps):
+        started = time.perf_counter()
+        stream = stream_for(store, manifest, work / f"first-{tag}-{rep}", 1 << 40, args.window, args.prefetch)
+        TrainLoader(stream, args.batch, args.batch, 0, 1).next_step()
+        streamed.append(time.perf_counter() - started)
+        stream.close()
+        started = time.perf_counter()  # the pre-streaming loader: every shard of the split, then the step
+        cache = ShardCache(work / f"whole-{tag}-{rep}", 1 << 40)
+        for entry in manifest.split("train"):
+            cache.hold(store, entry).release()
+        stream = stream_for(store, manifest, work / f"whole-{tag}-{rep}", 1 << 40, args.window, args.prefetch)
+        TrainLoader(stream, args.batch, args.batch, 0, 1).next_step()
+        whole.append(time.perf_counter() - started)
+        stream.close()
+    return {"streamed_s": streamed, "download_all_s": whole}
+
+
+def loader_memory(store, manifest, args, work: Path, tag: str) -> dict:
+    from pipeline.train.loader import TrainLoader
+
+    samples = sum(e.rows for e in manifest.split("train"))
+    tracemalloc.start()
+    stream = stream_for(store, manifest, work / f"mem-{tag}", 1 << 40, args.window, args.prefetch)
+    loader = TrainLoader(stream, args.batch, args.batch, 0, 1)
+    for _ in range(args.steps):
+        loader.next_step()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    stream.close()
+    return {"samples": samples, "peak_bytes": peak, "old_permutation_bytes": 8 * samples}
+
+
+def mean_sd(values: list[float]) -> str:
+    return f"{statistics.mean(values):.2f} s +- {statistics.stdev(values) if len(values) > 1 else 0:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shards", type=int, default=40, help="shards of the 1x corpus")
+    parser.add_argument("--rows", type=int, default=4000, help="rows (samples) per shard")
+    parser.add_argument("--bandwidth-mb", type=float, default=20.0, help="download bandwidth, MB/s")
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="latency per request")
+    parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--prefetch", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=256, help="global batch (samples per step)")
+    parser.add_argument("--step-ms", type=float, default=100.0, help="compute per step")
+    parser.add_argument("--wait-steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=20, help="steps read for the memory figure")
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+
+    from streamgen import publish_synthetic
+
+    from pipeline.storage import open_store
+
+    work = Path(tempfile.mkdtemp(prefix="sora-bench-streaming-"))
+    local = open_store(f"file://{work}/store")
+    started = time.perf_counter()
+    small = publish_synthetic(local, "corpus-1x", args.shards, args.rows)
+    large = publish_synthetic(local, "corpus-10x", 10 * args.shards, args.rows)
+    print(f"published 1x ({args.shards} shards) and 10x corpora in {time.perf_counter() - started:.1f} s", flush=True)
+    store = ThrottledStore(local, args.bandwidth_mb * 1e6, args.latency_ms / 1000)
+
+    wait = data_wait(store, large, args, work)
+    print(f"data wait: {100 * wait['data_wait_share']:.3f} % of step time (median {wait['data_wait_ms_median']:.2f} "
+          f"ms, max {wait['data_wait_ms_max']:.1f} ms) over {wait['steps']} steps of {args.step_ms:.0f} ms; cache "
+          f"limit {wait['cache_limit_bytes'] / 2**20:.1f} MiB = 1/10 of the split, "
+          f"{wait['downloaded_bytes'] / 2**20:.1f} MiB downloaded, {wait['evictions']} evictions",
+          flush=True)  # fmt: skip
+    corpora = {"1x": small, "10x": large}
+    first = {tag: first_step(store, manifest, args, work, tag) for tag, manifest in corpora.items()}
+    for tag, got in first.items():
+        print(f"time to first step {tag}: streamed {mean_sd(got['streamed_s'])}, "
+              f"download-all baseline {mean_sd(got['download_all_s'])}", flush=True)  # fmt: skip
+    ratio_first = statistics.mean(first["10x"]["streamed_s"]) / statistics.mean(first["1x"]["streamed_s"])
+    ratio_whole = statistics.mean(first["10x"]["download_all_s"]) / statistics.mean(first["1x"]["download_all_s"])
+    memory = {tag: loader_memory(store, manifest, args, work, tag) for tag, manifest in corpora.items()}
+    ratio_memory = memory["10x"]["peak_bytes"] / memory["1x"]["peak_bytes"]
+    for tag, got in memory.items():
+        print(f"loader memory {tag} ({got['samples']} samples): peak {got['peak_bytes'] / 2**20:.2f} MiB "
+              f"(old permutation alone: {got['old_permutation_bytes'] / 2**20:.2f} MiB)", flush=True)  # fmt: skip
+    result = {
+        "bench": "streaming",
+        "settings": vars(args),
+        "data_wait": wait,
+        "first_step": first,
+        "ratio_first_step_10x_vs_1x": ratio_first,
+        "ratio_first_step_download_all_10x_vs_1x": ratio_whole,
+        "memory": memory,
+        "ratio_memory_10x_vs_1x": ratio_memory,
+    }
+    share = 100 * wait["data_wait_share"]
+    print(f"RATIOS first step 10x/1x streamed {ratio_first:.3f} (download-all {ratio_whole:.2f}); "
+          f"loader memory 10x/1x {ratio_memory:.3f}; data wait {share:.3f} % of step time")  # fmt: skip
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
