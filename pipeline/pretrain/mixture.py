@@ -2,15 +2,16 @@
 weighted mixture (`train.data`), each version pinned in `runs/<run>/run.json` at the first launch.
 
 A relaunch under the same run name must ask for the same thing: the same datasets with the same
-weights (and, where the config names one, the pinned version). A changed mixture changes the
-sample order, so resuming would not continue the run; it is refused with one line.
+weights (and, where the config names one, the pinned version), the same seed and shuffle window.
+Each of them changes the sample order, so resuming would not continue the run; a change is
+refused with one line.
 """
 
 from __future__ import annotations
 
 from ..config.run import RunConfig
 from ..errors import UserError
-from ..records import DatasetVersion, PinnedSource, RunPin, read_dataset
+from ..records import DatasetVersion, PinnedSource, RunPin, SampleOrderPin, read_dataset
 from ..storage import ObjectStore
 from ..train.launch import pin_dataset
 
@@ -24,25 +25,40 @@ def describe(sources: list[PinnedSource] | list) -> str:
 def pin_sources(store: ObjectStore, config: RunConfig) -> Sources:
     """(manifest, weight) of every dataset the run trains on, pinned at the first launch."""
     train = config.train
+    order = SampleOrderPin(seed=train.seed, shuffle_window=train.shuffle_window)
     pinned, _ = RunPin.load(store, train.run)
+    if pinned is not None:
+        check_order(train.run, pinned, order)
     if train.data is None:
         if pinned is not None and pinned.data:
             raise UserError(
                 f"run {train.run!r} trains on the mixture [{describe(pinned.data)}]; the config names one dataset: "
                 "restore train.data or use another run name"
             )
-        return [(pin_dataset(store, config), 1.0)]
+        return [(pin_dataset(store, config, sample_order=order), 1.0)]
     if pinned is None:
         manifests = [read_dataset(store, s.dataset, s.version) for s in train.data]
         sources = [(m, s.weight) for m, s in zip(manifests, train.data, strict=True)]
         check_compatible(sources)
         entries = [PinnedSource(dataset=m.dataset, dataset_version=m.version, weight=w) for m, w in sources]
-        if RunPin(dataset=entries[0].dataset, dataset_version=entries[0].dataset_version, data=entries).create(
-            store, train.run
-        ):
+        first = entries[0]
+        pin = RunPin(dataset=first.dataset, dataset_version=first.dataset_version, data=entries, sample_order=order)
+        if pin.create(store, train.run):
             return sources
         pinned, _ = RunPin.load(store, train.run)  # another launch pinned first: follow its pin
+        check_order(train.run, pinned, order)
     return _resume(store, config, pinned)
+
+
+def check_order(run: str, pinned: RunPin, order: SampleOrderPin) -> None:
+    """The seed and shuffle window the run was launched with (runs pinned before streaming have none)."""
+    if pinned.sample_order is not None and pinned.sample_order != order:
+        was = pinned.sample_order
+        raise UserError(
+            f"run {run!r} was launched with seed {was.seed} and shuffle_window {was.shuffle_window}, the config now "
+            f"has seed {order.seed} and shuffle_window {order.shuffle_window}: that changes the sample order; restore "
+            "them or use a new run name"
+        )
 
 
 def _resume(store: ObjectStore, config: RunConfig, pinned: RunPin) -> Sources:

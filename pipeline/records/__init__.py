@@ -38,7 +38,7 @@ from .dataset import (
 from .evaluation import Chance, EvalLineage, EvalResults, EvalSuites, SuiteFile, SuiteIndex, SuiteTask
 from .export import ExportInfo
 from .metrics import MetricsRow, last_row, read_rows
-from .run import AttemptLog, PinnedSource, RunPin, StageTiming, StoredConfig, WarmStartLineage
+from .run import AttemptLog, PinnedSource, RunPin, SampleOrderPin, StageTiming, StoredConfig, WarmStartLineage
 
 __all__ = [
     "AttemptLog",
@@ -63,6 +63,7 @@ __all__ = [
     "MetricsRow",
     "PinnedSource",
     "RunPin",
+    "SampleOrderPin",
     "ShardEntry",
     "SourceEntry",
     "StageTiming",

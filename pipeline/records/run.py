@@ -34,6 +34,13 @@ class PinnedSource(Record):
     weight: float
 
 
+class SampleOrderPin(Record):
+    """What the training sample order depends on besides the data: fixed for the life of a run."""
+
+    seed: int
+    shuffle_window: int
+
+
 class RunPin(Record):
     json_indent = None
     json_sort_keys = False
@@ -41,6 +48,7 @@ class RunPin(Record):
     dataset: str  # the (first) dataset: its tokenizer and sequence length are the run's
     dataset_version: int
     data: list[PinnedSource] | None = None  # a mixture (train.data); None: `dataset` alone
+    sample_order: SampleOrderPin | None = None  # pretraining runs pinned since streaming (issue 18)
     init_from: WarmStartLineage | None = None
 
     @staticmethod

@@ -31,8 +31,9 @@ from .objective import Objective
 from .spec import LeaseToken, WorkerSpec
 
 
-def pin_dataset(store: ObjectStore, config: RunConfig) -> DatasetVersion:
-    """The manifest this run trains on: pinned in `runs/<run>/run.json` at first launch."""
+def pin_dataset(store: ObjectStore, config: RunConfig, **pinned_with: Any) -> DatasetVersion:
+    """The manifest this run trains on: pinned in `runs/<run>/run.json` at first launch (with
+    `pinned_with`, more fields of the pin)."""
     train = config.train
     dataset = train.dataset or config.data.name
     pinned, _ = RunPin.load(store, train.run)
@@ -47,7 +48,7 @@ def pin_dataset(store: ObjectStore, config: RunConfig) -> DatasetVersion:
             )
         return read_dataset(store, dataset, pinned.dataset_version)
     manifest = read_dataset(store, dataset, train.dataset_version)
-    RunPin(dataset=dataset, dataset_version=manifest.version).create(store, train.run)
+    RunPin(dataset=dataset, dataset_version=manifest.version, **pinned_with).create(store, train.run)
     return manifest
 
 

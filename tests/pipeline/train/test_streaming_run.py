@@ -116,6 +116,9 @@ def test_a_mixture_ten_times_the_cache_trains_through_a_kill_and_a_resize(
     changed = mixture_config(store, "mix", weights=(0.5, 0.5), max_steps=STEPS + 10)
     with pytest.raises(UserError, match=r"launched on the mixture \[web v1 x 0.7, code v1 x 0.3\].*new run name"):
         pretrain(changed, quiet=True)
+    rewindowed = mixture_config(store, "mix", max_steps=STEPS + 10, shuffle_window=4)
+    with pytest.raises(UserError, match="shuffle_window 2.*shuffle_window 4: that changes the sample order"):
+        pretrain(rewindowed, quiet=True)
 
 
 def test_a_dataset_that_runs_out_stops_the_run_when_asked(mixture_root, ray_session):
