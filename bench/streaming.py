@@ -8,8 +8,9 @@ latency and streams at a fixed bandwidth (`ThrottledStore`), like a remote bucke
 
 1. **Data wait**: 1 rank streams the 10x corpus with a node cache of 1/10 of its split, while each
    step spends `--step-ms` of compute (a fixed busy loop on the main thread). The loader's share of
-   the step time (`TrainLoader.next_step`, what the trainer logs as `data_wait_s`) is printed, and
-   the bytes downloaded (the cache evicts and streams the split several times over).
+   the step time (`TrainLoader.next_step`, what the trainer logs as `data_wait_s`) is printed with
+   the cache's polled peak, the bytes downloaded and the evictions, against the baseline of the
+   same loop on a node holding the whole split (what the loader costs without any streaming).
 2. **Time to first step** on an empty cache, 1x and 10x corpus (`--reps` each, mean and stdev),
    against the baseline of the pre-streaming loader: download the whole split, then step.
 3. **Loader memory per rank** (tracemalloc peak of building the stream and reading `--steps` steps),
@@ -23,6 +24,7 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -63,15 +65,22 @@ def stream_for(store, manifest, cache_dir: Path, limit: int, window: int, prefet
     return DataStream(store, [(manifest, 1.0)], StreamSettings(seed, window, prefetch), ShardCache(cache_dir, limit))
 
 
-def data_wait(store, manifest, args, work: Path) -> dict:
+def data_wait(store, manifest, args, cache_dir: Path, limit: int) -> dict:
+    """Steps of `--step-ms` compute; the loader's time per step (and the cache's peak, polled)."""
     from pipeline.train.loader import TrainLoader
 
-    split = sum(e.bytes for e in manifest.split("train"))
-    limit = split // 10
-    stream = stream_for(store, manifest, work / "wait-cache", limit, args.window, args.prefetch)
+    stream = stream_for(store, manifest, cache_dir, limit, args.window, args.prefetch)
     loader = TrainLoader(stream, args.batch, args.batch, 0, 1)
-    waits, steps = [], []
-    store.downloaded = 0
+    waits, steps, peak = [], [], [0]
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], stream.cache.usage())
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    downloaded = getattr(store, "downloaded", 0)
     for _ in range(args.wait_steps):
         started = time.perf_counter()
         loader.next_step()
@@ -79,20 +88,34 @@ def data_wait(store, manifest, args, work: Path) -> dict:
         busy(args.step_ms / 1000)
         waits.append(fetched - started)
         steps.append(time.perf_counter() - started)
-    peak = stream.cache.usage()
+    done.set()
+    poller.join()
     stream.close()
     later = waits[1:]  # step 1 waits for its first shards (time to first step, below)
     return {
         "cache_limit_bytes": limit,
-        "split_bytes": split,
-        "cache_bytes_at_end": peak,
-        "downloaded_bytes": store.downloaded,
+        "cache_peak_bytes": peak[0],
+        "downloaded_bytes": getattr(store, "downloaded", 0) - downloaded,
         "evictions": stream.cache.evictions,
         "data_wait_share": sum(later) / sum(steps[1:]),
         "data_wait_ms_median": statistics.median(later) * 1000,
         "data_wait_ms_max": max(later) * 1000,
         "steps": args.wait_steps,
     }
+
+
+def data_wait_both(store, local, manifest, args, work: Path) -> dict:
+    """Streaming (throttled store, cache 1/10 of the split) vs the baseline of a node that holds
+    the whole split locally (the pre-streaming loader: every shard downloaded before step 1)."""
+    from pipeline.train.shard_cache import ShardCache
+
+    split = sum(e.bytes for e in manifest.split("train"))
+    streamed = data_wait(store, manifest, args, work / "wait-streamed", split // 10)
+    whole = ShardCache(work / "wait-local", 1 << 40)
+    for entry in manifest.split("train"):
+        whole.hold(local, entry).release()
+    baseline = data_wait(local, manifest, args, work / "wait-local", 1 << 40)
+    return {"split_bytes": split, "streamed": streamed, "local_baseline": baseline}
 
 
 def first_step(store, manifest, args, work: Path, tag: str) -> dict:
@@ -140,14 +163,14 @@ def mean_sd(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", type=int, default=40, help="shards of the 1x corpus")
-    parser.add_argument("--rows", type=int, default=4000, help="rows (samples) per shard")
+    parser.add_argument("--rows", type=int, default=1000, help="rows (samples) per shard")
     parser.add_argument("--bandwidth-mb", type=float, default=20.0, help="download bandwidth, MB/s")
     parser.add_argument("--latency-ms", type=float, default=50.0, help="latency per request")
     parser.add_argument("--window", type=int, default=4)
     parser.add_argument("--prefetch", type=int, default=4)
     parser.add_argument("--batch", type=int, default=256, help="global batch (samples per step)")
     parser.add_argument("--step-ms", type=float, default=100.0, help="compute per step")
-    parser.add_argument("--wait-steps", type=int, default=150)
+    parser.add_argument("--wait-steps", type=int, default=300)
     parser.add_argument("--steps", type=int, default=20, help="steps read for the memory figure")
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
@@ -164,12 +187,16 @@ def main() -> None:
     print(f"published 1x ({args.shards} shards) and 10x corpora in {time.perf_counter() - started:.1f} s", flush=True)
     store = ThrottledStore(local, args.bandwidth_mb * 1e6, args.latency_ms / 1000)
 
-    wait = data_wait(store, large, args, work)
-    print(f"data wait: {100 * wait['data_wait_share']:.3f} % of step time (median {wait['data_wait_ms_median']:.2f} "
-          f"ms, max {wait['data_wait_ms_max']:.1f} ms) over {wait['steps']} steps of {args.step_ms:.0f} ms; cache "
-          f"limit {wait['cache_limit_bytes'] / 2**20:.1f} MiB = 1/10 of the split, "
-          f"{wait['downloaded_bytes'] / 2**20:.1f} MiB downloaded, {wait['evictions']} evictions",
-          flush=True)  # fmt: skip
+    waits = data_wait_both(store, local, large, args, work)
+    for name, wait in (("streamed", waits["streamed"]), ("local copy (baseline)", waits["local_baseline"])):
+        print(f"data wait, {name}: {100 * wait['data_wait_share']:.3f} % of step time (median "
+              f"{wait['data_wait_ms_median']:.2f} ms, max {wait['data_wait_ms_max']:.1f} ms) over {wait['steps']} "
+              f"steps "
+              f"of {args.step_ms:.0f} ms; cache peak {wait['cache_peak_bytes'] / 2**20:.2f} MiB of limit "
+              f"{min(wait['cache_limit_bytes'], waits['split_bytes']) / 2**20:.2f} MiB, "
+              f"{wait['downloaded_bytes'] / 2**20:.1f} MiB downloaded, {wait['evictions']} evictions",
+              flush=True)  # fmt: skip
+    wait = waits["streamed"]
     corpora = {"1x": small, "10x": large}
     first = {tag: first_step(store, manifest, args, work, tag) for tag, manifest in corpora.items()}
     for tag, got in first.items():
@@ -185,7 +212,8 @@ def main() -> None:
     result = {
         "bench": "streaming",
         "settings": vars(args),
-        "data_wait": wait,
+        "data_wait": waits,
+        "ratio_data_wait_streamed_vs_local": wait["data_wait_share"] / waits["local_baseline"]["data_wait_share"],
         "first_step": first,
         "ratio_first_step_10x_vs_1x": ratio_first,
         "ratio_first_step_download_all_10x_vs_1x": ratio_whole,
