@@ -49,7 +49,7 @@ def pretrain(config: RunConfig, quiet: bool = False, restart: bool = False) -> d
     if not restart and finished_export(store, keys, config.train.max_steps):
         rows = read_rows(store, keys.metrics)
         return {"final": rows[-1] if rows else {}, "export": store.uri(keys.export), "skipped": True}
-    sources = pin_sources(store, config)
+    sources = pin_sources(store, config, restart)
     manifest = sources[0][0]  # its tokenizer and sequence length are every source's (mixture.py checks)
     model_config = model_config_for(config, manifest)
     planned = []

@@ -22,11 +22,13 @@ def describe(sources: list[PinnedSource] | list) -> str:
     return ", ".join(f"{s.dataset} v{s.dataset_version} x {s.weight:g}" for s in sources)
 
 
-def pin_sources(store: ObjectStore, config: RunConfig) -> Sources:
+def pin_sources(store: ObjectStore, config: RunConfig, restart: bool = False) -> Sources:
     """(manifest, weight) of every dataset the run trains on, pinned at the first launch."""
     train = config.train
     order = SampleOrderPin(seed=train.seed, shuffle_window=train.shuffle_window)
-    pinned, _ = RunPin.load(store, train.run)
+    pinned, etag = RunPin.load(store, train.run)
+    if pinned is not None and pinned.sample_order is None:
+        pinned = _adopt_streaming_order(store, train.run, pinned, etag, order, restart)
     if pinned is not None:
         check_order(train.run, pinned, order)
     if train.data is None:
@@ -35,7 +37,10 @@ def pin_sources(store: ObjectStore, config: RunConfig) -> Sources:
                 f"run {train.run!r} trains on the mixture [{describe(pinned.data)}]; the config names one dataset: "
                 "restore train.data or use another run name"
             )
-        return [(pin_dataset(store, config, sample_order=order), 1.0)]
+        manifest = pin_dataset(store, config, sample_order=order)
+        if pinned is None:  # a launch racing this one may have pinned first, with its own order
+            check_order(train.run, RunPin.load(store, train.run)[0], order)
+        return [(manifest, 1.0)]
     if pinned is None:
         manifests = [read_dataset(store, s.dataset, s.version) for s in train.data]
         sources = [(m, s.weight) for m, s in zip(manifests, train.data, strict=True)]
@@ -48,6 +53,25 @@ def pin_sources(store: ObjectStore, config: RunConfig) -> Sources:
         pinned, _ = RunPin.load(store, train.run)  # another launch pinned first: follow its pin
         check_order(train.run, pinned, order)
     return _resume(store, config, pinned)
+
+
+def _adopt_streaming_order(
+    store: ObjectStore, run: str, pinned: RunPin, etag: str | None, order: SampleOrderPin, restart: bool
+) -> RunPin:
+    """A run pinned before streaming read a permutation of all samples: its checkpoints cannot be
+    continued in the streaming order. Without checkpoints (or with --restart) it adopts it."""
+    from ..keys import RunKeys
+    from ..train import checkpoint as ckpt
+
+    if ckpt.inventory(store, RunKeys(run)).sound and not restart:
+        raise UserError(
+            f"run {run!r} has checkpoints from before streaming (its sample order was a permutation of all "
+            "samples): resuming would read other samples than an uninterrupted run; use --restart or a new run name"
+        )
+    updated = pinned.model_copy(update={"sample_order": order})
+    if not updated.swap(store, run, etag):
+        raise UserError(f"run {run!r}: run.json changed while this launch read it; launch again")
+    return updated
 
 
 def check_order(run: str, pinned: RunPin, order: SampleOrderPin) -> None:

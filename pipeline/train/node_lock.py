@@ -9,12 +9,17 @@ from pathlib import Path
 
 
 @contextmanager
-def node_lock(path: Path):
-    """An exclusive lock shared by the processes of one node (flock on a local file)."""
+def node_lock(path: Path, blocking: bool = True):
+    """An exclusive lock shared by the processes of one node (flock on a local file). Yields
+    whether it was taken: always True when `blocking`, False when it is busy otherwise."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

@@ -36,7 +36,9 @@ from ..storage import ObjectStore
 from .node_lock import node_lock
 
 DEFAULT_FRACTION = 0.5  # of the cache filesystem's free space (+ shards already cached): the default limit
-ROOM_TIMEOUT_S = 600.0  # waiting for other processes to release shards before giving up
+# Waiting for other processes to release shards before giving up: well under the default collective
+# timeout (600 s), so a cache too small fails with its own message, not as a collective timeout.
+ROOM_TIMEOUT_S = 120.0
 
 
 class CacheFullError(UserError):
@@ -58,7 +60,7 @@ class ShardCache:
     def __init__(self, directory: Path, limit: int | None, own: Iterable[str] = ()) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.limit = int(limit) if limit else default_limit(directory)
+        self.limit = int(limit) if limit else node_default_limit(directory)
         self.own = set(own)  # sha256 of this run's shards: evicted only after everyone else's
         self.evictions = 0
         self.downloaded_bytes = 0
@@ -93,17 +95,22 @@ class ShardCache:
         return live
 
     # -- using a shard -----------------------------------------------------------------------------
-    def hold(self, store: ObjectStore, entry: ShardEntry) -> Held:
-        """The shard's local file, locked in use (downloaded first if this node lacks it)."""
+    def hold(self, store: ObjectStore, entry: ShardEntry, wait: bool = True) -> Held | None:
+        """The shard's local file, locked in use (downloaded first if this node lacks it). With
+        `wait=False`, None when another process is downloading it (a prefetcher moves on)."""
         path = self.directory / f"{entry.sha256}.arrow"
         while True:
             held = _hold_existing(path)
             if held is not None:
                 return held
-            with node_lock(self.directory / f"{entry.sha256}.lock"):
+            with node_lock(self.directory / f"{entry.sha256}.lock", blocking=wait) as taken:
+                if not taken:
+                    return None
                 held = _hold_existing(path)  # another process finished it while this one waited
                 if held is not None:
                     return held
+                for partial in self.directory.glob(f".{entry.sha256}.arrow.*.tmp"):
+                    partial.unlink(missing_ok=True)  # a downloader that died holding this lock left it
                 reservation = self.directory / f"{entry.sha256}.reserved"
                 self._make_room(entry.bytes, reservation)
                 try:
@@ -151,6 +158,22 @@ class ShardCache:
         # Other datasets' shards first, then this run's; least recently used first within each.
         entries.sort(key=lambda e: (e[0].name.removesuffix(".arrow") in self.own, e[2]))
         return [path for path, _, _ in entries]
+
+
+def node_default_limit(directory: Path) -> int:
+    """`default_limit`, computed once per cache directory (by the first process, under the cache
+    lock) and read by the others, so every rank of the node keeps the same limit although the
+    free space shrinks as they download. `SORA_CACHE_LIMIT` is read every time."""
+    if os.environ.get("SORA_CACHE_LIMIT"):
+        return default_limit(directory)
+    recorded = directory / ".default-limit"
+    with node_lock(directory / ".evict.lock"):
+        try:
+            return int(recorded.read_text())
+        except (FileNotFoundError, ValueError):
+            limit = default_limit(directory)
+            recorded.write_text(str(limit))
+            return limit
 
 
 def default_limit(directory: Path) -> int:

@@ -114,10 +114,10 @@ class SourceOrder:
         `count` of them (all of them for a smaller source): what a node must hold now plus what
         it should fetch ahead."""
         epoch, window = self.locate(position)
-        needed: list[int] = []
+        needed: dict[int, None] = {}  # ordered, de-duplicated (a small source wraps into the next epoch)
         for _ in range(self.num_windows + 1):
-            needed += [j for j in self.window_shards(epoch, window).tolist() if j not in needed]
+            needed.update(dict.fromkeys(self.window_shards(epoch, window).tolist()))
             if len(needed) >= count:
                 break
             epoch, window = (epoch + 1, 0) if window + 1 == self.num_windows else (epoch, window + 1)
-        return needed
+        return list(needed)

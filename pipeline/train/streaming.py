@@ -79,12 +79,17 @@ class ShardReader:
         self.open: dict[tuple[int, int], OpenShard] = {}
         self.lock = threading.Lock()
 
-    def hold(self, key: tuple[int, int]) -> OpenShard:
+    def hold(self, key: tuple[int, int], wait: bool = True) -> OpenShard | None:
+        """The open shard (held in the node cache); None when `wait` is False and another process
+        is downloading it."""
         with self.lock:
             shard = self.open.get(key)
         if shard is None:
             source, index = key
-            fresh = OpenShard(self.cache.hold(self.store, self.splits[source][index]))
+            held = self.cache.hold(self.store, self.splits[source][index], wait=wait)
+            if held is None:
+                return None
+            fresh = OpenShard(held)
             with self.lock:
                 shard = self.open.setdefault(key, fresh)
             if shard is not fresh:
@@ -117,7 +122,7 @@ class DataStream(SampleSequence):
         self.ahead = settings.window + settings.prefetch
         self.reader = ShardReader(store, [o.shards for o in self.orders], cache)
         self.cache = cache
-        self._wanted: list[tuple[int, int]] = []
+        self._wanted: list[tuple[tuple[int, int], bool]] = []  # (shard key, wait for another downloader)
         self._changed = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._prefetch, name="sora-shard-prefetch", daemon=True)
@@ -136,8 +141,9 @@ class DataStream(SampleSequence):
         later = [(s, j) for s, order in enumerate(self.orders) for j in order.shards_from(int(drawn[s]), self.ahead)]
         wanted = list(dict.fromkeys(now + later))
         self.reader.keep_only(set(wanted))
+        holding = set(now)
         with self._changed:
-            self._wanted = [key for key in wanted if key not in now]
+            self._wanted = [(key, False) for key in wanted if key not in holding]
             self._changed.notify()
         for key in now:
             self.reader.hold(key)
@@ -161,16 +167,22 @@ class DataStream(SampleSequence):
         return blocks, valid
 
     def _prefetch(self) -> None:
-        """Background: hold the look-ahead shards in order (downloads run here, off the step)."""
+        """Background: hold the look-ahead shards in order (downloads run here, off the step).
+
+        A shard another rank of the node is downloading is passed over and taken after the
+        others (then it is usually there), so the ranks of a node download different shards in
+        parallel instead of queueing behind one."""
         while True:
             with self._changed:
                 while not self._stopped and not self._wanted:
                     self._changed.wait()
                 if self._stopped:
                     return
-                key = self._wanted.pop(0)
+                key, wait = self._wanted.pop(0)
             try:
-                self.reader.hold(key)
+                if self.reader.hold(key, wait=wait) is None:
+                    with self._changed:
+                        self._wanted.append((key, True))
             except Exception:  # noqa: BLE001 - the step that needs the shard fetches it again and raises
                 continue
 
@@ -209,9 +221,10 @@ class ValidationSamples:
         positions = np.asarray(positions, dtype=np.int64)
         if self.mixture is None:
             source, index = np.zeros_like(positions), positions
-        else:
-            source, index = self.mixture.split(0, int(positions.max()) + 1)
-            source, index = source[positions], index[positions]
+        else:  # only the span of these positions (a micro-batch of a rank's strided share)
+            first = int(positions.min())
+            source, index = self.mixture.split(first, int(positions.max()) + 1 - first)
+            source, index = source[positions - first], index[positions - first]
         blocks, valid = None, np.empty(len(positions), dtype=np.int64)
         for s in np.unique(source).tolist():
             mine = np.flatnonzero(source == s)

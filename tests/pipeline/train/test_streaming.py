@@ -224,3 +224,56 @@ def test_processes_sharing_a_node_cache_stay_under_its_limit(synthetic, tmp_path
         totals[seed] = totals.get(seed, 0) + total
     for seed in (0, 7):  # the two ranks together read exactly what one process reads alone
         assert totals[seed] == _token_sum(store, tmp_path / "alone", 1 << 30, seed, steps, 0, 1)
+
+
+# -- pinning ----------------------------------------------------------------------------------------
+def _config(store, run: str, data=None, **train):
+    from pipeline.config.run import RunConfig
+
+    return RunConfig.model_validate({"storage": {"root": store.root_uri}, "train": {"run": run, "data": data, **train}})
+
+
+def test_a_mixture_is_pinned_with_its_order_and_a_change_is_refused(synthetic):
+    from pipeline.errors import UserError
+    from pipeline.pretrain.mixture import pin_sources
+    from pipeline.records import RunPin
+
+    store, web, code = synthetic
+    mixture = [{"dataset": "web", "weight": 0.7}, {"dataset": "code", "weight": 0.3}]
+    sources = pin_sources(store, _config(store, "pinned", mixture))
+    assert [(m.dataset, w) for m, w in sources] == [("web", 0.7), ("code", 0.3)]
+    pin, _ = RunPin.load(store, "pinned")
+    assert [(p.dataset, p.dataset_version) for p in pin.data] == [("web", 1), ("code", 1)]
+    assert (pin.sample_order.seed, pin.sample_order.shuffle_window) == (1234, 8)
+    assert pin_sources(store, _config(store, "pinned", mixture))[1][0].dataset == "code"  # a relaunch
+    for changed, message in [
+        (mixture[::-1], "launched on the mixture"),
+        ([{"dataset": "web", "weight": 0.7}, {"dataset": "code", "weight": 0.3, "version": 2}], "launched on"),
+        (None, "trains on the mixture"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            pin_sources(store, _config(store, "pinned", changed))
+    with pytest.raises(UserError, match="seed 1234 and shuffle_window 8, the config now has seed 7"):
+        pin_sources(store, _config(store, "pinned", mixture, seed=7))
+
+
+def test_datasets_tokenized_differently_cannot_be_mixed(synthetic):
+    from pipeline.errors import UserError
+    from pipeline.pretrain.mixture import check_compatible
+
+    _, web, code = synthetic
+    other = code.model_copy(update={"tokenizer": code.tokenizer.model_copy(update={"sha256": "a" * 64})})
+    with pytest.raises(UserError, match="every dataset of a mixture needs the same tokenizer"):
+        check_compatible([(web, 0.5), (other, 0.5)])
+    with pytest.raises(UserError, match="has seq_len 32"):
+        check_compatible([(web, 0.5), (code.model_copy(update={"seq_len": 32}), 0.5)])
+
+
+def test_a_run_pinned_before_streaming_adopts_the_order_when_it_has_no_checkpoint(synthetic):
+    from pipeline.pretrain.mixture import pin_sources
+    from pipeline.records import RunPin
+
+    store, web, _ = synthetic
+    RunPin(dataset="web", dataset_version=1).create(store, "older")
+    assert pin_sources(store, _config(store, "older", dataset="web"))[0][0].version == 1
+    assert RunPin.load(store, "older")[0].sample_order.shuffle_window == 8
