@@ -2,19 +2,19 @@
 
     python bench/streaming.py [--shards 40] [--rows 4000] [--bandwidth-mb 20] [--latency-ms 50]
 
-Two synthetic datasets are published to a local store: a 1x corpus (`--shards` shards) and a 10x
-corpus (10x the shards). Every shard download goes through a store that sleeps the request
+Synthetic datasets are published to a local store: a 1x corpus (`--shards` shards) and larger ones
+(`--scales`, default 10: 10x the shards). Every shard download goes through a store that sleeps the request
 latency and streams at a fixed bandwidth (`ThrottledStore`), like a remote bucket.
 
-1. **Data wait**: 1 rank streams the 10x corpus with a node cache of 1/10 of its split, while each
+1. **Data wait**: 1 rank streams the largest corpus with a node cache of 1/10 of its split, while each
    step spends `--step-ms` of compute (a fixed busy loop on the main thread). The loader's share of
    the step time (`TrainLoader.next_step`, what the trainer logs as `data_wait_s`) is printed with
    the cache's polled peak, the bytes downloaded and the evictions, against the baseline of the
    same loop on a node holding the whole split (what the loader costs without any streaming).
-2. **Time to first step** on an empty cache, 1x and 10x corpus (`--reps` each, mean and stdev),
+2. **Time to first step** on an empty cache, every corpus size (`--reps` each, mean and stdev),
    against the baseline of the pre-streaming loader: download the whole split, then step.
 3. **Loader memory per rank** (tracemalloc peak of building the stream and reading `--steps` steps),
-   1x vs 10x, against the baseline: the int64 permutation of all samples the old loader held.
+   per corpus size, against the baseline: the int64 permutation of all samples the old loader held.
 """
 
 from __future__ import annotations
@@ -163,6 +163,7 @@ def mean_sd(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", type=int, default=40, help="shards of the 1x corpus")
+    parser.add_argument("--scales", type=int, nargs="+", default=[10], help="corpus sizes besides 1x (e.g. 4 16)")
     parser.add_argument("--rows", type=int, default=1000, help="rows (samples) per shard")
     parser.add_argument("--bandwidth-mb", type=float, default=20.0, help="download bandwidth, MB/s")
     parser.add_argument("--latency-ms", type=float, default=50.0, help="latency per request")
@@ -182,47 +183,49 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="sora-bench-streaming-"))
     local = open_store(f"file://{work}/store")
     started = time.perf_counter()
-    small = publish_synthetic(local, "corpus-1x", args.shards, args.rows)
-    large = publish_synthetic(local, "corpus-10x", 10 * args.shards, args.rows)
-    print(f"published 1x ({args.shards} shards) and 10x corpora in {time.perf_counter() - started:.1f} s", flush=True)
+    scales = sorted({1, *args.scales})
+    corpora = {f"{k}x": publish_synthetic(local, f"corpus-{k}x", k * args.shards, args.rows) for k in scales}
+    print(f"published {', '.join(corpora)} corpora ({args.shards} shards per 1x) in "
+          f"{time.perf_counter() - started:.1f} s", flush=True)  # fmt: skip
     store = ThrottledStore(local, args.bandwidth_mb * 1e6, args.latency_ms / 1000)
+    top = f"{scales[-1]}x"
 
-    waits = data_wait_both(store, local, large, args, work)
+    waits = data_wait_both(store, local, corpora[top], args, work)
     for name, wait in (("streamed", waits["streamed"]), ("local copy (baseline)", waits["local_baseline"])):
-        print(f"data wait, {name}: {100 * wait['data_wait_share']:.3f} % of step time (median "
+        print(f"data wait ({top}), {name}: {100 * wait['data_wait_share']:.3f} % of step time (median "
               f"{wait['data_wait_ms_median']:.2f} ms, max {wait['data_wait_ms_max']:.1f} ms) over {wait['steps']} "
-              f"steps "
-              f"of {args.step_ms:.0f} ms; cache peak {wait['cache_peak_bytes'] / 2**20:.2f} MiB of limit "
+              f"steps of {args.step_ms:.0f} ms; cache peak {wait['cache_peak_bytes'] / 2**20:.2f} MiB of limit "
               f"{min(wait['cache_limit_bytes'], waits['split_bytes']) / 2**20:.2f} MiB, "
               f"{wait['downloaded_bytes'] / 2**20:.1f} MiB downloaded, {wait['evictions']} evictions",
               flush=True)  # fmt: skip
     wait = waits["streamed"]
-    corpora = {"1x": small, "10x": large}
     first = {tag: first_step(store, manifest, args, work, tag) for tag, manifest in corpora.items()}
     for tag, got in first.items():
         print(f"time to first step {tag}: streamed {mean_sd(got['streamed_s'])}, "
               f"download-all baseline {mean_sd(got['download_all_s'])}", flush=True)  # fmt: skip
-    ratio_first = statistics.mean(first["10x"]["streamed_s"]) / statistics.mean(first["1x"]["streamed_s"])
-    ratio_whole = statistics.mean(first["10x"]["download_all_s"]) / statistics.mean(first["1x"]["download_all_s"])
+    ratio_first = statistics.mean(first[top]["streamed_s"]) / statistics.mean(first["1x"]["streamed_s"])
+    ratio_whole = statistics.mean(first[top]["download_all_s"]) / statistics.mean(first["1x"]["download_all_s"])
     memory = {tag: loader_memory(store, manifest, args, work, tag) for tag, manifest in corpora.items()}
-    ratio_memory = memory["10x"]["peak_bytes"] / memory["1x"]["peak_bytes"]
+    ratio_memory = memory[top]["peak_bytes"] / memory["1x"]["peak_bytes"]
     for tag, got in memory.items():
         print(f"loader memory {tag} ({got['samples']} samples): peak {got['peak_bytes'] / 2**20:.2f} MiB "
               f"(old permutation alone: {got['old_permutation_bytes'] / 2**20:.2f} MiB)", flush=True)  # fmt: skip
+    share = 100 * wait["data_wait_share"]
+    ratio_wait = wait["data_wait_share"] / waits["local_baseline"]["data_wait_share"]
     result = {
         "bench": "streaming",
         "settings": vars(args),
         "data_wait": waits,
-        "ratio_data_wait_streamed_vs_local": wait["data_wait_share"] / waits["local_baseline"]["data_wait_share"],
+        "ratio_data_wait_streamed_vs_local": ratio_wait,
         "first_step": first,
-        "ratio_first_step_10x_vs_1x": ratio_first,
-        "ratio_first_step_download_all_10x_vs_1x": ratio_whole,
+        f"ratio_first_step_{top}_vs_1x": ratio_first,
+        f"ratio_first_step_download_all_{top}_vs_1x": ratio_whole,
         "memory": memory,
-        "ratio_memory_10x_vs_1x": ratio_memory,
+        f"ratio_memory_{top}_vs_1x": ratio_memory,
     }
-    share = 100 * wait["data_wait_share"]
-    print(f"RATIOS first step 10x/1x streamed {ratio_first:.3f} (download-all {ratio_whole:.2f}); "
-          f"loader memory 10x/1x {ratio_memory:.3f}; data wait {share:.3f} % of step time")  # fmt: skip
+    print(f"RATIOS first step {top}/1x streamed {ratio_first:.3f} (download-all {ratio_whole:.2f}); loader memory "
+          f"{top}/1x {ratio_memory:.3f}; data wait {share:.3f} % of step time, "
+          f"streamed/local {ratio_wait:.2f}")  # fmt: skip
     print(json.dumps(result))
 
 

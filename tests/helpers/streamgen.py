@@ -4,6 +4,7 @@ in-process (no Ray, no data stage) with one shared tokenizer, so several of them
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 
@@ -64,3 +65,28 @@ def publish_synthetic(store, name: str, train_shards: int, rows_per_shard: int, 
     publish(store, manifest, latest[1] if latest else None, lease)
     lease.release()
     return manifest
+
+
+def token_sum(store, directory: Path, limit: int, seed: int, steps: int, rank: int, ranks: int) -> int:
+    """Stream `steps` global batches of 16 as data-parallel rank `rank`; the sum of the tokens read."""
+    from pipeline.records import read_version
+    from pipeline.train.loader import TrainLoader
+    from pipeline.train.shard_cache import ShardCache
+    from pipeline.train.streaming import DataStream, StreamSettings
+
+    web = read_version(store, "web")
+    stream = DataStream(store, [(web, 1.0)], StreamSettings(seed, 2, 1), ShardCache(directory, limit))
+    loader = TrainLoader(stream, 16, 4, rank, ranks)
+    total = 0
+    for _ in range(steps):
+        micro, _ = loader.next_step()
+        total += sum(int(inputs.sum()) for inputs, _ in micro)
+    stream.close()
+    return total
+
+
+def stream_rank(root: str, directory: str, limit: int, seed: int, steps: int, rank: int, out) -> None:
+    """A spawned process (a rank of a node): its token sum goes into `out` (multiprocessing queue)."""
+    from pipeline.storage import open_store
+
+    out.put((seed, token_sum(open_store(root), Path(directory), limit, seed, steps, rank, 2)))

@@ -123,7 +123,7 @@ def test_drain_join_and_node_loss_keep_the_exact_sample_sequence(cluster, s3_buc
         _wait("two workers again", lambda: (r := _row(store, "elastic")) and r.workers == 2 and r.step > one.step,
               driver, log, timeout=120, store=store)  # fmt: skip
         pace.write_text("0.3")
-        assert list((tmp_path / "cache-c").glob("*.arrow")), "the joining node fetched the shards into its own cache"
+        assert list((tmp_path / "cache-c" / "shards").glob("*.arrow")), "the joining node streams into its own cache"
         # 3. SIGKILL every process of node A.
         _wait("a step on two workers", lambda: (r := _row(store, "elastic")) and r.step >= drain_step + 4, driver, log)
         killed_at = time.time()

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from streamgen import publish_synthetic
+from streamgen import publish_synthetic, stream_rank, token_sum
 
 from pipeline.data.shards import CorruptShardError
 from pipeline.storage import open_store
@@ -177,25 +176,6 @@ def test_a_dead_downloaders_reservation_is_reclaimed(synthetic, tmp_path):
     assert not list(tmp_path.glob("*.reserved")) and not list(tmp_path.glob("*.tmp"))
 
 
-def _token_sum(store, directory: Path, limit: int, seed: int, steps: int, rank: int, ranks: int) -> int:
-    """Stream `steps` global batches of 16 as data-parallel rank `rank`; the sum of the tokens read."""
-    from pipeline.records import read_version
-
-    web = read_version(store, "web")
-    stream = DataStream(store, [(web, 1.0)], StreamSettings(seed, 2, 1), ShardCache(directory, limit))
-    loader = TrainLoader(stream, 16, 4, rank, ranks)
-    total = 0
-    for _ in range(steps):
-        micro, _ = loader.next_step()
-        total += sum(int(inputs.sum()) for inputs, _ in micro)
-    stream.close()
-    return total
-
-
-def _rank(root: str, directory: str, limit: int, seed: int, steps: int, rank: int, out) -> None:
-    out.put((seed, _token_sum(open_store(root), Path(directory), limit, seed, steps, rank, 2)))
-
-
 def test_processes_sharing_a_node_cache_stay_under_its_limit(synthetic, tmp_path):
     """Four processes (two runs x two ranks) stream 10x the cache limit through one directory."""
     store, web, _ = synthetic
@@ -207,7 +187,7 @@ def test_processes_sharing_a_node_cache_stay_under_its_limit(synthetic, tmp_path
     steps = 2 * len(SampleSequence([(web, 1.0)], 0, 2)) // 16  # two epochs
     runs = [(seed, rank) for seed in (0, 7) for rank in (0, 1)]  # two runs (seeds) of two ranks each
     procs = [
-        context.Process(target=_rank, args=(store.root_uri, str(tmp_path), limit, seed, steps, rank, out))
+        context.Process(target=stream_rank, args=(store.root_uri, str(tmp_path), limit, seed, steps, rank, out))
         for seed, rank in runs
     ]
     peak = 0
@@ -223,7 +203,7 @@ def test_processes_sharing_a_node_cache_stay_under_its_limit(synthetic, tmp_path
         seed, total = out.get()
         totals[seed] = totals.get(seed, 0) + total
     for seed in (0, 7):  # the two ranks together read exactly what one process reads alone
-        assert totals[seed] == _token_sum(store, tmp_path / "alone", 1 << 30, seed, steps, 0, 1)
+        assert totals[seed] == token_sum(store, tmp_path / "alone", 1 << 30, seed, steps, 0, 1)
 
 
 # -- pinning ----------------------------------------------------------------------------------------

@@ -107,7 +107,8 @@ def test_warm_start_on_refreshed_dataset(data, tmp_path, monkeypatch):
     assert re.search(rf"/step-{PARENT_STEPS:08d}-e\d{{4}}$", lineage["checkpoint"])  # with the parent's lease epoch
     assert not store.list(RunKeys("parent").warm_start_pins)  # the child's pin is gone once it committed
     pin = json.loads(store.read(RunKeys("child").pin))
-    assert pin == {"dataset": "warm", "dataset_version": 2, "init_from": lineage}
+    order = {"seed": 1234, "shuffle_window": 8}
+    assert pin == {"dataset": "warm", "dataset_version": 2, "sample_order": order, "init_from": lineage}
     info = json.loads(store.read(f"{RunKeys('child').export}/sora_export.json"))
     assert info["dataset_version"] == 2 and info["step"] == CHILD_STEPS
     assert info["warm_start"] == lineage and info["init_from"] == lineage["checkpoint"]
