@@ -67,8 +67,9 @@ def publish_synthetic(store, name: str, train_shards: int, rows_per_shard: int, 
     return manifest
 
 
-def token_sum(store, directory: Path, limit: int, seed: int, steps: int, rank: int, ranks: int) -> int:
-    """Stream `steps` global batches of 16 as data-parallel rank `rank`; the sum of the tokens read."""
+def token_sum(store, directory: Path, limit: int, seed: int, steps: int, rank: int, ranks: int, step_done=None) -> int:
+    """Stream `steps` global batches of 16 as data-parallel rank `rank`; the sum of the tokens read.
+    `step_done()` after each step stands for the collective that keeps a run's ranks in lockstep."""
     from pipeline.records import read_version
     from pipeline.train.loader import TrainLoader
     from pipeline.train.shard_cache import ShardCache
@@ -81,12 +82,16 @@ def token_sum(store, directory: Path, limit: int, seed: int, steps: int, rank: i
     for _ in range(steps):
         micro, _ = loader.next_step()
         total += sum(int(inputs.sum()) for inputs, _ in micro)
+        if step_done is not None:
+            step_done()
     stream.close()
     return total
 
 
-def stream_rank(root: str, directory: str, limit: int, seed: int, steps: int, rank: int, out) -> None:
-    """A spawned process (a rank of a node): its token sum goes into `out` (multiprocessing queue)."""
+def stream_rank(root: str, directory: str, limit: int, seed: int, steps: int, rank: int, out, barrier) -> None:
+    """A spawned process (a rank of a node): its token sum goes into `out` (multiprocessing queue);
+    the ranks of a run meet at `barrier` after every step, as a training step's all-reduce makes them."""
     from pipeline.storage import open_store
 
-    out.put((seed, token_sum(open_store(root), Path(directory), limit, seed, steps, rank, 2)))
+    total = token_sum(open_store(root), Path(directory), limit, seed, steps, rank, 2, step_done=barrier.wait)
+    out.put((seed, total))

@@ -177,7 +177,9 @@ def test_a_dead_downloaders_reservation_is_reclaimed(synthetic, tmp_path):
 
 
 def test_processes_sharing_a_node_cache_stay_under_its_limit(synthetic, tmp_path):
-    """Four processes (two runs x two ranks) stream 10x the cache limit through one directory."""
+    """Four processes (two runs x two ranks, each run's ranks in lockstep as training keeps them)
+    stream 2 epochs of a split 4x the limit through one directory; the limit is the least two runs
+    may have, so this also shows that they never wait for each other's room until the timeout."""
     store, web, _ = synthetic
     size = max(e.bytes for e in web.split("train"))
     limit = 2 * (2 * 2 + 1) * size  # two runs at different positions, each (2 x window + prefetch)
@@ -185,10 +187,13 @@ def test_processes_sharing_a_node_cache_stay_under_its_limit(synthetic, tmp_path
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     steps = 2 * len(SampleSequence([(web, 1.0)], 0, 2)) // 16  # two epochs
-    runs = [(seed, rank) for seed in (0, 7) for rank in (0, 1)]  # two runs (seeds) of two ranks each
+    barriers = {seed: context.Barrier(2) for seed in (0, 7)}  # two runs (seeds) of two ranks each
     procs = [
-        context.Process(target=stream_rank, args=(store.root_uri, str(tmp_path), limit, seed, steps, rank, out))
-        for seed, rank in runs
+        context.Process(
+            target=stream_rank, args=(store.root_uri, str(tmp_path), limit, seed, steps, rank, out, barriers[seed])
+        )
+        for seed in (0, 7)
+        for rank in (0, 1)
     ]
     peak = 0
     for proc in procs:
