@@ -55,6 +55,12 @@ class DatasetKeys:
     def manifest(self, version: int) -> str:
         return f"{self.manifests}/v{version:06d}.json"
 
+    def source_index(self, version: int, run_id: str) -> str:
+        """`sources/v000002-<run-id>.arrow`: every source file of version `version` (Arrow IPC), named
+        by the manifest. The run id keeps a crashed writer's file apart from the file of the next
+        writer, who publishes under the same number (numbering goes by manifests)."""
+        return f"{self.prefix}/sources/v{version:06d}-{run_id}.arrow"
+
     def suites(self, version: int) -> str:
         """Downstream suites built from version `version`'s held-out documents (pipeline/suites/build.py)."""
         return f"{self.prefix}/suites/v{version:06d}"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import ByteSize, Field, field_validator, model_validator
 
 from .base import Section
 
@@ -93,6 +94,67 @@ class SplitConfig(Section):
         return self
 
 
+# Ray's label syntax (Kubernetes label rules; ray/_private/label_utils.py): a key is an optional
+# DNS-subdomain prefix and "/" plus a name; a selector value is `v`, `!v`, `in(a,b)` or `!in(a,b)`.
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = re.compile(rf"^([A-Za-z0-9]([A-Za-z0-9.-]{{0,251}}[A-Za-z0-9])?/)?{_LABEL}$")
+_LABEL_SELECTOR = re.compile(rf"^!?({_LABEL}|in\({_LABEL}(, ?{_LABEL})*\))$")
+# Ray's predefined resources: a data task already asks for its CPU; a tiny share of these would not
+# say "this kind of node".
+_PREDEFINED = {"CPU", "GPU", "TPU", "memory", "object_store_memory"}
+
+
+class PlacementConfig(Section):
+    """Nodes the data stage's Ray tasks may run on (every task of the stage; the driver is not a task)."""
+
+    resource: str | None = Field(
+        default=None,
+        description="Custom Ray resource a node must carry, e.g. 'sora_data' for nodes started with "
+        "`ray start --resources='{\"sora_data\": 1}'` (cluster launcher / KubeRay: the node type's "
+        "resources). Each task asks for 0.001 of it, so it never limits how many tasks run (CPUs do) and "
+        "any amount >= 1 on a node works. Both autoscaler versions start a node of that type for pending tasks.",
+    )
+    labels: dict[str, str] | None = Field(
+        default=None,
+        description="Ray label selector: node label -> `value`, `!value`, `in(a,b)` or `!in(a,b)` "
+        "(a `!` also matches nodes without the label). Nodes get labels from `ray start --labels=key=value` "
+        "(KubeRay >= 1.5: the group's `labels`). Only autoscaler v2 starts nodes for a label selector; "
+        "with v1 (used unless v2 is enabled) an autoscaled data group needs `resource`.",
+    )
+    wait_s: float = Field(
+        default=0,
+        ge=0,
+        description="When no live node satisfies the placement: how long to wait for one to join (an "
+        "autoscaled data group that scales from zero) before failing. 0: fail at once.",
+    )
+
+    @field_validator("resource")
+    @classmethod
+    def _custom_resource(cls, value: str | None) -> str | None:
+        if value is not None and (value in _PREDEFINED or value.startswith("node:") or not value.strip()):
+            raise ValueError(f"data.placement.resource must be a custom resource name, not {value!r}")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _label_selector(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for key, selector in (value or {}).items():
+            if not _LABEL_KEY.match(key):
+                raise ValueError(f"data.placement.labels: {key!r} is not a valid Ray label key")
+            if not _LABEL_SELECTOR.match(selector):
+                raise ValueError(
+                    f"data.placement.labels[{key!r}]: {selector!r} is not a label selector "
+                    "(value, !value, in(a,b) or !in(a,b))"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> PlacementConfig:
+        if not self.resource and not self.labels:
+            raise ValueError("data.placement needs a resource or labels (leave it out for no constraint)")
+        return self
+
+
 class DataConfig(Section):
     name: str = Field(
         default="stdlib", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Dataset name under <root>/datasets/."
@@ -122,10 +184,31 @@ class DataConfig(Section):
         "jsonl/parquet files split into byte ranges / row groups. Default: 3 per CPU of the Ray "
         "cluster (pieces of at most 64 MB). Does not change the output.",
     )
+    read_block_bytes: ByteSize = Field(
+        default=ByteSize(64 << 20),
+        ge=1 << 16,
+        description="Most input bytes (raw lines / rows) in one block of records a read task hands out: "
+        "a compressed file, a whole parquet file or an HF dataset is read as a stream and handed out "
+        "in blocks of this size, so no task holds a whole file (e.g. 64MiB). Does not change the output.",
+    )
+    task_memory: ByteSize = Field(
+        default=ByteSize(1 << 30),
+        ge=0,
+        description="Memory each read task asks Ray for (Ray's `memory` resource, e.g. 1GiB): Ray runs no "
+        "more read tasks on a node than its memory holds. A task holds one block of records "
+        "(`read_block_bytes`) and the cleaning copies of a few MB at a time: about twice the block "
+        "size beyond the worker's own ~150 MB, whatever the file sizes. 0: no request.",
+    )
     lease_seconds: float = Field(
         default=120,
         gt=0,
         description="Writer lease duration. A heartbeat renews it "
         "every third of that while the run is alive; a crashed run blocks the next one "
         "for at most this long.",
+    )
+    placement: PlacementConfig | None = Field(
+        default=None,
+        description="Confine the data stage's tasks to nodes with a Ray resource or labels (e.g. a CPU "
+        "group for data, so a refresh does not compete with training on the GPU nodes). Default: "
+        "any node.",
     )

@@ -1,53 +1,75 @@
-"""Blocks of Arrow records in the Ray object store, and the two operations the data stage runs on
-them as plain Ray tasks: a map (one task per block) and a hash-partitioning shuffle (each map task
-returns one table per partition, one reduce task per partition).
+"""Blocks of Arrow records stored as files on the build's scratch area, and the operations the data
+stage runs on them as plain Ray tasks: a map (one task per block), a cut of each block into a few
+pieces, and the hash-partitioned shuffle, whose map and reduce sides exchange data through files
+(`exchange.py`).
+
+Why files and not the Ray object store: at a terabyte the record blocks do not fit in a cluster's
+object stores (they would spill to the nodes' own disks), and every object a task returns is
+owned by the driver. Here the driver holds the blocks' keys (one string per block) and at most
+`window` task references at a time (`run`), so its object count does not grow with the corpus;
+every task reads its inputs from storage and writes its outputs there, and a retried task
+rewrites the same keys.
 
 Why tasks and not a Ray Data operator per step: every step of the data stage is a whole-block
 function over blocks that are already materialized (the dedup decision and the tokenizer are global
 barriers between them). Ray Data plans and starts a streaming executor for each such pass, measured
 at 0.16-1.1 s per pass on 2 cores, against 0.02-0.05 s for a round of tasks; the stage has a dozen
-passes. Ray still does what matters at scale: scheduling on every node, object transfer, spilling
-the object store to disk, retrying tasks of a lost worker.
+passes. Ray still does what matters at scale: scheduling on every node, retrying tasks of a lost
+worker. Every task is submitted through `task`, with the data stage's placement (`placement.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from . import placement
+from .exchange import Exchange, Scratch, map_task, reduce_task
+from .readers import _store
 
-def _apply(fn: Callable, *args: Any) -> Any:
-    return fn(*args)
-
-
-def _apply_many(fn: Callable, parts: int, *args: Any) -> tuple | pa.Table:
-    out = fn(*args)
-    return out[0] if parts == 1 else tuple(out)
+_REMOTES: dict[Callable, Any] = {}
 
 
-def _concat_apply(fn: Callable, n_shared: int, *args: Any) -> Any:
-    shared, tables = args[:n_shared], args[n_shared:]
-    return fn(pa.concat_tables(tables, promote_options="default") if tables else None, *shared)
-
-
-_REMOTES: dict[tuple[str, int], Any] = {}
-
-
-def _remote(kind: str, num_returns: int = 1):
+def task(body: Callable, name: str | Callable, **options: Any):
+    """The Ray remote function of `body`, named (the dashboard and timeline show the step, not the
+    generic runner) and placed like every data-stage task (`placement.task_options`)."""
     import ray
 
-    if (kind, num_returns) not in _REMOTES:
-        body = {"apply": _apply, "many": _apply_many, "concat": _concat_apply}[kind]
-        _REMOTES[kind, num_returns] = ray.remote(num_returns=num_returns)(body)
-    return _REMOTES[kind, num_returns]
+    if body not in _REMOTES:
+        _REMOTES[body] = ray.remote(body)
+    label = name if isinstance(name, str) else getattr(name, "__name__", type(name).__name__)
+    return _REMOTES[body].options(name=label, **{**placement.task_options(), **options})
 
 
-def _name(fn: Callable) -> str:
-    """The task name shown by the Ray dashboard and timeline: the step, not the generic runner."""
-    return getattr(fn, "__name__", type(fn).__name__)
+def run(
+    body: Callable, name: str | Callable, calls: Iterable[tuple], shared: tuple = (), track=None, **options: Any
+) -> list:
+    """`body(*call, *shared)` for every call, as Ray tasks (with `options`) with at most
+    `placement.window()` in flight; returns the (small) results in call order. The driver never
+    holds more references than the window, whatever the number of calls. `track(done, total)`
+    reports progress."""
+    import ray
+
+    remote, shared = task(body, name, **options), _shared(shared)
+    calls = list(calls)
+    results: list[Any] = [None] * len(calls)
+    pending: dict[Any, int] = {}
+    window, submitted, done = placement.window(), 0, 0
+    while submitted < len(calls) or pending:
+        while submitted < len(calls) and len(pending) < window:
+            pending[remote.remote(*calls[submitted], *shared)] = submitted
+            submitted += 1
+        finished, _ = ray.wait(list(pending), num_returns=1)
+        for ref in finished:
+            results[pending.pop(ref)] = ray.get(ref)
+            done += 1
+        if track is not None:
+            track(done, len(calls))
+    return results
 
 
 def _shared(args: tuple) -> tuple:
@@ -61,54 +83,139 @@ def _small(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, str)) and len(str(value)) < 256
 
 
-class Blocks:
-    """Object references to Arrow tables, one per block."""
+def read_table(root: str, settings, key: str) -> pa.Table:
+    return pa.ipc.open_file(pa.py_buffer(_store(root, settings).read(key))).read_all()
 
-    def __init__(self, refs: list) -> None:
-        self.refs = list(refs)
+
+def write_table(root: str, settings, key: str, table: pa.Table) -> str:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    _store(root, settings).write(key, sink.getvalue().to_pybytes())
+    return key
+
+
+@dataclass(frozen=True)
+class Own:
+    """Block i's own extra argument: a small value, or (`stored`) the key of a table to read."""
+
+    value: Any
+    stored: bool = False
+
+    def get(self, root: str, settings) -> Any:
+        return read_table(root, settings, self.value) if self.stored else self.value
+
+
+def _own(each: Blocks | list | None, n: int) -> list[tuple]:
+    if each is None:
+        return [()] * n
+    if len(each) != n:
+        raise ValueError(f"{len(each)} per-task arguments for {n} tasks")
+    if isinstance(each, Blocks):
+        return [(Own(key, key is not None),) for key in each.keys]
+    return [(Own(value),) for value in each]
+
+
+def _args(root: str, settings, key: str | None, own: tuple) -> tuple:
+    table = read_table(root, settings, key) if key is not None else None
+    return (table, *(o.get(root, settings) for o in own))
+
+
+def _map_body(fn: Callable, root: str, settings, key: str, out: str, own: tuple, *shared: Any) -> str:
+    return write_table(root, settings, out, fn(*_args(root, settings, key, own), *shared))
+
+
+def _collect_body(fn: Callable, root: str, settings, key: str, own: tuple, *shared: Any) -> Any:
+    return fn(*_args(root, settings, key, own), *shared)
+
+
+def _cut_body(fn: Callable, root: str, settings, key: str, outs: list[str], own: tuple, *shared: Any) -> list[str]:
+    pieces = fn(*_args(root, settings, key, own), *shared)
+    return [write_table(root, settings, out, piece) for out, piece in zip(outs, pieces, strict=True)]
+
+
+def _shuffle_body(fn: Callable, into: Exchange, index: int, key: str, own: tuple, *shared: Any) -> Any:
+    return map_task(fn, into, index, *_args(into.root, into.settings, key, own), *shared)
+
+
+class Blocks:
+    """Arrow tables stored as files (`keys`, one per block) on `scratch`'s storage."""
+
+    def __init__(self, keys: list[str], scratch: Scratch) -> None:
+        self.keys = list(keys)
+        self.scratch = scratch
 
     def __len__(self) -> int:
-        return len(self.refs)
-
-    def map(self, fn: Callable[..., pa.Table], *args: Any, each: list | None = None) -> Blocks:
-        """`fn(table, *args) -> table` on every block, as tasks; the result stays in the store.
-        With `each` (one value or reference per block), block i's task gets `each[i]` right after
-        its table: `fn(table, each[i], *args)`."""
-        task, shared = _remote("apply"), _shared(args)
-        task = task.options(name=_name(fn))
-        pairs = zip(self.refs, self._own(each), strict=True)
-        return Blocks([task.remote(fn, ref, *own, *shared) for ref, own in pairs])
-
-    def _own(self, each: list | None) -> list[tuple]:
-        if each is None:
-            return [()] * len(self.refs)
-        if len(each) != len(self.refs):
-            raise ValueError(f"{len(each)} per-block arguments for {len(self.refs)} blocks")
-        return [(value,) for value in each]
-
-    def collect(self, fn: Callable[..., Any], *args: Any) -> list:
-        """`fn(table, *args)` on every block; the (small) results come back to the driver."""
-        import ray
-
-        return ray.get(self.map(fn, *args).refs)
-
-    def partition(
-        self, fn: Callable[..., list[pa.Table]], parts: int, *args: Any, each: list | None = None
-    ) -> list[list]:
-        """Shuffle map side: `fn(table, *args)` returns `parts` tables; returns, per partition,
-        the references of its tables from every block. `each` as in `map`."""
-        task, shared = _remote("many", parts), _shared(args)
-        task = task.options(name=_name(fn))
-        pairs = zip(self.refs, self._own(each), strict=True)
-        outputs = [task.remote(fn, parts, ref, *own, *shared) for ref, own in pairs]
-        if parts == 1:
-            return [outputs]
-        return [[out[p] for out in outputs] for p in range(parts)]
+        return len(self.keys)
 
     def tables(self) -> list[pa.Table]:
-        import ray
+        """Every block, read here (for inspection and tests: a corpus's blocks do not fit a driver)."""
+        return [read_table(self.scratch.root, self.scratch.settings, key) for key in self.keys]
 
-        return ray.get(self.refs)
+    def _key(self, name: str, i: int) -> str:
+        return f"{self.scratch.prefix}/{name}/block-{i:06d}.arrow"
+
+    def map(self, fn: Callable[..., pa.Table], into: str, *args: Any, each=None, track=None) -> Blocks:
+        """`fn(table, *args) -> table` on every block, as tasks, stored as the blocks `into`. With
+        `each` (one value per block, or `Blocks` whose tables are read), block i's task gets
+        `each[i]` right after its table: `fn(table, each[i], *args)`."""
+        where = (self.scratch.root, self.scratch.settings)
+        own = _own(each, len(self))
+        calls = [(fn, *where, key, self._key(into, i), own[i]) for i, key in enumerate(self.keys)]
+        return Blocks(run(_map_body, fn, calls, args, track), self.scratch)
+
+    def collect(self, fn: Callable[..., Any], *args: Any, each=None, track=None) -> list:
+        """`fn(table, *args)` on every block (`each` as in `map`); the small results come back."""
+        where = (self.scratch.root, self.scratch.settings)
+        own = _own(each, len(self))
+        return run(_collect_body, fn, [(fn, *where, key, own[i]) for i, key in enumerate(self.keys)], args, track)
+
+    def cut(self, fn: Callable[..., list[pa.Table]], into: str, pieces: int, *args: Any, each=None) -> Blocks:
+        """Every block cut by `fn(table, *args) -> pieces tables` into `pieces` blocks `into`."""
+        where = (self.scratch.root, self.scratch.settings)
+        own = _own(each, len(self))
+        calls = [
+            (fn, *where, key, [self._key(into, i * pieces + j) for j in range(pieces)], own[i])
+            for i, key in enumerate(self.keys)
+        ]
+        return Blocks([k for keys in run(_cut_body, fn, calls, args) for k in keys], self.scratch)
+
+    def shuffle(self, fn: Callable[..., Any], into: Exchange, *args: Any, each=None, track=None) -> Written:
+        """Shuffle map side: `fn(table, *args)` returns `into.parts` tables (or (tables, extra)),
+        which block i's task writes as map file i of `into` (`exchange.py`)."""
+        own = _own(each, len(self))
+        calls = [(fn, into, i, key, own[i]) for i, key in enumerate(self.keys)]
+        return Written(into, len(self), run(_shuffle_body, fn, calls, args, track))
+
+
+@dataclass
+class Written:
+    """An exchange whose `maps` files are written, and what each writer returned besides its file
+    (small: counts), in writer order."""
+
+    exchange: Exchange
+    maps: int
+    extras: list
+
+    def _run(self, fn: Callable, into: list, args: tuple, each, track=None) -> list:
+        own = _own(each, self.exchange.parts)
+        calls = [(fn, self.exchange, p, into[p], self.maps, own[p]) for p in range(self.exchange.parts)]
+        return run(reduce_task, fn, calls, args, track)
+
+    def reduce(self, fn: Callable[..., Any], *args: Any, each=None, track=None) -> list:
+        """Shuffle reduce side: `fn(partition table or None, *own, *args)` per partition, as
+        tasks; returns the (small) results."""
+        return self._run(fn, [None] * self.exchange.parts, args, each, track)
+
+    def reduce_into(self, fn: Callable[..., Any], into: Exchange, *args: Any, each=None) -> Written:
+        """A reduce whose outputs are the next exchange's map files: `fn(...)` returns
+        `into.parts` tables (or (tables, extra)); partition p's task writes `into`'s file p."""
+        return Written(into, self.exchange.parts, self._run(fn, [into] * self.exchange.parts, args, each))
+
+    def reduce_to(self, fn: Callable[..., pa.Table], scratch: Scratch, name: str, *args: Any, each=None) -> Blocks:
+        """A reduce whose outputs are stored as the blocks `name`, one per partition."""
+        keys = [f"{scratch.prefix}/{name}/block-{p:06d}.arrow" for p in range(self.exchange.parts)]
+        return Blocks(self._run(fn, keys, args, each), scratch)
 
 
 def split_by(table: pa.Table, part: np.ndarray, parts: int) -> list[pa.Table]:
@@ -117,18 +224,3 @@ def split_by(table: pa.Table, part: np.ndarray, parts: int) -> list[pa.Table]:
     order = np.argsort(part, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(part, minlength=parts))])
     return [table.take(pa.array(order[bounds[p] : bounds[p + 1]])) for p in range(parts)]
-
-
-def split_remote(fn: Callable[..., list], parts: int, *args: Any) -> list:
-    """One task `fn(*args)` returning `parts` values; returns their references (a list, also for 1)."""
-    task = _remote("many", parts).options(name=_name(fn))
-    out = task.remote(fn, parts, *args)
-    return [out] if parts == 1 else list(out)
-
-
-def reduce_partitions(fn: Callable[..., Any], partitions: list[list], *args: Any) -> list:
-    """Shuffle reduce side: `fn(concatenated partition or None, *args)` per partition, as tasks;
-    returns the references of the results."""
-    task, shared = _remote("concat"), _shared(args)
-    task = task.options(name=_name(fn))
-    return [task.remote(fn, len(shared), *shared, *refs) for refs in partitions]

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..keys import DatasetKeys
+from .exchange import Scratch
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -51,13 +52,12 @@ class BuildState:
     records: RecordBlocks | None = None
     read_stats: ReadStats | None = None
     # dedup
-    removed: list = field(default_factory=list)  # per record block, a reference to its removed rows
+    removed: Blocks | None = None  # per record block, its removed documents
     dedup_stats: DedupStats | None = None
     kept: Blocks | None = None  # the kept records, cut for tokenizing
     # tokenizer
     split_bytes: dict[str, int] = field(default_factory=dict)
-    rejects: Any = None  # reference to the rejects writer's row count
-    index: Blocks | None = None  # the dedup-index writers' keys
+    writers: Future | None = None  # the rejects' row counts and the dedup index's keys, being written
     tokenizer: Tokenizer | None = None
     tokenizer_info: TokenizerInfo | None = None
     # tokenize + pack
@@ -75,9 +75,19 @@ class BuildState:
         return DatasetKeys(self.data.name).prefix
 
     @property
-    def rejects_key(self) -> str:
-        return f"{self.prefix}/rejects/{self.run_id}/rejects.arrow"
+    def rejects_prefix(self) -> str:
+        return f"{self.prefix}/rejects/{self.run_id}"
+
+    @property
+    def scratch(self) -> Scratch:
+        """Where this build's exchanges write (`exchange.py`); deleted when the build ends."""
+        return Scratch(self.store.root_uri, self.settings, f"{scratch_root(self.data.name)}/{self.run_id}")
 
     @property
     def docs_kept(self) -> int:
         return self.read_stats.live - self.dedup_stats.removed
+
+
+def scratch_root(dataset: str) -> str:
+    """The scratch areas of a dataset's builds (one per run id)."""
+    return f"{DatasetKeys(dataset).prefix}/tmp"

@@ -81,8 +81,19 @@ def _signatures(column, num_perm: int) -> np.ndarray:
     return values.astype(np.uint32, copy=False).reshape(len(column), num_perm)
 
 
-def find_edges(table: pa.Table, config: DedupConfig) -> pa.Table:
-    """One hash partition of key rows -> its exact and verified near edges."""
+REPRESENTATIVES = 64  # members of a large band bucket that every later member is compared with
+_CHUNK = 1024  # members compared with the representatives at once (chunk x reps x num_perm bytes)
+
+
+def find_edges(table: pa.Table, config: DedupConfig, representatives: int = REPRESENTATIVES) -> pa.Table:
+    """One hash partition of key rows -> its exact and verified near edges (u < v by order).
+
+    A band bucket of at most `representatives` members compares every pair. A larger one (a
+    boilerplate cluster: 10^5 near-identical pages would be 5 x 10^9 pairs) compares each member
+    with at most `representatives` leaders instead: members in order, each joins (gets one edge to)
+    its most similar leader, or becomes a leader while there are fewer than `representatives`.
+    The trade-off: two similar members that resemble no leader, once the leaders are full, get no
+    edge from this bucket (they can still meet in another band). Work is O(members x leaders)."""
     if table.num_rows < 2:
         return EDGE_SCHEMA.empty_table()
     table = table.take(pc.sort_indices(table, [("key", "ascending"), ("order", "ascending")]))
@@ -94,76 +105,58 @@ def find_edges(table: pa.Table, config: DedupConfig) -> pa.Table:
     starts = np.flatnonzero(new_run)
     ends = np.append(starts[1:], len(keys))
     order = table["order"].to_numpy()
-    hashes = table["hash"].to_pylist()
     signatures = _signatures(table["minhash"], config.num_perm) if "minhash" in table.column_names else None
-    us, vs, exact, jaccard = [], [], [], []
+    edges = _Edges()
     for start, end in zip(starts[ends - starts > 1].tolist(), ends[ends - starts > 1].tolist(), strict=True):
+        members = order[start:end]
         if keys[start, 0] == EXACT_BAND:  # one hash: the first by order is the representative
-            us.extend([order[start]] * (end - start - 1))
-            vs.extend(order[start + 1 : end].tolist())
-            exact.extend([True] * (end - start - 1))
-            jaccard.extend([1.0] * (end - start - 1))
-            continue
-        members, seen = [], set()
-        for i in range(start, end):  # one row per distinct document (copies are exact edges)
-            if hashes[i] not in seen:
-                seen.add(hashes[i])
-                members.append(i)
-        if len(members) < 2:
-            continue
-        sig = signatures[members]
-        for a in range(len(members) - 1):
-            similarity = (sig[a + 1 :] == sig[a]).mean(axis=1)
-            for b in np.flatnonzero(similarity >= config.threshold).tolist():
-                u, v = order[members[a]], order[members[a + 1 + b]]
-                if u < 0 and v < 0:
-                    continue  # two documents of earlier versions: both stay
-                us.append(u)
-                vs.append(v)
-                exact.append(False)
-                jaccard.append(float(similarity[b]))
-    return pa.table(
-        [pa.array(us, pa.int64()), pa.array(vs, pa.int64()), pa.array(exact), pa.array(jaccard, pa.float32())],
-        schema=EDGE_SCHEMA,
-    )
+            copies = members[1:][(members[0] >= 0) | (members[1:] >= 0)]  # earlier versions: all stay
+            edges.add(np.full(len(copies), members[0]), copies, True, np.ones(len(copies), np.float32))
+        elif end - start <= representatives:
+            _all_pairs(edges, members, signatures[start:end], config.threshold)
+        else:
+            _leaders(edges, members, signatures[start:end], config.threshold, representatives)
+    return edges.table()
 
 
-def decide(edges: pa.Table, config: DedupConfig) -> pa.Table:
-    """Removed documents (order, reason, match order, estimated Jaccard), from the edge graph."""
-    if config.exact or config.near:
-        edges = edges.group_by(["u", "v", "exact"]).aggregate([("jaccard", "max")])
-    u, v = edges["u"].to_numpy(), edges["v"].to_numpy()
-    is_exact = edges["exact"].to_numpy(zero_copy_only=False)
-    similarity = edges["jaccard_max"].to_numpy() if edges.num_rows else np.zeros(0, np.float32)
-    rep = dict(zip(v[is_exact].tolist(), u[is_exact].tolist(), strict=True))
-    near_u = {}
-    for a, b, s in zip(u[~is_exact].tolist(), v[~is_exact].tolist(), similarity[~is_exact].tolist(), strict=True):
-        near_u.setdefault(b, []).append((a, s))
-    removed: dict[int, tuple[str, int, float]] = {}
-    for node in sorted(set(rep) | set(near_u)):
-        if node < 0:
-            continue  # documents of earlier versions are kept
-        if node in rep:
-            first = rep[node]
-            if first not in removed:
-                removed[node] = ("exact", first, 1.0) if config.exact else ("near", first, 1.0)
-            else:  # the first copy matched a kept document: so does this copy
-                removed[node] = ("near", removed[first][1], removed[first][2])
-            continue
-        # Among kept earlier neighbours, name the most similar (then the first) as the match.
-        matches = [(-s, a) for a, s in near_u[node] if a < node and a not in removed]
-        if matches:
-            s, a = min(matches)
-            removed[node] = ("near", a, -s)
-    nodes = sorted(removed)
-    return pa.table(
-        {
-            "order": pa.array(nodes, pa.int64()),
-            "reason": pa.array([removed[n][0] for n in nodes], pa.string()),
-            "match_order": pa.array([removed[n][1] for n in nodes], pa.int64()),
-            "jaccard": pa.array([removed[n][2] for n in nodes], pa.float32()),
-        }
-    )
+class _Edges:
+    def __init__(self) -> None:
+        self.parts: list[tuple] = []
+
+    def add(self, u: np.ndarray, v: np.ndarray, exact: bool, jaccard: np.ndarray) -> None:
+        keep = (u >= 0) | (v >= 0)  # two documents of earlier versions: both stay, never linked
+        if keep.any():
+            self.parts.append((u[keep], v[keep], np.full(int(keep.sum()), exact), jaccard[keep]))
+
+    def table(self) -> pa.Table:
+        if not self.parts:
+            return EDGE_SCHEMA.empty_table()
+        u, v, exact, jaccard = (np.concatenate(column) for column in zip(*self.parts, strict=True))
+        columns = [pa.array(u, pa.int64()), pa.array(v, pa.int64()), pa.array(exact), pa.array(jaccard, pa.float32())]
+        return pa.table(columns, schema=EDGE_SCHEMA)
+
+
+def _all_pairs(edges: _Edges, members: np.ndarray, sig: np.ndarray, threshold: float) -> None:
+    similarity = (sig[:, None, :] == sig[None, :, :]).mean(axis=2)
+    a, b = np.nonzero(np.triu(similarity >= threshold, k=1))
+    edges.add(members[a], members[b], False, similarity[a, b].astype(np.float32))
+
+
+def _leaders(edges: _Edges, members: np.ndarray, sig: np.ndarray, threshold: float, limit: int) -> None:
+    leaders = [0]
+    for first in range(1, len(members), _CHUNK):
+        chunk = np.arange(first, min(first + _CHUNK, len(members)))
+        similarity = (sig[chunk][:, None, :] == sig[leaders][None, :, :]).mean(axis=2)
+        best, score = similarity.argmax(axis=1), similarity.max(axis=1)
+        joined = score >= threshold
+        edges.add(members[np.array(leaders)[best[joined]]], members[chunk[joined]], False, score[joined])
+        for i in chunk[~joined].tolist():  # in order: may become leaders, which later members meet
+            against = (sig[leaders] == sig[i]).mean(axis=1)
+            if against.max() >= threshold:
+                j = int(against.argmax())
+                edges.add(members[[leaders[j]]], members[[i]], False, against[[j]].astype(np.float32))
+            elif len(leaders) < limit:
+                leaders.append(i)
 
 
 def index_table(kept: pa.Table, config: DedupConfig) -> pa.Table:
@@ -179,10 +172,12 @@ def index_table(kept: pa.Table, config: DedupConfig) -> pa.Table:
     return pa.table([kept["hash"].combine_chunks(), minhash, kept["doc_key"].combine_chunks()], schema=INDEX_SCHEMA)
 
 
-def load_index(data: bytes, first_order: int, config: DedupConfig) -> pa.Table:
-    """A persisted index file -> (order, hash, minhash, doc_key) rows with negative orders from
-    `first_order` down (documents of earlier versions come before every new document)."""
-    table = pa.ipc.open_file(io.BytesIO(data)).read_all()
+def load_index(table: pa.Table | bytes, first_order: int, config: DedupConfig) -> pa.Table:
+    """A persisted index file (its table, or its bytes) -> (order, hash, minhash, doc_key) rows with
+    negative orders from `first_order` down (documents of earlier versions come before every new
+    document)."""
+    if isinstance(table, bytes):
+        table = pa.ipc.open_file(io.BytesIO(table)).read_all()
     scheme = (table.schema.metadata or {}).get(b"minhash_scheme", LEGACY_SCHEME.encode()).decode()
     if config.near and scheme != SCHEME:  # `stage.check_dedup_scheme` refuses such parents up front
         raise ValueError(f"dedup index signatures use MinHash scheme {scheme!r}, not {SCHEME!r}")

@@ -1,8 +1,13 @@
-"""Dedup executor: key rows -> hash-partitioned shuffle by key (Ray tasks, `blocks.py`) -> edges
--> decisions, and the persisted per-run dedup index (one Arrow file per block of kept documents).
+"""Dedup executor: key rows -> exchange by key -> edges -> connected components -> decisions ->
+per record block, its removed documents; and the persisted per-run dedup index (one Arrow file per
+block of kept documents).
 
-See `dedup.py` for the rule. The driver holds the edge graph only (pairs of duplicate candidates
-that passed verification), never a row per document.
+Every step is a round of Ray tasks whose inputs and outputs are exchanges on storage
+(`exchange.py`): no task holds more than a partition, and the driver holds O(blocks + partitions)
+references and a few counts per round. See `dedup.py` for the keys and edges, `components.py`
+for the components; the rule is: within a connected component of the duplicate graph, the
+smallest `order` (the first by doc_key; documents of earlier versions come first) is kept and
+every other new document is removed, naming that kept document as its match.
 """
 
 from __future__ import annotations
@@ -16,14 +21,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..config.data import DedupConfig
-from .blocks import Blocks, reduce_partitions, split_by, split_remote
-from .dedup import EDGE_SCHEMA, decide, find_edges, index_table, key_rows, load_index
+from .blocks import Blocks, split_by, write_table
+from .components import components, labels, node_parts
+from .dedup import EDGE_SCHEMA, find_edges, index_table, key_rows, load_index
+from .exchange import Scratch
+from .plan import _LINE_BITS, Finalize
 from .shards import to_ipc_bytes
 
 if TYPE_CHECKING:
     from ..records import Manifest
-
-_OLD_FILE_SPAN = 1 << 34  # negative orders of one earlier index file: -(file << 34) - row - 1
 
 
 def _prints(batch: pa.Table, near: bool) -> pa.Table:
@@ -32,8 +38,14 @@ def _prints(batch: pa.Table, near: bool) -> pa.Table:
     return (batch.filter(pc.is_null(batch["reject"])) if "reject" in batch.column_names else batch).select(columns)
 
 
-def _key_partitions(batch: pa.Table, config: DedupConfig, layout: tuple[int, int], parts: int) -> list[pa.Table]:
-    """Shuffle map side: one block's key rows, split into `parts` tables by a hash of the key."""
+def _key_partitions(
+    batch: pa.Table, first: int | None, config: DedupConfig, layout: tuple[int, int], parts: int
+) -> list[pa.Table]:
+    """Exchange map side: one block's key rows, split into `parts` tables by a hash of the key. A
+    block with a `first` order is an earlier version's index file: its documents take the orders
+    from `first` down."""
+    if first is not None:
+        batch = load_index(batch, first, config)
     rows = key_rows(_prints(batch, config.near), config, layout)
     width = rows.schema.field("key").type.byte_width
     keys = np.frombuffer(rows["key"].combine_chunks().buffers()[1], np.uint8, rows.num_rows * width)
@@ -43,29 +55,138 @@ def _key_partitions(batch: pa.Table, config: DedupConfig, layout: tuple[int, int
     return split_by(rows, part, parts)
 
 
-def _edges(rows: pa.Table | None, config: DedupConfig) -> pa.Table:
-    """Shuffle reduce side: the edges among the key rows of one partition."""
-    return EDGE_SCHEMA.empty_table() if rows is None else find_edges(rows, config).cast(EDGE_SCHEMA)
+def _edge_rows(rows: pa.Table | None, config: DedupConfig, parts: int) -> tuple[list[pa.Table], int]:
+    """The edges among one key partition's rows, as rows keyed by each end (node, other, exact,
+    jaccard): the first components round's input, and each node's evidence for the decision.
+    `exact` is set on the copy's row only (its `other` is the first copy)."""
+    edges = EDGE_SCHEMA.empty_table() if rows is None else find_edges(rows, config)
+    u, v = edges["u"].to_numpy(), edges["v"].to_numpy()
+    exact = edges["exact"].to_numpy(zero_copy_only=False)
+    jaccard = edges["jaccard"].to_numpy()
+    table = pa.table(
+        {
+            "node": pa.array(np.concatenate([v, u]), pa.int64()),
+            "other": pa.array(np.concatenate([u, v]), pa.int64()),
+            "exact": pa.array(np.concatenate([exact, np.zeros(len(u), bool)])),
+            "jaccard": pa.array(np.concatenate([jaccard, jaccard]), pa.float32()),
+        }
+    )
+    return split_by(table, node_parts(table["node"].to_numpy(), parts), parts), edges.num_rows
 
 
-def _names(batch: pa.Table, matches: pa.Array) -> pa.Table:
-    """The documents of a block that some removed document matched: order -> name."""
-    # Matches are kept documents: live records here, or rows of an earlier version's index.
-    wanted = pc.is_in(batch["order"], value_set=matches)
-    named = batch.select(["order", "doc_key", "hash"]).filter(wanted)
-    # Index files written before doc_keys were recorded name a document by its content hash.
-    by_hash = pa.array([f"sha256:{digest.hex()}" for digest in named["hash"].to_pylist()], pa.string())
-    return pa.table({"order": named["order"], "name": pc.coalesce(named["doc_key"], by_hash)})
+REMOVED_SCHEMA = pa.schema(
+    [
+        ("order", pa.int64()),
+        ("reason", pa.string()),
+        ("match_order", pa.int64()),
+        ("jaccard", pa.float32()),
+        ("match_doc_key", pa.string()),
+    ]
+)
 
 
-def _decide(config: DedupConfig, *edges: pa.Table) -> pa.Table:
-    return decide(pa.concat_tables([EDGE_SCHEMA.empty_table(), *edges]), config)
+def _decide(
+    rows: pa.Table | None, labels: pa.Table, config: DedupConfig, router, n_blocks: int, n_old: int
+) -> tuple[list[pa.Table], tuple[int, int, int]]:
+    """One node partition's decisions: every new document whose component's smallest node is not
+    itself is removed, matching that node. The reason is exact when it is a copy of that very
+    document; the Jaccard is its estimate with the match when they share a band, else with its
+    most similar neighbour. Rows go to the partition of the block holding the match (for naming)."""
+    parts = n_blocks + n_old
+    if rows is None or not labels.num_rows:
+        return [REMOVED_SCHEMA.empty_table()] * parts, (0, 0, 0)
+    node = rows["node"].to_numpy()
+    label = labels["label"].to_numpy()[pc.index_in(rows["node"], value_set=labels["node"]).to_numpy()]
+    other, jaccard = rows["other"].to_numpy(), rows["jaccard"].to_numpy()
+    exact = rows["exact"].to_numpy(zero_copy_only=False)
+    to_label = other == label
+    evidence = pa.table(
+        {
+            "node": node,
+            "label": label,
+            "to_label": np.where(to_label, jaccard, -1.0),
+            "near": np.where(exact, -1.0, jaccard),
+            "any": jaccard,
+            "copy": exact & to_label,
+        }
+    )
+    per_node = evidence.filter(pa.array((node >= 0) & (label != node))).group_by(["node", "label"])
+    per_node = per_node.aggregate([("to_label", "max"), ("near", "max"), ("any", "max"), ("copy", "any")])
+    per_node = per_node.take(pc.sort_indices(per_node["node"]))
+    copy = per_node["copy_any"].to_numpy(zero_copy_only=False) & config.exact
+    best, near = per_node["to_label_max"].to_numpy(), per_node["near_max"].to_numpy()
+    best = np.where(best >= 0, best, np.where(near >= 0, near, per_node["any_max"].to_numpy()))
+    matches = per_node["label"].to_numpy()
+    removed = pa.table(
+        {
+            "order": per_node["node"],
+            "reason": pa.array(np.where(copy, "exact", "near").tolist(), pa.string()),
+            "match_order": per_node["label"],
+            "jaccard": pa.array(np.where(copy, 1.0, best), pa.float32()),
+            "match_doc_key": pa.nulls(per_node.num_rows, pa.string()),
+        },
+        schema=REMOVED_SCHEMA,
+    )
+    holder = _holder(matches, router, n_blocks)
+    stats = (removed.num_rows, int(copy.sum()), int((~copy).sum()))
+    return split_by(removed, holder, parts), stats
 
 
-def _attach_names(removed: pa.Table, *names: pa.Table) -> pa.Table:
-    names = pa.concat_tables([pa.table({"order": pa.array([], pa.int64()), "name": pa.array([], pa.string())}), *names])
-    index = pc.index_in(removed["match_order"], value_set=names["order"])
-    return removed.append_column("match_doc_key", pc.take(names["name"], index))
+def _holder(orders: np.ndarray, router, n_blocks: int) -> np.ndarray:
+    """The block holding each order: a record block (`router`), or an earlier version's index file
+    i (after the record blocks), whose orders are -(i << 34) - row - 1."""
+    holder = np.empty(len(orders), np.int64)
+    new = orders >= 0
+    if new.any():
+        holder[new] = router(orders[new])
+    holder[~new] = n_blocks + ((-orders[~new] - 1) >> _OLD_SHIFT)
+    return holder
+
+
+_OLD_SHIFT = 34
+_OLD_FILE_SPAN = 1 << _OLD_SHIFT  # negative orders of one earlier index file: -(file << 34) - row - 1
+
+
+class Namer:
+    """`order` -> `doc_key` of this run's documents, from per-file state only (the file's prefix
+    and the line: see `plan.Finalize`), so naming a match never fetches its record block."""
+
+    def __init__(self, units) -> None:
+        finalize = Finalize(units, np.zeros(1, np.int64))
+        self.prefixes = finalize.prefixes
+        self.unit_of_rank = np.argsort(finalize.rank)
+
+    def __call__(self, orders: np.ndarray) -> pa.Array:
+        unit = self.unit_of_rank[orders >> _LINE_BITS]
+        number = pc.utf8_lpad(pc.cast(pa.array(orders & ((1 << _LINE_BITS) - 1)), pa.string()), 10, "0")
+        return pc.binary_join_element_wise(pc.take(self.prefixes, pa.array(unit)), number, "")
+
+
+def _name_matches(rows: pa.Table | None, holder, namer: Namer, router, n_blocks: int) -> list[pa.Table]:
+    """One holder block's part: the matches it holds named, rows sent to the removed document's
+    block. `holder` is an earlier version's index table (None: this run's records, named from
+    their order alone)."""
+    if rows is None:
+        return [REMOVED_SCHEMA.empty_table()] * n_blocks
+    matches = rows.column("match_order").to_numpy()
+    if holder is None:
+        names = namer(matches)
+    else:
+        row = pa.array((-matches - 1) & (_OLD_FILE_SPAN - 1))
+        n = holder.num_rows
+        doc_key = holder.column("doc_key") if "doc_key" in holder.column_names else pa.nulls(n, pa.string())
+        # Index files written before doc_keys were recorded name a document by its content hash.
+        by_hash = pa.array([f"sha256:{d.hex()}" for d in pc.take(holder.column("hash"), row).to_pylist()])
+        names = pc.coalesce(pc.take(doc_key, row), by_hash)
+    rows = rows.set_column(rows.schema.get_field_index("match_doc_key"), "match_doc_key", names)
+    return split_by(rows, router(rows.column("order").to_numpy()), n_blocks)
+
+
+def _removed_of_block(rows: pa.Table | None) -> pa.Table:
+    """A record block's removed documents, by order."""
+    if rows is None:
+        return REMOVED_SCHEMA.empty_table()
+    return rows.take(pc.sort_indices(rows["order"])).cast(REMOVED_SCHEMA)
 
 
 def kept_records(batch: pa.Table, removed: pa.Table) -> pa.Table:
@@ -76,32 +197,18 @@ def kept_records(batch: pa.Table, removed: pa.Table) -> pa.Table:
     return batch.filter(live)
 
 
-def _match_orders(removed: pa.Table) -> pa.Array:
-    return pc.unique(removed["match_order"])
-
-
-def _by_block(removed: pa.Table, router, n: int) -> list[pa.Table]:
-    """The removed documents split by the record block that holds each (see `BlockRouter`)."""
-    block = router(removed["order"].to_numpy()) if removed.num_rows else np.zeros(0, np.int64)
-    return split_by(removed, block, n)
-
-
 @dataclass(frozen=True)
 class DedupStats:
-    """Documents a run's dedup removed: all, exact and near duplicates."""
+    """Documents a run's dedup removed: all, exact and near duplicates; components rounds run."""
 
     removed: int = 0
     exact: int = 0
     near: int = 0
+    rounds: int = 0
 
     def by_reason(self) -> dict[str, int]:
         """The manifest's `duplicates` counts."""
         return {"exact": self.exact, "near": self.near}
-
-
-def _summary(removed: pa.Table) -> DedupStats:
-    reasons = removed["reason"].to_numpy(zero_copy_only=False)
-    return DedupStats(removed.num_rows, *(int((reasons == r).sum()) for r in ("exact", "near")))
 
 
 def shuffle_partitions(live_docs: int, config: DedupConfig, layout: tuple[int, int], blocks: int, cpus: int) -> int:
@@ -117,75 +224,57 @@ PARTITION_BYTES = 256 << 20
 
 
 def deduplicate(
-    records: Blocks,
-    store,
-    settings,
-    parent: Manifest | None,
-    config: DedupConfig,
-    cpus: int,
-    layout,
-    live_docs: int,
-) -> tuple[list, DedupStats]:
-    """(per record block, a reference to its removed documents' table; counts). The tables (order,
-    reason ('exact'/'near'), match_order, jaccard, match_doc_key) are built and used on workers:
-    the driver gets only the counts, nothing per document. `layout` is `dedup.bands(...)` (or a
-    future of it: it takes the driver about 0.4 s, so the stage starts it before reading)."""
-    import ray
-
-    empty = pa.table(
-        {
-            "order": pa.array([], pa.int64()),
-            "reason": pa.array([], pa.string()),
-            "match_order": pa.array([], pa.int64()),
-            "jaccard": pa.array([], pa.float32()),
-            "match_doc_key": pa.array([], pa.string()),
-        }
-    )
+    records, units, scratch: Scratch, parent: Manifest | None, config: DedupConfig, cpus: int, layout, live_docs: int
+) -> tuple[Blocks, DedupStats]:
+    """(per record block, its removed documents (`REMOVED_SCHEMA`), stored as blocks; counts).
+    Exchanges: key rows by key -> edges by node -> components rounds -> decisions by the block of
+    the match (to name it) -> by the block of the removed document. `scratch(name, parts)` gives
+    each exchange of the build its `Exchange`. `layout` is `dedup.bands(...)` (or a future of it:
+    it takes the driver about 0.4 s, so the stage starts it before reading)."""
+    n_blocks = len(records)
     if not (config.exact or config.near):
-        return [ray.put(empty)] * len(records), _summary(empty)
-    blocks = records  # and earlier versions' index rows; `_prints` reduces each in its task
-    index_keys = parent.dedup_index if parent is not None else []
-    if index_keys:
-        load = ray.remote(_load_old)
-        old = [
-            load.remote(key, -(i * _OLD_FILE_SPAN) - 1, store.root_uri, settings, config)
-            for i, key in enumerate(index_keys)
-        ]
-        blocks = Blocks(blocks.refs + old)
+        return _none_removed(scratch, n_blocks), DedupStats()
+    index_keys = list(parent.dedup_index) if parent is not None else []
+    # Earlier versions' index files take part as blocks of their own, with negative orders.
+    sources = Blocks(records.keys + index_keys, scratch)
+    firsts = [None] * n_blocks + [-(i * _OLD_FILE_SPAN) - 1 for i in range(len(index_keys))]
     layout = layout.result() if hasattr(layout, "result") else layout
     if parent is not None and parent.stats is not None:
         live_docs += int(parent.stats.total.docs_kept)  # earlier versions' rows
-    parts = shuffle_partitions(live_docs, config, layout, len(blocks), cpus)
-    edges = reduce_partitions(_edges, blocks.partition(_key_partitions, parts, config, layout, parts), config)
-    # The decision is sequential in document order ("keep first"), over the edge graph only: one
-    # task holds it (a few dozen bytes per candidate pair), the driver never does.
-    removed = ray.remote(_decide).remote(config, *edges)
-    names = blocks.map(_names, ray.remote(_match_orders).remote(removed))
-    removed = ray.remote(_attach_names).remote(removed, *names.refs)
-    # Each record block's tasks (kept filter, rejects, index) get only the removed documents it
-    # holds, not the whole table.
-    by_block = split_remote(_by_block, len(records), removed, records.router, len(records))
-    return by_block, ray.get(ray.remote(_summary).remote(removed))
+    parts = shuffle_partitions(live_docs, config, layout, len(sources), cpus)
+    keyed = sources.shuffle(_key_partitions, scratch("keys", parts), config, layout, parts, each=firsts)
+    edges = keyed.reduce_into(_edge_rows, scratch("edges", parts), config, parts)
+    if sum(edges.extras) == 0:
+        return _none_removed(scratch, n_blocks), DedupStats()
+    final, rounds = components(edges, lambda name: scratch(name, parts), parts)
+    labelled = final.reduce_to(labels, scratch, "labels")
+    holders = n_blocks + len(index_keys)
+    decided = edges.reduce_into(
+        _decide, scratch("decided", holders), config, records.router, n_blocks, len(index_keys), each=labelled
+    )
+    counts = np.sum(decided.extras, axis=0)
+    named = decided.reduce_into(
+        _name_matches,
+        scratch("named", n_blocks),
+        Namer(units),
+        records.router,
+        n_blocks,
+        each=Blocks([None] * n_blocks + index_keys, scratch),
+    )
+    removed = named.reduce_to(_removed_of_block, scratch, "removed")
+    return removed, DedupStats(*(int(c) for c in counts), rounds=rounds)
 
 
-def _load_old(key: str, first: int, root: str, settings, config: DedupConfig) -> pa.Table:
-    from .readers import _store
+def _none_removed(scratch: Scratch, n_blocks: int) -> Blocks:
+    key = f"{scratch.prefix}/removed/none.arrow"
+    return Blocks([write_table(scratch.root, scratch.settings, key, REMOVED_SCHEMA.empty_table())] * n_blocks, scratch)
 
-    return load_index(_store(root, settings).read(key), first, config)
 
-
-def write_index(records: Blocks, removed: list, store, settings, prefix: str, config: DedupConfig) -> Blocks:
+def write_index(records: Blocks, removed: Blocks, store, settings, prefix: str, config: DedupConfig) -> list[str]:
     """This run's kept documents (hash, minhash, doc_key) as Arrow files, one per read block (so the
-    files do not depend on how blocks are cut for tokenizing), written by tasks while the driver
-    goes on; `index_keys` waits for them."""
-    return records.map(_write_index_block, store.root_uri, settings, prefix, config, each=removed)
-
-
-def index_keys(written: Blocks) -> list[str]:
-    """The keys of `write_index`'s files, once written."""
-    import ray
-
-    return sorted(key for key in ray.get(written.refs) if key)
+    files do not depend on how blocks are cut for tokenizing); returns their keys, sorted."""
+    keys = records.collect(_write_index_block, store.root_uri, settings, prefix, config, each=removed)
+    return sorted(key for key in keys if key)
 
 
 def _write_index_block(

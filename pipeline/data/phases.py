@@ -18,17 +18,15 @@ import pyarrow as pa
 
 from ..errors import UserError
 from ..faults import fail_point
-from ..records import BuildStats, Manifest, ManifestStats, ShardEntry, SourceEntry, next_version
+from ..records import BuildStats, Manifest, ManifestStats, ShardEntry, next_version, published_chain, write_source_index
 from ..records import publish as publish_manifest
 from ..records.dataset import SCHEMA_VERSION
-from .blocks import Blocks, reduce_partitions
 from .build_state import BuildState
 from .dedup import bands
-from .dedup_stage import deduplicate, index_keys, kept_records, write_index
+from .dedup_stage import deduplicate, kept_records, write_index
 from .minhash import SCHEME
 from .quarantine import check_error_rates, write_rejects
 from .read_stage import read_records, split_bytes_and_sample
-from .sources import SourceUnit
 from .tokenize_pack import SPLITS, PackWriteGroup, tokenize_partitions, write_groups
 from .tokenizer_step import load_stored_tokenizer, store_tokenizer, train_tokenizer
 
@@ -45,7 +43,9 @@ def read(state: BuildState) -> None:
     state.layout = executor.submit(bands, data.dedup.threshold, data.dedup.num_perm)
     executor.shutdown(wait=False)  # the thread ends with its one job
     blocks = data.read_blocks or 3 * state.cpus
-    state.records, state.read_stats = read_records(state.new_units, data, state.settings, blocks, state.reporter.track)
+    state.records, state.read_stats = read_records(
+        state.new_units, data, state.settings, blocks, state.scratch, state.reporter.tracker("read + clean")
+    )
     state.reporter.phase("read + clean")
     single_doc = {i for i, s in enumerate(data.sources) if s.kind in ("text", "python-stdlib")}
     check_error_rates(state.read_stats.units, state.new_units, data.max_error_rate, single_doc)
@@ -53,23 +53,27 @@ def read(state: BuildState) -> None:
 
 def dedup(state: BuildState) -> None:
     """Global dedup (against the published versions too), then the kept records cut for tokenizing."""
-    import ray
-
     data, records = state.data, state.records
     state.removed, state.dedup_stats = deduplicate(
-        records, state.store, state.settings, state.parent, data.dedup, state.cpus, state.layout, state.read_stats.live
+        records,
+        state.new_units,
+        state.scratch,
+        state.parent,
+        data.dedup,
+        state.cpus,
+        state.layout,
+        state.read_stats.live,
     )
     state.reporter.phase("dedup")
     # Tokenizing is the longest step: kept blocks are cut (by text bytes) into about 4 per core so
     # that the last tasks finish together.
     pieces = max(1, -(-4 * state.cpus // len(records)))
-    cut = records.partition(_kept_rows, pieces, pieces, each=state.removed)
-    state.kept = Blocks([ref for part in cut for ref in part])
+    state.kept = records.cut(_kept_rows, "kept", pieces, pieces, each=state.removed)
     if not state.docs_kept and state.parent is None:
-        ray.get(write_rejects(records, state.removed, state.new_units, state.store, state.rejects_key, state.settings))
+        write_rejects(records, state.removed, state.new_units, state.store, state.rejects_prefix, state.settings)
         raise UserError(
             f"dataset {data.name!r}: no documents survived filtering and dedup; nothing to publish "
-            f"(every record is in {state.store.uri(state.rejects_key)})"
+            f"(every record is under {state.store.uri(state.rejects_prefix)})"
         )
 
 
@@ -79,12 +83,19 @@ def tokenizer(state: BuildState) -> None:
     data, parent = state.data, state.parent
     want_sample = parent is None and state.given is None
     state.split_bytes, sample = split_bytes_and_sample(state.kept, state.read_stats.live_bytes, data, want_sample)
-    # Rejects and the dedup index are written by tasks while the driver trains the tokenizer.
-    state.rejects = write_rejects(
-        state.records, state.removed, state.new_units, state.store, state.rejects_key, state.settings
-    )
+    # Rejects and the dedup index are written by tasks while the driver trains the tokenizer: a
+    # thread submits them (`blocks.run` waits on its window of tasks).
     index_prefix = f"{state.prefix}/dedup/{state.run_id}"
-    state.index = write_index(state.records, state.removed, state.store, state.settings, index_prefix, data.dedup)
+    writers = ThreadPoolExecutor(1, thread_name_prefix="rejects-index")
+    state.writers = writers.submit(
+        lambda: (
+            write_rejects(
+                state.records, state.removed, state.new_units, state.store, state.rejects_prefix, state.settings
+            ),
+            write_index(state.records, state.removed, state.store, state.settings, index_prefix, data.dedup),
+        )
+    )
+    writers.shutdown(wait=False)  # the thread ends with its one job
     if parent is not None:
         state.tokenizer = load_stored_tokenizer(state.store, parent.tokenizer)
         state.tokenizer_info = parent.tokenizer
@@ -97,8 +108,6 @@ def tokenizer(state: BuildState) -> None:
 def tokenize_pack(state: BuildState) -> None:
     """Tokenize + split (shuffle by shard group), pack and write the shards; wait for the rejects
     and the dedup index."""
-    import ray
-
     data, info = state.data, state.tokenizer_info
     groups = _group_counts(state.split_bytes, data, info.vocab_size)
     rows = []
@@ -108,24 +117,26 @@ def tokenize_pack(state: BuildState) -> None:
             data, state.settings, state.store.root_uri, shard_prefix, info.vocab_size, info.eos_id, info.pad_id
         )
         parts = max(1, min(sum(groups.values()), 4 * state.cpus))
-        partitions = state.kept.partition(tokenize_partitions, parts, data, state.tokenizer.to_str(), groups, parts)
-        state.reporter.track(partitions[0], "tokenize")  # one output of each map task
-        shards = pa.concat_tables(ray.get(reduce_partitions(write_groups, partitions, writer)))
+        exchange = state.scratch("tokens", parts)
+        track = state.reporter.tracker("tokenize")
+        tokenized = state.kept.shuffle(
+            tokenize_partitions, exchange, data, state.tokenizer.to_str(), groups, parts, track=track
+        )
+        shards = pa.concat_tables(tokenized.reduce(write_groups, writer))
         rows = sorted(shards.to_pylist(), key=lambda e: e["key"])
-    ray.get(state.rejects)
-    state.index_keys = index_keys(state.index)
+    _, state.index_keys = state.writers.result()
     state.reporter.phase("tokenize + pack + write")
     state.shards = {split: [] for split in SPLITS}
     for row in rows:
         state.shards[row.pop("split")].append(ShardEntry(**{k: row[k] for k in _SHARD_FIELDS}))
-    # The blocks are written out: drop their references so the object store can free them before
-    # the manifest is published (as the stage did before it kept a build state).
-    state.records, state.kept, state.removed, state.index, state.rejects = None, None, [], None, None
 
 
 def publish(state: BuildState) -> None:
-    """The new version's manifest, written (create-if-absent) and made LATEST (compare-and-swap)."""
-    state.manifest = _manifest(state)
+    """The new version's source index, then its manifest (each create-if-absent), made LATEST
+    (compare-and-swap)."""
+    version = next_version(state.store, state.data.name)
+    source_index = write_source_index(state.store, state.data.name, version, state.run_id, state.units)
+    state.manifest = _manifest(state, version, source_index)
     fail_point("after_shards")
     publish_manifest(state.store, state.manifest, state.parent_etag, state.lease)
     state.reporter.finish(state.manifest)
@@ -163,25 +174,22 @@ def _run_stats(state: BuildState) -> BuildStats:
     )
 
 
-def _source_entry(unit: SourceUnit) -> SourceEntry:
-    return SourceEntry(uri=unit.uri, size=unit.size, version=unit.version, source_index=unit.source_index)
-
-
-def _manifest(state: BuildState) -> Manifest:
+def _manifest(state: BuildState, version: int, source_index: str) -> Manifest:
+    """The new version's manifest; its source files are in the index at `source_index`, not in it."""
     data, parent, info = state.data, state.parent, state.tokenizer_info
     run = _run_stats(state)
     before = parent.stats.total if parent is not None and parent.stats is not None else None
     total = before.plus(run) if before is not None else run.model_copy(deep=True)
     return Manifest(
         schema_version=SCHEMA_VERSION,
-        version=next_version(state.store, data.name),
+        version=version,
         parent_version=parent.version if parent is not None else None,
         created_at=datetime.now(timezone.utc).isoformat(),
         dataset=data.name,
         seq_len=data.seq_len,
         dtype="uint16" if info.vocab_size <= 65536 else "uint32",
         tokenizer=info,
-        sources=[_source_entry(u) for u in state.units],
+        source_index=source_index,
         shards={split: list(parent.split(split) if parent else ()) + state.shards[split] for split in SPLITS},
         stats=ManifestStats(run=run, total=total),
         dedup_index=(parent.dedup_index if parent is not None else []) + state.index_keys,
@@ -190,4 +198,5 @@ def _manifest(state: BuildState) -> Manifest:
         config=data.model_dump(mode="json"),
         run_id=state.run_id,
         runs=(parent.runs if parent is not None else []) + [state.run_id],
+        published=published_chain(state.store, data.name, parent, version),
     )

@@ -2,8 +2,10 @@
 
 Units (files) are packed into pieces of about `total / blocks` bytes: many small files per task,
 and a large uncompressed jsonl (parquet) file split into byte ranges (row groups) that separate
-tasks read in parallel. Each task reads its piece, runs the per-document steps and returns the
-records plus small per-file counts; the driver only ever holds per-file and per-part numbers.
+tasks read in parallel. Each task reads its piece as a stream, runs the per-document steps on
+blocks of at most `read_block_bytes` of input and yields them one by one, then small per-file and
+per-block counts; the driver only ever holds per-file, per-part and per-block numbers. A compressed
+file (or an HF dataset) cannot be split, so its one task hands out as many blocks as it takes.
 
 Document order is fixed by `doc_key` (`source|uri|line`): `order` is the same order as an int64
 (file rank << 34 | line), computed once the line count of every byte range is known.
@@ -11,6 +13,7 @@ Document order is fixed by `doc_key` (`source|uri|line`): `order` is the same or
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +22,7 @@ import pyarrow.compute as pc
 
 from ..config.data import DataConfig
 from ..storage import StorageSettings
-from .readers import MALFORMED_REASONS, _store, read_unit, splittable
+from .readers import MALFORMED_REASONS, READ_ERRORS, READ_SCHEMA, UnitReader, _store, splittable, unreadable
 from .sources import SourceUnit, UnitPart
 from .steps import clean
 
@@ -85,37 +88,129 @@ class UnitCounts:
 
 @dataclass
 class PieceMeta:
-    """What a read task reports besides its records: line starts per part (`pid`), counts per
-    file (`unit_index`) and the UTF-8 bytes of its live records."""
+    """What a read task reports besides its record blocks (all per part or per block, never per
+    document): line starts per part (`pid`), counts per file (`unit_index`), the UTF-8 bytes of its
+    live records, `segments` (block, pid, first line): where each part's records lie among the
+    task's blocks, and `dropped` (pid, first line, end line): records of a part already handed out
+    in earlier blocks when the rest of the part turned out unreadable (the driver removes them)."""
 
     lines: dict[int, int]
     units: dict[int, UnitCounts]
     live_bytes: int
+    segments: list[tuple[int, int, int]] = field(default_factory=list)
+    dropped: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+def chunk_bytes(block_bytes: int) -> int:
+    """Input bytes a reader hands over at a time: blocks are filled chunk by chunk."""
+    return max(1 << 16, min(4 << 20, block_bytes // 8))
 
 
 def read_piece(
     piece: list[UnitPart], config: DataConfig, settings: StorageSettings, finalize: Finalize | None = None
-) -> tuple[pa.Table, PieceMeta]:
-    """Read and clean one piece; returns (records, counts) where counts has per-part line starts,
-    per-file (records, malformed, by reason) numbers and the UTF-8 bytes of the live records.
-    With `finalize` (when no line of the piece needs another piece's line count), the records are
-    numbered here too."""
-    tables, lines = [], {}
+) -> Iterator[pa.Table | PieceMeta]:
+    """Read and clean one piece, as a generator (a Ray streaming task): yields the record blocks,
+    each of at most `config.read_block_bytes` of input (one record may exceed it) and at least one,
+    then the `PieceMeta`. Memory stays bounded by the block size whatever the files' sizes. With
+    `finalize` (when no line of the piece needs another piece's line count), the records are
+    numbered here too.
+
+    A part that cannot be read becomes one `unreadable` record, as if the part held nothing else:
+    at the part's first line when none of its records has left the task yet (they are discarded),
+    else after the last one handed out, and those are listed in `dropped`."""
+    builder = _BlockBuilder(config, finalize)
     for part in piece:
-        table, starts = read_unit(part, config, settings)
-        tables.append(table)
-        lines[part.pid] = starts
-    table = clean(pa.concat_tables(tables), config)
-    live_bytes = int(pc.sum(table["n_bytes"]).as_py() or 0)  # 0 for rejected records
-    meta = PieceMeta(lines, unit_counts(table), live_bytes)
-    return (finalize(table) if finalize is not None else table), meta
+        reader = UnitReader(part, config, settings, chunk_bytes(config.read_block_bytes))
+        chunks = iter(reader)
+        while True:
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                break
+            except READ_ERRORS as error:
+                yield from builder.add(builder.unreadable(part, reader.first_line, error))
+                break
+            yield from builder.add(chunk)
+        builder.meta.lines[part.pid] = reader.lines
+    yield from builder.finish()
 
 
-def unit_counts(table: pa.Table) -> dict[int, UnitCounts]:
-    """Per file: records, malformed records and reasons (for error rates and stats)."""
-    frame = table.select(["unit_index", "reject"]).group_by(["unit_index", "reject"]).aggregate([([], "count_all")])
+class _BlockBuilder:
+    """A read task's blocks: chunks of records, cleaned, gathered up to the block size (in input
+    bytes), then counted per part and (with `finalize`) numbered."""
+
+    def __init__(self, config: DataConfig, finalize: Finalize | None) -> None:
+        self.config, self.finalize = config, finalize
+        self.block_bytes = config.read_block_bytes
+        self.chunks: list[pa.Table] = []
+        self.size = 0
+        self.blocks = 0
+        self.meta = PieceMeta({}, {}, 0)
+        self.part_units: dict[int, int] = {}
+        self.part_counts: dict[int, UnitCounts] = {}
+        self.part_live: dict[int, int] = {}
+        self.part_lines: dict[int, tuple[int, int]] = {}  # pid -> (first, last) line handed out
+
+    def add(self, chunk: pa.Table) -> Iterator[pa.Table]:
+        """Take a chunk of raw records (one part's); yields the block it does not fit in. Chunks are
+        cleaned as they come (the steps are per document): a task holds the cleaning copies of
+        one chunk at a time, not of a whole block."""
+        size = chunk.nbytes
+        if self.chunks and self.size + size > self.block_bytes:
+            yield self._emit()
+            # Arrow's allocator (mimalloc) keeps freed pages: without this a task's RSS is about
+            # twice its live memory.
+            pa.default_memory_pool().release_unused()
+        self.chunks.append(clean(chunk, self.config))
+        self.size += size
+
+    def finish(self) -> Iterator[pa.Table | PieceMeta]:
+        if self.chunks or not self.blocks:
+            yield self._emit()
+        for pid, counts in self.part_counts.items():
+            self.meta.units.setdefault(self.part_units[pid], UnitCounts()).add(counts)
+        self.meta.live_bytes = sum(self.part_live.values())
+        yield self.meta
+
+    def unreadable(self, part: UnitPart, first_line: int, error: BaseException) -> pa.Table:
+        """The record standing for an unreadable part; its records not handed out yet are dropped,
+        those that were are listed for the driver to drop (and no longer counted)."""
+        self.chunks = [c for c in self.chunks if not (c.num_rows and c["pid"][0].as_py() == part.pid)]
+        self.size = sum(c.select(READ_SCHEMA.names).nbytes for c in self.chunks)
+        position = first_line
+        if part.pid in self.part_lines:
+            first, last = self.part_lines.pop(part.pid)
+            self.meta.dropped.append((part.pid, first, last + 1))
+            self.part_counts.pop(part.pid, None)
+            self.part_live.pop(part.pid, None)
+            position = last + 1
+        return unreadable(part, position, error)
+
+    def _emit(self) -> pa.Table:
+        table = pa.concat_tables(self.chunks) if self.chunks else clean(READ_SCHEMA.empty_table(), self.config)
+        self.chunks, self.size = [], 0
+        for pid, counts in unit_counts(table, "pid").items():
+            self.part_counts.setdefault(pid, UnitCounts()).add(counts)
+        stats = (
+            table.select(["pid", "unit_index", "line", "n_bytes"])
+            .group_by("pid")
+            .aggregate([("unit_index", "min"), ("line", "min"), ("line", "max"), ("n_bytes", "sum")])
+        )
+        columns = ("pid", "unit_index_min", "line_min", "line_max", "n_bytes_sum")
+        for pid, unit, first, last, live in zip(*(stats[c].to_pylist() for c in columns), strict=True):
+            self.part_units[pid] = unit
+            self.part_live[pid] = self.part_live.get(pid, 0) + (live or 0)
+            self.part_lines[pid] = (self.part_lines.get(pid, (first, 0))[0], last)
+            self.meta.segments.append((self.blocks, pid, first))
+        self.blocks += 1
+        return self.finalize(table) if self.finalize is not None else table
+
+
+def unit_counts(table: pa.Table, key: str = "unit_index") -> dict[int, UnitCounts]:
+    """Per file (or per `key`, e.g. part): records, malformed records and reasons."""
+    frame = table.select([key, "reject"]).group_by([key, "reject"]).aggregate([([], "count_all")])
     out: dict[int, UnitCounts] = {}
-    for unit, reason, count in zip(*(frame[c].to_pylist() for c in ("unit_index", "reject", "count_all")), strict=True):
+    for unit, reason, count in zip(*(frame[c].to_pylist() for c in (key, "reject", "count_all")), strict=True):
         entry = out.setdefault(unit, UnitCounts())
         entry.records += count
         if reason is not None:

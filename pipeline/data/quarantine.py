@@ -1,14 +1,16 @@
-"""Bad input (DESIGN.md s.6): per-file error-rate check and the rejects file.
+"""Bad input (DESIGN.md s.6): per-file error-rate check and the rejects files.
 
 Every record that is not kept (malformed, invalid UTF-8, empty, oversized, filtered, exact or near
-duplicate) is written with its reason and original bytes to
-`<dataset>/rejects/<run-id>/rejects.arrow`, so nothing is lost silently, and counted in the
-manifest stats. A duplicate's record names the kept document it matched (`match_doc_key`) and,
-for a near duplicate, the estimated Jaccard similarity of the two.
+duplicate) is written with its reason and original bytes under `<dataset>/rejects/<run-id>/`, one
+Arrow file per record block (`part-<content hash>.arrow`, rows sorted by doc_key), so nothing is
+lost silently and no task or request ever holds every reject; they are counted in the manifest
+stats. A duplicate's record names the kept document of its duplicate cluster (`match_doc_key`)
+and the estimated Jaccard similarity (`dedup_stage._decide`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -113,23 +115,35 @@ def reject_rows(batch: pa.Table, removed: pa.Table, uris: pa.Array) -> pa.Table:
     )
 
 
-def _write(store_root: str, settings, key: str, *tables: pa.Table) -> int:
+def _write_block(batch: pa.Table, removed: pa.Table, uris: pa.Array, root: str, settings, prefix: str) -> int:
+    """One record block's rejects, sorted by doc_key, as one file (none when it has no rejects);
+    returns the number of rows. A block's rejects are at most its records (multipart on S3 above
+    the part size: `S3Store.write`)."""
     from .readers import _store
 
-    table = pa.concat_tables([REJECTS_SCHEMA.empty_table(), *tables])
-    if table.num_rows:
-        table = table.take(pc.sort_indices(table["doc_key"]))
-        _store(store_root, settings).write(key, to_ipc_bytes(table))
+    table = reject_rows(batch, removed, uris)
+    if not table.num_rows:
+        return 0
+    table = table.take(pc.sort_indices(table["doc_key"]))
+    body = to_ipc_bytes(table)
+    # Named by content: a retried task rewrites the same key; two blocks never hold the same rejects.
+    _store(root, settings).write(f"{prefix}/part-{hashlib.sha256(body).hexdigest()[:16]}.arrow", body)
     return table.num_rows
 
 
-def write_rejects(records, removed, units: list[SourceUnit], store, key: str, settings=None):
-    """Write the rejects file on a worker (the driver holds only block references); returns a
-    reference to the number of rows, so the driver goes on while it is written.
-    `records` are `blocks.Blocks`; `removed` has, per block, (a reference to) its removed documents
-    (`dedup_stage.deduplicate`)."""
-    import ray
-
+def write_rejects(records, removed, units: list[SourceUnit], store, prefix: str, settings=None) -> int:
+    """Write the rejects, one file per record block under `prefix`, by tasks; returns the number
+    of rows. `records` and `removed` (per block, its removed documents: `dedup_stage.deduplicate`)
+    are `blocks.Blocks`."""
     uris = pa.array([u.uri for u in units], pa.string())
-    rejects = records.map(reject_rows, uris, each=removed)
-    return ray.remote(_write).options(name="write_rejects").remote(store.root_uri, settings, key, *rejects.refs)
+    return sum(records.collect(_write_block, uris, store.root_uri, settings, prefix, each=removed))
+
+
+def read_rejects(store, prefix: str) -> pa.Table:
+    """Every rejects file under `prefix` (a run's `<dataset>/rejects/<run-id>`), as one table
+    sorted by doc_key: for inspection and tests (it holds them all; a job over a large corpus's
+    rejects reads the part files one by one)."""
+    keys = [k for k in store.list(prefix) if k.endswith(".arrow")]
+    tables = [pa.ipc.open_file(pa.py_buffer(store.read(k))).read_all() for k in keys]
+    table = pa.concat_tables([REJECTS_SCHEMA.empty_table(), *tables])
+    return table.take(pc.sort_indices(table["doc_key"]))

@@ -1,8 +1,11 @@
 """Read stage executor and the small aggregates taken over kept documents.
 
-`read_records` runs one Ray task per planned piece (read + clean + fingerprint), then numbers the
-lines of split files and adds `doc_key`/`order` in a task per block (`blocks.py`). The driver
-receives per-part line counts and per-file record counts, never per-document rows.
+`read_records` runs one Ray task per planned piece (read + clean + fingerprint), which stores its
+records on the build's scratch area as blocks of bounded size (`data.read_block_bytes`, so a large
+compressed file or dataset never sits whole in one task or one object) and asks Ray for
+`data.task_memory`; then it numbers the lines of split files and adds `doc_key`/`order` in a task
+per block (`blocks.py`). The driver receives per-part line counts, per-file record counts and where
+each part's records lie among the blocks, never per-document rows.
 `split_bytes_and_sample` reduces the kept documents to per-split sums and to the tokenizer's
 training sample, whose size is bounded by `tokenizer.sample_bytes`, not by the corpus.
 """
@@ -17,8 +20,10 @@ import pyarrow as pa
 
 from ..config.data import DataConfig
 from ..storage import StorageSettings
-from .blocks import Blocks
-from .plan import _LINE_BITS, Finalize, UnitCounts, plan_pieces, read_piece
+from . import placement
+from .blocks import Blocks, run, write_table
+from .exchange import Scratch
+from .plan import _LINE_BITS, Finalize, PieceMeta, UnitCounts, plan_pieces, read_piece
 from .sources import SourceUnit, UnitPart
 from .tokenize_pack import SPLITS, split_codes
 
@@ -40,27 +45,23 @@ class ReadStats:
 
 
 def read_records(
-    units: list[SourceUnit], data: DataConfig, settings: StorageSettings, blocks: int, track=None
+    units: list[SourceUnit], data: DataConfig, settings: StorageSettings, blocks: int, scratch: Scratch, track=None
 ) -> tuple[RecordBlocks, ReadStats]:
-    """(records, counts) for this run's units: one block of records per read piece. `track(refs,
-    what)` waits for the read tasks showing progress (`Reporter.track`)."""
-    import ray
-
+    """(records, counts) for this run's units: the record blocks of every read piece (one or more
+    per piece, each of at most `data.read_block_bytes` of input), stored on `scratch`.
+    `track(done, total)` shows the read tasks' progress."""
     pieces, n_parts = plan_pieces(units, blocks, settings)
-    task = ray.remote(num_returns=2)(read_piece)
-    data_ref, settings_ref = ray.put(data), ray.put(settings)
     # Lines of whole files and of first byte ranges need no offset: those pieces are numbered by
     # their read task. Only later ranges of a split file wait for the line counts of earlier ones.
-    unshifted = ray.put(Finalize(units, np.zeros(n_parts, np.int64)))
+    unshifted = Finalize(units, np.zeros(n_parts, np.int64))
     later = [any(_later_range(part) for part in piece) for piece in pieces]
-    refs = [
-        task.remote(piece, data_ref, settings_ref, None if shifted else unshifted)
-        for piece, shifted in zip(pieces, later, strict=True)
+    prefix = f"{scratch.prefix}/read"
+    calls = [
+        (piece, i, None if shifted else unshifted) for i, (piece, shifted) in enumerate(zip(pieces, later, strict=True))
     ]
-    tables = [table for table, _ in refs]
-    if track is not None:
-        track([meta for _, meta in refs], "read + clean")
-    metas = ray.get([meta for _, meta in refs])
+    shared = (data, settings, scratch.root, prefix)
+    outputs = run(_read_piece, "read_piece", calls, shared, track, **read_task_options(data))
+    metas = [meta for _, meta in outputs]
 
     part_unit = np.zeros(n_parts, np.int64)
     part_lines = np.zeros(n_parts, np.int64)
@@ -78,37 +79,73 @@ def read_records(
 
     counts = _read_stats(metas)
     finalize = Finalize(units, offsets)
-    if any(later):
-        shifted = Blocks([t for t, late in zip(tables, later, strict=True) if late]).map(_finalize, finalize)
-        numbered = iter(shifted.refs)
-        tables = [next(numbered) if late else t for t, late in zip(tables, later, strict=True)]
-    part_block = np.zeros(n_parts, np.int64)
-    for block, piece in enumerate(pieces):
-        for part in piece:
-            part_block[part.pid] = block
-    first_orders = (finalize.rank[part_unit] << _LINE_BITS) | offsets
-    return RecordBlocks(tables, BlockRouter(first_orders, part_block)), counts
+
+    def order(pid: int, line: int) -> int:
+        return int((finalize.rank[part_unit[pid]] << _LINE_BITS) | (offsets[pid] + line))
+
+    keys, shifted, segments, dropped = [], [], [], {}
+    for (written, meta), late in zip(outputs, later, strict=True):
+        first = len(keys)
+        keys.extend(written)
+        shifted.extend([late] * len(written))
+        segments.extend((order(pid, line), first + block) for block, pid, line in meta.segments)
+        for pid, start, end in meta.dropped:  # an unreadable part's records handed out earlier
+            span = (order(pid, start), order(pid, end))
+            for block in {first + b for b, p, _ in meta.segments if p == pid}:
+                dropped.setdefault(block, []).append(span)
+    if any(shifted):
+        renumber = [i for i, needs in enumerate(shifted) if needs]
+        numbered = Blocks([keys[i] for i in renumber], scratch).map(_finalize, "numbered", finalize)
+        keys = _replace(keys, renumber, numbered.keys)
+    if dropped:
+        trim = sorted(dropped)
+        trimmed = Blocks([keys[i] for i in trim], scratch).map(_drop_orders, "trimmed", each=[dropped[i] for i in trim])
+        keys = _replace(keys, trim, trimmed.keys)
+    first_orders = np.array([o for o, _ in segments], np.int64)
+    segment_block = np.array([b for _, b in segments], np.int64)
+    return RecordBlocks(keys, scratch, BlockRouter(first_orders, segment_block)), counts
+
+
+def _read_piece(
+    piece: list[UnitPart], index: int, finalize: Finalize | None, data: DataConfig, settings, root: str, prefix: str
+) -> tuple[list[str], PieceMeta]:
+    """One read task: `plan.read_piece`'s blocks stored as they come (so the task holds one block
+    at a time), then its counts."""
+    keys, meta = [], None
+    for out in read_piece(piece, data, settings, finalize):
+        if isinstance(out, PieceMeta):
+            meta = out
+        else:
+            keys.append(write_table(root, settings, f"{prefix}/piece-{index:06d}-{len(keys):05d}.arrow", out))
+    return keys, meta
+
+
+def read_task_options(data: DataConfig) -> dict:
+    """Ray options of the read tasks: the data stage's placement and a memory request."""
+    return {**placement.task_options(), "memory": int(data.task_memory)}
 
 
 class BlockRouter:
-    """`order` -> the index of the record block that holds it, from each part's first order
-    (file rank << 34 | first line): per-file state, so routing a row needs no per-document table.
-    Parts of one file cover consecutive line ranges, so the part holding an order is the last one
-    whose first order is not above it."""
+    """`order` -> the index of the record block that holds it, from the first order (file rank << 34
+    | line) of each part's records in each block: per-block state, so routing a row needs no
+    per-document table. A part's records lie in one or more blocks that cover consecutive line
+    ranges, and parts of one file cover consecutive line ranges too, so the block holding an order
+    is the one of the last entry whose first order is not above it."""
 
-    def __init__(self, first_orders: np.ndarray, part_block: np.ndarray) -> None:
+    def __init__(self, first_orders: np.ndarray, blocks: np.ndarray) -> None:
         order = np.argsort(first_orders, kind="stable")
-        self.first_orders, self.part_block = first_orders[order], part_block[order]
+        self.first_orders, self.blocks = first_orders[order], blocks[order]
 
     def __call__(self, orders: np.ndarray) -> np.ndarray:
-        return self.part_block[np.searchsorted(self.first_orders, orders, side="right") - 1]
+        return self.blocks[np.searchsorted(self.first_orders, orders, side="right") - 1]
 
 
 class RecordBlocks(Blocks):
-    """The read records, one block per read piece, with the router from `order` to block."""
+    """The read records: stored record tables, one or more blocks per read piece, with the router
+    from `order` to block."""
 
-    def __init__(self, refs: list, router: BlockRouter) -> None:
-        super().__init__(refs)
+    def __init__(self, keys: list[str], scratch: Scratch, router: BlockRouter) -> None:
+        super().__init__(keys, scratch)
         self.router = router
 
 
@@ -134,6 +171,23 @@ def _later_range(part: UnitPart) -> bool:
 
 def _finalize(table: pa.Table, finalize: Finalize) -> pa.Table:
     return finalize(table)
+
+
+def _replace(keys: list, at: list[int], new: list) -> list:
+    """`keys` with the blocks at positions `at` replaced by `new`, in order."""
+    out = list(keys)
+    for i, key in zip(at, new, strict=True):
+        out[i] = key
+    return out
+
+
+def _drop_orders(table: pa.Table, spans: list[tuple[int, int]]) -> pa.Table:
+    """`table` without the records whose order lies in one of `spans` ([start, end) each)."""
+    order = table["order"].to_numpy()
+    keep = np.ones(len(order), dtype=bool)
+    for start, end in spans:
+        keep &= (order < start) | (order >= end)
+    return table if keep.all() else table.filter(pa.array(keep))
 
 
 def _split_sums(batch: pa.Table, config: DataConfig) -> pa.Table:

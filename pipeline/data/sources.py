@@ -1,7 +1,9 @@
 """Source discovery: turn configured sources into read units with fingerprints.
 
 A read unit is one file (or one HF dataset) that a Ray task reads. Its fingerprint (size plus
-mtime or ETag) is what incremental refreshes diff against the latest manifest.
+mtime or ETag) is what incremental refreshes diff against the latest manifest. Sizes and versions
+come with the listing (`ObjectStore.list_objects`: on S3 one request per 1000 keys, ETags as
+versions), never from a request per file.
 """
 
 from __future__ import annotations
@@ -14,11 +16,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import pyarrow.fs as pafs
-
 from ..config.data import SourceConfig
 from ..errors import UserError
 from ..storage import StorageSettings, open_store
+from ..storage.base import ListedObject
 
 EXTENSIONS = {
     "jsonl": (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst", ".ndjson"),
@@ -104,22 +105,18 @@ def list_units(source: SourceConfig, index: int, settings: StorageSettings) -> l
 
     location, pattern = _split_glob(source.uri)
     store = open_store(location, settings)
-    if pattern is None and store.fs.get_file_info(store.path("")).type == pafs.FileType.File:
+    listed = store.list_objects("")  # sizes and versions from the listing: no request per file
+    if pattern is None and [o.key for o in listed] == [""]:
         # A single file: the store is its parent directory.
         parent, _, name = store.root_uri.rpartition("/")
-        store, keys = open_store(parent, settings), [name]
+        store, listed = open_store(parent, settings), [ListedObject(name, listed[0].size, listed[0].version)]
     else:
-        keys = [k for k in store.list("") if k.lower().endswith(EXTENSIONS[source.kind])]
+        listed = [o for o in listed if o.key.lower().endswith(EXTENSIONS[source.kind])]
         if pattern is not None:
-            keys = [k for k in keys if fnmatch.fnmatch(k.rpartition("/")[2], pattern)]
-    if not keys:
+            listed = [o for o in listed if fnmatch.fnmatch(o.key.rpartition("/")[2], pattern)]
+    if not listed:
         raise UserError(f"source {source.uri} not found or has no {source.kind} files")
-    units = []
-    for key in keys:
-        info = store.fs.get_file_info(store.path(key))
-        version = str(info.mtime_ns) if info.mtime_ns is not None else ""
-        units.append(_unit(index, source.kind, store.root_uri, key, info.size or 0, version))
-    return units
+    return [_unit(index, source.kind, store.root_uri, o.key, o.size, o.version) for o in listed]
 
 
 def list_all_units(sources: list[SourceConfig], settings: StorageSettings) -> list[SourceUnit]:

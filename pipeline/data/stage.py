@@ -21,13 +21,14 @@ from ..config.run import RunConfig
 from ..errors import UserError
 from ..keys import DatasetKeys
 from ..ray_runtime import ensure_ray
-from ..records import Manifest, read_latest
+from ..records import Manifest, read_latest, read_source_index, unindexed
 from ..storage import open_store
 from ..storage.lease import acquire_lease
-from .build_state import BuildState
+from . import placement
+from .build_state import BuildState, scratch_root
 from .minhash import LEGACY_SCHEME, SCHEME
 from .phases import PHASES
-from .sources import fingerprint, list_all_units
+from .sources import list_all_units
 from .summary import Reporter
 from .tokenizer_step import given_tokenizer
 
@@ -67,8 +68,9 @@ def _refresh(config, store, units, given, heartbeat, reporter) -> Manifest:
             f"dataset {data.name!r} v{parent.version} was built with different processing settings "
             f"({', '.join(_COMPATIBILITY_FIELDS)}); use a new dataset name to rebuild"
         )
-    known = {fingerprint(s) for s in parent.sources} if parent else set()
-    new_units = [u for u in units if fingerprint(u) not in known]
+    # The parent's source files as one Arrow table (its index file, or the JSON list of a schema 1
+    # manifest), diffed by (uri, size, version) with a join: no object per published file.
+    new_units = unindexed(units, read_source_index(store, parent) if parent else None)
     if not new_units:
         reporter.say(f"dataset {data.name!r}: no new or changed sources; v{parent.version} is current")
         return parent
@@ -81,6 +83,9 @@ def _refresh(config, store, units, given, heartbeat, reporter) -> Manifest:
         f"({sum(u.size for u in new_units) / 1e6:.1f} MB), run {run_id}"
     )
     ensure_ray(config.ray)
+    placement.configure(data)
+    # Scratch left by a crashed build: this one holds the lease, so no other build is using it.
+    store.delete_prefix(scratch_root(data.name))
     state = BuildState(
         config=config,
         store=store,
@@ -94,10 +99,13 @@ def _refresh(config, store, units, given, heartbeat, reporter) -> Manifest:
         parent_etag=parent_etag,
         given=given,
         reporter=reporter,
-        cpus=_cpus(),
+        cpus=placement.cpus(),
     )
-    for phase in PHASES:
-        phase(state)
+    try:
+        for phase in PHASES:
+            phase(state)
+    finally:
+        store.delete_prefix(state.scratch.prefix)
     return state.manifest
 
 
@@ -114,9 +122,3 @@ def check_dedup_scheme(parent: Manifest | None, data) -> None:
             f"dataset {data.name!r} v{parent.version} was deduplicated with MinHash scheme {scheme!r}, "
             f"this version computes {SCHEME!r} (signatures are not comparable); use a new dataset name to rebuild"
         )
-
-
-def _cpus() -> int:
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -26,18 +26,26 @@ class Reporter:
         self.started = self.last = time.perf_counter()
         self.console.print(f"[bold]{message}[/bold]")
 
-    def track(self, refs: list, what: str) -> None:
-        """Wait for Ray tasks, showing how many are done (a transient bar; nothing when quiet)."""
-        import ray
+    def tracker(self, what: str):
+        """A `track(done, total)` callback for `blocks.run`: a transient bar while its tasks run
+        (nothing when quiet)."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        pending = list(refs)
-        columns = (TextColumn(f"  {what}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=self.console, transient=True, disable=self.console.quiet) as bar:
-            task = bar.add_task(what, total=len(pending))
-            while pending:
-                done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5, fetch_local=False)
-                bar.update(task, advance=len(done))
+        shown: dict = {}
+
+        def track(done: int, total: int) -> None:
+            if self.console.quiet:
+                return
+            if not shown:
+                columns = (TextColumn(f"  {what}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+                shown["bar"] = Progress(*columns, console=self.console, transient=True)
+                shown["bar"].start()
+                shown["task"] = shown["bar"].add_task(what, total=total)
+            shown["bar"].update(shown["task"], completed=done)
+            if done >= total:
+                shown["bar"].stop()
+
+        return track
 
     def phase(self, name: str) -> None:
         now = time.perf_counter()

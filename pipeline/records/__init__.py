@@ -28,8 +28,10 @@ from .dataset import (
     ShardEntry,
     SourceEntry,
     TokenizerInfo,
+    is_published,
     next_version,
     publish,
+    published_chain,
     published_versions,
     read_dataset,
     read_latest,
@@ -39,6 +41,7 @@ from .evaluation import Chance, EvalLineage, EvalResults, EvalSuites, SuiteFile,
 from .export import ExportInfo
 from .metrics import MetricsRow, last_row, read_rows
 from .run import AttemptLog, PinnedSource, RunPin, SampleOrderPin, StageTiming, StoredConfig, WarmStartLineage
+from .source_index import read_source_index, source_entries, unindexed, write_source_index
 
 __all__ = [
     "AttemptLog",
@@ -75,12 +78,18 @@ __all__ = [
     "TokenizerInfo",
     "WarmStartLineage",
     "WarmStartPin",
+    "is_published",
     "last_row",
     "next_version",
     "publish",
+    "published_chain",
     "published_versions",
     "read_dataset",
     "read_latest",
     "read_rows",
+    "read_source_index",
     "read_version",
+    "source_entries",
+    "unindexed",
+    "write_source_index",
 ]

@@ -4,6 +4,14 @@ A version becomes visible only when `LATEST` moves (compare-and-swap from the pa
 only after every shard and the manifest itself exist (create-if-absent); a crash at any earlier
 point leaves readers on the previous version. Manifest files that never became LATEST (a crashed
 publisher) are ignored by readers and skipped over when numbering the next version.
+
+Schema 2 (what this code writes) keeps what grows with the corpus or the chain out of the JSON
+that every reader parses: the version's source files are one Arrow file the manifest names
+(`source_index`, see `source_index.py`), and the versions LATEST has pointed at are ranges in the
+manifest itself (`published`), so deciding whether a version was published reads LATEST's
+manifest, not one manifest per version. Schema 1 manifests (JSON `sources`, no `published`) stay
+readable: a refresh diffs against their `sources`, and the chain is walked once to seed
+`published` when one of them is a new version's parent.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from ..keys import DatasetKeys
 from ..storage import ObjectStore
 from .base import Record
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: sources as JSON, no `published` (still read)
 SPLITS = ("train", "val", "heldout")
 
 
@@ -129,20 +137,25 @@ class Manifest(DatasetVersion):
 
     model_config = ConfigDict(extra="allow")
 
-    sources: list[SourceEntry] = Field(default_factory=list)
+    sources: list[SourceEntry] = Field(default_factory=list)  # schema 1 only; then `source_index`
+    source_index: str | None = None  # key of the version's source index (Arrow IPC), schema 2 on
+    published: list[tuple[int, int]] | None = None  # see ManifestHeader
     dedup_index: list[str] = Field(default_factory=list)
     dedup_scheme: str | None = None  # absent in manifests written before schemes were recorded
     runs: list[str] = Field(default_factory=list)
 
 
 class ManifestHeader(Record):
-    """The chain fields of a manifest, parsed without building its source and shard lists (a
-    manifest of a large corpus lists every source file: walking the version chain parses only this)."""
+    """The chain fields of a manifest, parsed without building its source and shard lists."""
 
     model_config = ConfigDict(extra="ignore")
 
     version: int
     parent_version: int | None = None
+    # Every version LATEST has pointed at up to this one (itself included) as ascending inclusive
+    # [first, last] ranges: gaps are versions a crashed or overtaken writer left behind. Absent in
+    # schema 1 manifests (their chain is walked).
+    published: list[tuple[int, int]] | None = None
 
 
 class LatestPointer(Record):
@@ -185,7 +198,7 @@ def read_version(
         manifest = record.from_bytes(store.read(key))
     except FileNotFoundError:
         raise UserError(f"dataset {name!r} has no version {version} ({store.uri(key)})") from None
-    if int(version) not in published_versions(store, name):
+    if not is_published(store, name, int(version)):
         raise UserError(
             f"dataset {name!r} version {version} was never published (LATEST never pointed at it: "
             "a crashed or overtaken writer left it behind)"
@@ -194,15 +207,60 @@ def read_version(
 
 
 def published_versions(store: ObjectStore, name: str) -> list[int]:
-    """Versions LATEST has pointed at: the parent chain from the newest manifest."""
+    """Versions LATEST has pointed at, newest first."""
+    return [v for first, last in reversed(published_ranges(store, name)) for v in range(last, first - 1, -1)]
+
+
+def published_ranges(store: ObjectStore, name: str) -> list[tuple[int, int]]:
+    """Versions LATEST has pointed at, as ascending [first, last] ranges: from LATEST's manifest
+    alone (one read) when it records them, else by walking its parent chain (schema 1)."""
     latest = _latest(store, name)
-    header = ManifestHeader.from_bytes(store.read(latest[0])) if latest else None
-    versions = []
-    while header is not None:
+    return _chain(store, name, ManifestHeader.from_bytes(store.read(latest[0]))) if latest else []
+
+
+def is_published(store: ObjectStore, name: str, version: int) -> bool:
+    """Whether LATEST ever pointed at `version` (a manifest that never did is a crashed or
+    overtaken writer's: readers must not use it)."""
+    pointer = store.read_with_etag(DatasetKeys(name).latest)
+    if pointer is None:
+        return False
+    latest = LatestPointer.from_bytes(pointer[0])
+    if latest.version == version:
+        return True
+    ranges = _chain(store, name, ManifestHeader.from_bytes(store.read(latest.manifest)))
+    return any(first <= version <= last for first, last in ranges)
+
+
+def published_chain(store: ObjectStore, name: str, parent: Manifest | None, version: int) -> list[tuple[int, int]]:
+    """The `published` ranges of a new version `version` whose parent (LATEST now) is `parent`."""
+    if parent is None:
+        return [(version, version)]
+    header = ManifestHeader(version=parent.version, parent_version=parent.parent_version, published=parent.published)
+    before = _chain(store, name, header)
+    return as_ranges([v for first, last in before for v in range(first, last + 1)] + [version])
+
+
+def _chain(store: ObjectStore, name: str, header: ManifestHeader) -> list[tuple[int, int]]:
+    """Ranges of the versions of `header`'s chain, itself included: its own `published` when it
+    has it, else the parent chain walked back to a manifest that has it (or to the first)."""
+    versions: list[int] = []
+    while header.published is None:
         versions.append(header.version)
-        parent = header.parent_version
-        header = ManifestHeader.from_bytes(store.read(DatasetKeys(name).manifest(parent))) if parent else None
-    return versions
+        if not header.parent_version:
+            return as_ranges(versions)
+        header = ManifestHeader.from_bytes(store.read(DatasetKeys(name).manifest(header.parent_version)))
+    return as_ranges(versions + [v for first, last in header.published for v in range(first, last + 1)])
+
+
+def as_ranges(versions: list[int]) -> list[tuple[int, int]]:
+    """Ascending inclusive [first, last] runs of `versions`: [1, 2, 3, 5] -> [(1, 3), (5, 5)]."""
+    ranges: list[tuple[int, int]] = []
+    for v in sorted(set(versions)):
+        if ranges and ranges[-1][1] == v - 1:
+            ranges[-1] = (ranges[-1][0], v)
+        else:
+            ranges.append((v, v))
+    return ranges
 
 
 def next_version(store: ObjectStore, name: str) -> int:

@@ -1,8 +1,10 @@
 """The `ObjectStore` interface shared by the local and S3 back ends.
 
 Bulk reads, writes and listings go through `pyarrow.fs` (one code path for both back ends, and the
-same filesystem object serves Arrow IPC readers). The two operations that make publishing safe are
-back-end specific: `create` (create-if-absent) and `swap` (compare-and-swap on an ETag).
+same filesystem object serves Arrow IPC readers); `list_objects`, which carries each file's version
+(what source discovery fingerprints), lists S3 with boto3 (one request per 1000 keys, ETags
+included). The two operations that make publishing safe are back-end specific: `create`
+(create-if-absent) and `swap` (compare-and-swap on an ETag).
 """
 
 from __future__ import annotations
@@ -33,6 +35,20 @@ class StorageSettings:
     endpoint_url: str | None = None
     region: str | None = None
     max_attempts: int = 8
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """A file found by `ObjectStore.list_objects`: its key, size in bytes and version (what a change
+    of the file changes: the ETag on S3, the mtime in ns on a local filesystem)."""
+
+    key: str
+    size: int
+    version: str
+
+
+def _mtime_version(info: pafs.FileInfo) -> str:
+    return str(info.mtime_ns) if info.mtime_ns is not None else ""
 
 
 class ObjectStore(ABC):
@@ -83,8 +99,38 @@ class ObjectStore(ABC):
         start = len(self.base) + 1
         return {info.path[start:]: info.size for info in infos if info.type == pafs.FileType.File}
 
+    def list_objects(self, prefix: str = "") -> list[ListedObject]:
+        """Every file under `prefix` (recursive), or `prefix` itself when it is a file (then its key
+        is `prefix`; "" for a store whose root is a file), with size and version, sorted by key:
+        one listing pass, no request per file. Local version: mtime in ns (S3: the ETag)."""
+        info = self.fs.get_file_info(self.path(prefix))
+        if info.type == pafs.FileType.File:
+            return [ListedObject(prefix, info.size or 0, _mtime_version(info))]
+        if info.type != pafs.FileType.Directory:
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(prefix), recursive=True))
+        start = len(self.base) + 1
+        found = [
+            ListedObject(i.path[start:], i.size or 0, _mtime_version(i)) for i in infos if i.type == pafs.FileType.File
+        ]
+        return sorted(found, key=lambda o: o.key)
+
     def size(self, key: str) -> int:
         return self.fs.get_file_info(self.path(key)).size
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` bytes of `key` from byte `start` (one ranged GET on S3)."""
+        try:
+            with self.fs.open_input_file(self.path(key)) as handle:
+                return handle.read_at(length, start)
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            raise self.translate_error(error, key) from None
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every file under `prefix` (batched deletes on S3); a missing prefix is fine."""
+        self.fs.delete_dir_contents(self.path(prefix), missing_dir_ok=True)
 
     def delete(self, key: str) -> None:
         self.fs.delete_file(self.path(key))

@@ -8,12 +8,12 @@ import sys
 import time
 
 import boto3
-import pyarrow as pa
 import pytest
 import yaml
 from datagen import data_config, make_documents, write_jsonl
 
 from pipeline.cli import main as cli_main
+from pipeline.data.quarantine import read_rejects
 from pipeline.data.stage import preprocess
 from pipeline.data.summary import Reporter
 from pipeline.errors import UserError
@@ -53,8 +53,7 @@ def test_every_bad_input_kind_is_quarantined_and_counted(tmp_path):
     assert stats.docs_kept == 40  # all good lines survive, including the neighbours of bad ones
 
     store = open_store(config.storage.root)
-    (key,) = store.list("datasets/test/rejects")
-    rejects = pa.ipc.open_file(store.read(key)).read_all().to_pylist()
+    rejects = read_rejects(store, "datasets/test/rejects").to_pylist()
     by_reason = {r["reason"]: r for r in rejects}
     assert by_reason["invalid_utf8"]["raw"] == lines[3]  # original bytes kept: nothing lost
     assert by_reason["malformed_json"]["raw"] == lines[1]
@@ -113,6 +112,7 @@ def test_crash_before_latest_moves_leaves_readers_on_previous_version(tmp_path, 
         # The killed run could not release its lease: the next run may start once it expires.
         time.sleep(LEASE_SECONDS + 0.5)
     assert store.list("datasets/crashy/manifests")[-1].endswith("v000002.json")  # orphan, never LATEST
+    assert store.list("datasets/crashy/tmp")  # a killed build leaves its exchange files behind...
     with pytest.raises(UserError, match="was never published"):
         read_version(store, "crashy", 2)
 
@@ -121,6 +121,7 @@ def test_crash_before_latest_moves_leaves_readers_on_previous_version(tmp_path, 
     latest, _ = read_latest(store, "crashy")
     assert latest.version == 3 and latest.parent_version == 1
     assert latest.stats.run.docs_kept == 20
+    assert not store.list("datasets/crashy/tmp")  # ...which the next build deletes, with its own
 
 
 @pytest.mark.e2e
@@ -185,10 +186,9 @@ def test_unreadable_source_file_fails_naming_it_and_publishes_nothing(tmp_path):
 def test_nothing_surviving_is_one_clear_error_and_every_record_is_in_the_rejects(tmp_path):
     write_jsonl(tmp_path / "src" / "short.jsonl", ["tiny", "  ", "no", "tiny"])  # all under min_chars 8
     config = data_config(f"file://{tmp_path}/root", str(tmp_path / "src"), max_error_rate=1.0)
-    with pytest.raises(UserError, match=r"no documents survived.*every record is in file://.*rejects\.arrow"):
+    with pytest.raises(UserError, match=r"no documents survived.*every record is under file://.*rejects/"):
         run(config)
     store = open_store(config.storage.root)
     assert read_latest(store, "test")[0] is None  # nothing published
-    (key,) = [k for k in store.list("datasets/test/rejects") if k.endswith("rejects.arrow")]
-    rows = pa.ipc.open_file(store.read(key)).read_all().to_pylist()
+    rows = read_rejects(store, "datasets/test/rejects").to_pylist()
     assert sorted(r["reason"] for r in rows) == ["empty", "too_short", "too_short", "too_short"]

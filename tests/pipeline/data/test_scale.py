@@ -9,7 +9,9 @@ import pyarrow as pa
 import pytest
 from datagen import EXACT_DUPLICATES, NEAR_DUPLICATES, data_config, make_documents
 
+from pipeline.data.exchange import Scratch
 from pipeline.data.plan import plan_pieces
+from pipeline.data.quarantine import read_rejects
 from pipeline.data.read_stage import read_records
 from pipeline.data.stage import preprocess
 from pipeline.data.summary import Reporter
@@ -24,8 +26,8 @@ REFERENCE = Path(__file__).parent / "reference_outputs.json"
 
 
 def _outputs(manifest, store):
-    rejects = [k for k in store.list(f"datasets/{manifest.dataset}/rejects") if manifest.run_id in k]
-    rows = pa.ipc.open_file(store.read(rejects[0])).read_all().to_pylist() if rejects else []
+    rows = read_rejects(store, f"datasets/{manifest.dataset}/rejects/{manifest.run_id}").to_pylist()
+    assert not store.list(f"datasets/{manifest.dataset}/tmp")  # the exchange files are gone
     heldout = [store.read(e.key) for e in manifest.split("heldout")]
     return {
         "shards": {s: [e.sha256 for e in manifest.split(s)] for s in ("train", "val")},
@@ -94,7 +96,9 @@ def test_large_jsonl_file_is_read_by_several_tasks(tmp_path):
     assert len(pieces) == 4  # one 50 MB file, four read tasks
 
     def keyed(blocks):
-        records, counts = read_records(units, config.data, settings, blocks)
+        records, counts = read_records(
+            units, config.data, settings, blocks, Scratch(config.storage.root, settings, f"tmp/{blocks}")
+        )
         table = pa.concat_tables(records.tables()).select(["doc_key", "reject", "hash"])
         return table.sort_by("doc_key"), counts
 
@@ -134,7 +138,7 @@ def test_every_record_is_routed_to_the_block_that_holds_it(tmp_path):
 
     settings = config.storage.settings()
     units = list_all_units(config.data.sources, settings)
-    records, _ = read_records(units, config.data, settings, 5)
+    records, _ = read_records(units, config.data, settings, 5, Scratch(config.storage.root, settings, "tmp"))
     tables = records.tables()
     assert len(tables) >= 4 and sum(t.num_rows for t in tables) == 300 * 4 + 20
     for block, table in enumerate(tables):

@@ -1,0 +1,144 @@
+"""Hash-partitioned exchange of Arrow tables through object storage: the data stage's shuffle.
+
+A shuffle whose map tasks return one Ray object per (block, partition) pair makes blocks x
+partitions objects, all owned by the driver, and the small ones (under Ray's 100 KiB inline limit)
+live in the driver's own memory: at a terabyte that is 10^7-10^8 objects. Here a map task writes
+ONE file holding all its partitions, one after another behind a header of byte offsets, and
+returns its key; a reduce task reads its partition's byte range from every map file. The driver
+holds one reference per map task and one per reduce task: O(maps + partitions), whatever the
+corpus size.
+
+The files live under the build's scratch prefix (`<dataset>/tmp/<run>/`, `scratch_prefix`) on
+the storage that holds the shards: the one medium every node of a cluster shares and whose size
+is not a node's disk. They are deleted when the build ends; a crashed build's are deleted by the
+next build of the dataset (which holds the writer lease, so no other build is running).
+
+A map file: `MAGIC`, then `parts + 1` little-endian uint64 offsets (from the end of the header),
+then each partition as an Arrow IPC stream (an empty partition has no bytes). A reducer reads 16
+bytes of the header and one byte range per map file: two ranged GETs, never the whole header (a
+header is 8 bytes x partitions; every reducer reading every header would be quadratic).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from ..storage import StorageSettings
+from .readers import _store
+
+MAGIC = b"SORAX001"
+READ_THREADS = 16  # ranged GETs in flight per reducer: S3 latency, not bandwidth, bounds one GET
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """Where one shuffle's map files go: `prefix` on the store at `root`, `parts` partitions."""
+
+    root: str
+    settings: StorageSettings
+    prefix: str
+    parts: int
+
+    def key(self, index: int) -> str:
+        return f"{self.prefix}/map-{index:06d}.bin"
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """A build's scratch area on storage (`<dataset>/tmp/<run>`): `scratch(name, parts)` is the
+    exchange `name` of the build. Everything under it is deleted when the build ends."""
+
+    root: str
+    settings: StorageSettings
+    prefix: str
+
+    def __call__(self, name: str, parts: int) -> Exchange:
+        return Exchange(self.root, self.settings, f"{self.prefix}/{name}", parts)
+
+
+def encode(tables: list[pa.Table]) -> bytes:
+    """One map file: the header of offsets, then each non-empty partition as an IPC stream."""
+    bodies = []
+    for table in tables:
+        if table is None or not table.num_rows:
+            bodies.append(b"")
+            continue
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        bodies.append(sink.getvalue().to_pybytes())
+    offsets = [0]
+    for body in bodies:
+        offsets.append(offsets[-1] + len(body))
+    return MAGIC + struct.pack(f"<{len(offsets)}Q", *offsets) + b"".join(bodies)
+
+
+def write_map(exchange: Exchange, index: int, tables: list[pa.Table]) -> str | None:
+    """Write map task `index`'s partitions; returns the file's key (None when all are empty)."""
+    if len(tables) != exchange.parts:
+        raise ValueError(f"{len(tables)} partitions for an exchange of {exchange.parts}")
+    if not any(t is not None and t.num_rows for t in tables):
+        return None
+    key = exchange.key(index)
+    _store(exchange.root, exchange.settings).write(key, encode(tables))
+    return key
+
+
+def _read_one(exchange: Exchange, key: str, part: int) -> pa.Table | None:
+    store = _store(exchange.root, exchange.settings)
+    try:
+        start, end = struct.unpack("<2Q", store.read_range(key, len(MAGIC) + 8 * part, 16))
+    except FileNotFoundError:
+        return None  # its writer had nothing to send
+    if end <= start:
+        return None
+    header = len(MAGIC) + 8 * (exchange.parts + 1)
+    body = store.read_range(key, header + start, end - start)
+    return pa.ipc.open_stream(pa.py_buffer(body)).read_all()
+
+
+def read_partition(exchange: Exchange, maps: int, part: int) -> pa.Table | None:
+    """Partition `part` of the exchange's `maps` map files, concatenated (map order kept); None
+    when empty. A map with nothing to send wrote no file."""
+    if not maps:
+        return None
+    with ThreadPoolExecutor(min(READ_THREADS, maps), thread_name_prefix="exchange-read") as pool:
+        found = pool.map(lambda i: _read_one(exchange, exchange.key(i), part), range(maps))
+        tables = [t for t in found if t is not None]
+    return pa.concat_tables(tables, promote_options="default") if tables else None
+
+
+# -- the task bodies (run by `blocks.run`) --------------------------------------------------------
+
+
+def map_task(fn: Callable, exchange: Exchange, index: int, *args: Any) -> Any:
+    """`fn(*args)` -> partition tables, or (tables, extra); writes them as map file `index`;
+    returns the extra."""
+    out = fn(*args)
+    tables, extra = out if isinstance(out, tuple) else (out, None)
+    write_map(exchange, index, tables)
+    return extra
+
+
+def reduce_task(fn: Callable, source: Exchange, part: int, into, maps: int, own: tuple, *shared: Any) -> Any:
+    """`fn(partition or None, *own, *shared)` for partition `part` of `source`. `into` says where
+    its output goes: None (returned), an `Exchange` (written as its map file `part`, like
+    `map_task`) or a key (a table stored there; the key is returned)."""
+    table = read_partition(source, maps, part)
+    own = tuple(o.get(source.root, source.settings) for o in own)
+    out = fn(table, *own, *shared)
+    if into is None:
+        return out
+    if isinstance(into, Exchange):
+        tables, extra = out if isinstance(out, tuple) else (out, None)
+        write_map(into, part, tables)
+        return extra
+    from .blocks import write_table
+
+    return write_table(source.root, source.settings, into, out)
