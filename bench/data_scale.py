@@ -163,6 +163,7 @@ def drive(spec: dict) -> dict:
         "dedup": {"exact": True, "near": True},
         "tokenizer": {"sample_bytes": spec["sample_mb"] * MB},
         "shard_bytes": spec["shard_mb"] * MB,
+        "shuffle_partition_bytes": spec["partition_mb"] * MB,
     }
     if spec.get("read_blocks"):
         data["read_blocks"] = spec["read_blocks"]
@@ -211,6 +212,7 @@ def run_driver(args, tmp: Path, name: str, sources: list[dict], **extra) -> dict
         "interval": args.interval,
         "sample_mb": args.tokenizer_sample_mb,
         "shard_mb": args.shard_mb,
+        "partition_mb": args.partition_mb,
         **extra,
     }
     done = subprocess.run([sys.executable, __file__, "--driver", json.dumps(spec)], capture_output=True, text=True)
@@ -331,6 +333,13 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.2, help="sampling period, seconds")
     parser.add_argument("--tokenizer-sample-mb", type=int, default=2, help="data.tokenizer.sample_bytes, MB")
     parser.add_argument("--shard-mb", type=int, default=16, help="data.shard_bytes, MB (shard count grows too)")
+    parser.add_argument(
+        "--partition-mb",
+        type=int,
+        default=32,
+        help="data.shuffle_partition_bytes, MB: small enough that the 1x corpus already spans several "
+        "partitions, as a terabyte does at the 256 MB default (task memory follows the target, not the corpus)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tmp", default=None, help="folder for corpora and stores (default: system temp)")
     parser.add_argument("--driver", default=None, help=argparse.SUPPRESS)

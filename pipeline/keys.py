@@ -61,6 +61,16 @@ class DatasetKeys:
         writer, who publishes under the same number (numbering goes by manifests)."""
         return f"{self.prefix}/sources/v{version:06d}-{run_id}.arrow"
 
+    @property
+    def scratch(self) -> str:
+        """`tmp/`: the builds' blocks and shuffle files, one folder per run id (`data/exchange.py`),
+        deleted when the build ends (a crashed build's by the next build, which holds the lease)."""
+        return f"{self.prefix}/tmp"
+
+    def rejects(self, run_id: str) -> str:
+        """`rejects/<run-id>/`: the run's quarantined records, one Arrow file per record block."""
+        return f"{self.prefix}/rejects/{run_id}"
+
     def suites(self, version: int) -> str:
         """Downstream suites built from version `version`'s held-out documents (pipeline/suites/build.py)."""
         return f"{self.prefix}/suites/v{version:06d}"

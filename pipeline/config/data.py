@@ -191,6 +191,13 @@ class DataConfig(Section):
         "a compressed file, a whole parquet file or an HF dataset is read as a stream and handed out "
         "in blocks of this size, so no task holds a whole file (e.g. 64MiB). Does not change the output.",
     )
+    shuffle_partition_bytes: ByteSize = Field(
+        default=ByteSize(256 << 20),
+        ge=1 << 20,
+        description="Target size of one shuffle partition (dedup key rows, tokenized rows): a reduce task "
+        "holds one, so this bounds its memory whatever the corpus size; more partitions mean more "
+        "ranged reads (two per map file per partition). Does not change the output.",
+    )
     task_memory: ByteSize = Field(
         default=ByteSize(1 << 30),
         ge=0,

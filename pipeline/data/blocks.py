@@ -20,6 +20,7 @@ worker. Every task is submitted through `task`, with the data stage's placement 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import placement
-from .exchange import Exchange, Scratch, map_task, reduce_task
+from .exchange import Exchange, Scratch, Source, map_task, reduce_task
 from .readers import _store
 
 _REMOTES: dict[Callable, Any] = {}
@@ -48,39 +49,74 @@ def task(body: Callable, name: str | Callable, **options: Any):
 def run(
     body: Callable, name: str | Callable, calls: Iterable[tuple], shared: tuple = (), track=None, **options: Any
 ) -> list:
-    """`body(*call, *shared)` for every call, as Ray tasks (with `options`) with at most
-    `placement.window()` in flight; returns the (small) results in call order. The driver never
-    holds more references than the window, whatever the number of calls. `track(done, total)`
-    reports progress."""
+    """`body(*call, *shared)` for every call, as Ray tasks (with `options`); returns the (small)
+    results in call order. The driver's tasks in flight, across every thread that runs tasks at
+    once (the rejects and index writers run beside the tokenizer), are at most
+    `placement.window()`: the driver never holds more references than that, whatever the number of
+    calls. `track(done, total)` reports progress."""
     import ray
 
-    remote, shared = task(body, name, **options), _shared(shared)
+    remote, shared, slots = task(body, name, **options), _shared(shared), _slots()
     calls = list(calls)
     results: list[Any] = [None] * len(calls)
     pending: dict[Any, int] = {}
-    window, submitted, done = placement.window(), 0, 0
-    while submitted < len(calls) or pending:
-        while submitted < len(calls) and len(pending) < window:
-            pending[remote.remote(*calls[submitted], *shared)] = submitted
-            submitted += 1
-        finished, _ = ray.wait(list(pending), num_returns=1)
-        for ref in finished:
-            results[pending.pop(ref)] = ray.get(ref)
-            done += 1
-        if track is not None:
-            track(done, len(calls))
+    submitted = done = 0
+    try:
+        while submitted < len(calls) or pending:
+            # Block for a slot only with nothing of ours to wait for (another thread holds them all).
+            while submitted < len(calls) and slots.acquire(blocking=not pending):
+                pending[remote.remote(*calls[submitted], *shared)] = submitted
+                submitted += 1
+            # The first task to finish, then every other finished one (one pass over the window,
+            # not one per task), without pulling results to this node before `ray.get`.
+            finished, rest = ray.wait(list(pending), num_returns=1, fetch_local=False)
+            if rest:
+                finished += ray.wait(rest, num_returns=len(rest), timeout=0, fetch_local=False)[0]
+            for ref in finished:
+                index = pending.pop(ref)
+                slots.release()
+                results[index] = ray.get(ref)
+                done += 1
+            if track is not None and finished:
+                track(done, len(calls))
+    finally:
+        for ref in pending:  # a task failed: the others are cancelled, their slots given back
+            ray.cancel(ref)
+            slots.release()
     return results
 
 
+_WINDOW: dict[str, Any] = {"size": 0, "slots": None}
+_WINDOW_LOCK = threading.Lock()
+
+
+def _slots() -> threading.BoundedSemaphore:
+    with _WINDOW_LOCK:
+        if _WINDOW["size"] != placement.window():
+            _WINDOW.update(size=placement.window(), slots=threading.BoundedSemaphore(placement.window()))
+        return _WINDOW["slots"]
+
+
 def _shared(args: tuple) -> tuple:
-    """Arguments every task of a round gets, stored once (not pickled into each task)."""
+    """Arguments every task of a round gets: large ones stored once (not pickled into each task),
+    small ones (configs, counts) inline, so a round holds no object for them."""
     import ray
 
-    return tuple(a if isinstance(a, ray.ObjectRef) or _small(a) else ray.put(a) for a in args)
+    return tuple(a if isinstance(a, ray.ObjectRef) or not _large(a) else ray.put(a) for a in args)
 
 
-def _small(value: Any) -> bool:
-    return value is None or isinstance(value, (bool, int, float, str)) and len(str(value)) < 256
+def _large(value: Any) -> bool:
+    import pickle
+
+    if value is None or isinstance(value, (bool, int, float)):
+        return False
+    try:
+        return len(pickle.dumps(value, protocol=5)) > SHARED_INLINE_BYTES
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return True
+
+
+SHARED_INLINE_BYTES = 64 << 10  # Ray inlines task arguments under 100 KiB in the task itself
 
 
 def read_table(root: str, settings, key: str) -> pa.Table:
@@ -141,9 +177,10 @@ def _shuffle_body(fn: Callable, into: Exchange, index: int, key: str, own: tuple
 class Blocks:
     """Arrow tables stored as files (`keys`, one per block) on `scratch`'s storage."""
 
-    def __init__(self, keys: list[str], scratch: Scratch) -> None:
+    def __init__(self, keys: list[str], scratch: Scratch, rows: list[int] | None = None) -> None:
         self.keys = list(keys)
         self.scratch = scratch
+        self.rows = rows  # rows per block, when the writer reported them
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -185,37 +222,59 @@ class Blocks:
         which block i's task writes as map file i of `into` (`exchange.py`)."""
         own = _own(each, len(self))
         calls = [(fn, into, i, key, own[i]) for i, key in enumerate(self.keys)]
-        return Written(into, len(self), run(_shuffle_body, fn, calls, args, track))
+        return Written.of(into, run(_shuffle_body, fn, calls, args, track))
 
 
 @dataclass
 class Written:
-    """An exchange whose `maps` files are written, and what each writer returned besides its file
-    (small: counts), in writer order."""
+    """The written map files of one or more exchanges of the same partitions (`sources`), and what
+    each writer returned besides its file (small: counts), in writer order."""
 
-    exchange: Exchange
-    maps: int
+    sources: tuple[Source, ...]
     extras: list
 
-    def _run(self, fn: Callable, into: list, args: tuple, each, track=None) -> list:
-        own = _own(each, self.exchange.parts)
-        calls = [(fn, self.exchange, p, into[p], self.maps, own[p]) for p in range(self.exchange.parts)]
-        return run(reduce_task, fn, calls, args, track)
+    @staticmethod
+    def of(into: Exchange, results: list[tuple[bool, Any]]) -> Written:
+        present = tuple(i for i, (written, _) in enumerate(results) if written)
+        return Written((Source(into, present),), [extra for _, extra in results])
 
-    def reduce(self, fn: Callable[..., Any], *args: Any, each=None, track=None) -> list:
-        """Shuffle reduce side: `fn(partition table or None, *own, *args)` per partition, as
-        tasks; returns the (small) results."""
-        return self._run(fn, [None] * self.exchange.parts, args, each, track)
+    @property
+    def parts(self) -> int:
+        return self.sources[0].exchange.parts
 
-    def reduce_into(self, fn: Callable[..., Any], into: Exchange, *args: Any, each=None) -> Written:
+    def plus(self, other: Written) -> Written:
+        """Both exchanges' files, read together by each reducer (partition p of each)."""
+        return Written(self.sources + other.sources, self.extras + other.extras)
+
+    def _run(self, fn: Callable, into: list, args: tuple, each, partitions, track=None) -> list:
+        partitions = list(range(self.parts) if partitions is None else partitions)
+        own = _own(each, len(partitions))
+        calls = [(fn, p, into[i], own[i]) for i, p in enumerate(partitions)]
+        return run(reduce_task, fn, calls, (self.sources, *args), track)
+
+    def reduce(self, fn: Callable[..., Any], *args: Any, each=None, partitions=None, track=None) -> list:
+        """Shuffle reduce side: `fn(partition table or None, *own, *args)` per partition (all, or
+        `partitions`), as tasks; returns the (small) results."""
+        n = self.parts if partitions is None else len(partitions)
+        return self._run(fn, [None] * n, args, each, partitions, track)
+
+    def reduce_into(
+        self, fn: Callable[..., Any], into: Exchange, *args: Any, each=None, partitions=None, track=None
+    ) -> Written:
         """A reduce whose outputs are the next exchange's map files: `fn(...)` returns
-        `into.parts` tables (or (tables, extra)); partition p's task writes `into`'s file p."""
-        return Written(into, self.exchange.parts, self._run(fn, [into] * self.exchange.parts, args, each))
+        `into.parts` tables (or (tables, extra)); the i-th reduced partition writes `into`'s file i."""
+        n = self.parts if partitions is None else len(partitions)
+        return Written.of(into, self._run(fn, [(into, i) for i in range(n)], args, each, partitions, track))
 
-    def reduce_to(self, fn: Callable[..., pa.Table], scratch: Scratch, name: str, *args: Any, each=None) -> Blocks:
-        """A reduce whose outputs are stored as the blocks `name`, one per partition."""
-        keys = [f"{scratch.prefix}/{name}/block-{p:06d}.arrow" for p in range(self.exchange.parts)]
-        return Blocks(self._run(fn, keys, args, each), scratch)
+    def reduce_to(
+        self, fn: Callable[..., pa.Table], scratch: Scratch, name: str, *args: Any, each=None, partitions=None
+    ) -> Blocks:
+        """A reduce whose outputs are stored as the blocks `name`, one per reduced partition (their
+        row counts in `Blocks.rows`)."""
+        n = self.parts if partitions is None else len(partitions)
+        keys = [f"{scratch.prefix}/{name}/block-{i:06d}.arrow" for i in range(n)]
+        results = self._run(fn, keys, args, each, partitions)
+        return Blocks([key for key, _ in results], scratch, [rows for _, rows in results])
 
 
 def split_by(table: pa.Table, part: np.ndarray, parts: int) -> list[pa.Table]:

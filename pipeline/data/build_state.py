@@ -76,18 +76,13 @@ class BuildState:
 
     @property
     def rejects_prefix(self) -> str:
-        return f"{self.prefix}/rejects/{self.run_id}"
+        return DatasetKeys(self.data.name).rejects(self.run_id)
 
     @property
     def scratch(self) -> Scratch:
-        """Where this build's exchanges write (`exchange.py`); deleted when the build ends."""
-        return Scratch(self.store.root_uri, self.settings, f"{scratch_root(self.data.name)}/{self.run_id}")
+        """Where this build's blocks and exchanges are written (`blocks.py`, `exchange.py`)."""
+        return Scratch(self.store.root_uri, self.settings, f"{DatasetKeys(self.data.name).scratch}/{self.run_id}")
 
     @property
     def docs_kept(self) -> int:
         return self.read_stats.live - self.dedup_stats.removed
-
-
-def scratch_root(dataset: str) -> str:
-    """The scratch areas of a dataset's builds (one per run id)."""
-    return f"{DatasetKeys(dataset).prefix}/tmp"

@@ -47,8 +47,11 @@ def _groups(table: pa.Table | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     if table is None or not table.num_rows:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
-    pairs = np.unique(np.stack([table["node"].to_numpy(), table["other"].to_numpy()], axis=1), axis=0)
-    node, other = pairs[:, 0], pairs[:, 1]
+    node, other = table["node"].to_numpy(), table["other"].to_numpy()
+    order = np.lexsort((other, node))  # two int64 keys: no row-view copies (np.unique(axis=0) makes ~5)
+    node, other = node[order], other[order]
+    distinct = np.r_[True, (node[1:] != node[:-1]) | (other[1:] != other[:-1])]
+    node, other = node[distinct], other[distinct]
     starts = np.flatnonzero(np.r_[True, node[1:] != node[:-1]])
     return node, other, starts
 

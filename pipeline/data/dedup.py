@@ -1,18 +1,19 @@
-"""Global deduplication without per-document state on the driver.
+"""Global deduplication without per-document state on the driver: the keys and the edges.
 
 Every live document contributes one row per key: its content hash (exact duplicates) and, with
 near-dedup, one row per LSH band of its MinHash signature (the band layout of datasketch's
-`MinHashLSH` for the configured threshold). The rows are hash-partitioned by key (a shuffle of Ray
-tasks, `dedup_stage.py`), so documents sharing a key meet in one partition, where `find_edges`
+`MinHashLSH` for the configured threshold). The rows are hash-partitioned by key (an exchange of
+Ray tasks, `dedup_stage.py`), so documents sharing a key meet in one partition, where `find_edges`
 emits
 - an exact edge from the first document of a hash (by `order`, i.e. `doc_key`) to each copy, and
-- a near edge for each pair of distinct documents sharing a band whose signatures agree on at
-  least `threshold` of their positions (the estimated Jaccard similarity).
-Only edges leave the partitions, to one task (not the driver). `decide` then applies the
-sequential rule ("keep first by doc_key": a document is dropped when it matches a document already
-kept, here or in an earlier version) to the nodes of the edge graph in `order`; documents without
-edges are kept without ever being looked at. Documents of earlier versions (their persisted index)
-take part with negative orders: they are kept and never compared with one another.
+- a near edge for each pair of documents sharing a band whose signatures agree on at least
+  `threshold` of their positions (the estimated Jaccard similarity); in a band bucket of more than
+  `REPRESENTATIVES` documents, only with a bounded set of leaders.
+The decision is made on the edge graph by tasks (`components.py`, `dedup_stage.py`): in each
+connected component, the document with the smallest order is kept and every other new document is
+removed. Documents without edges are kept without ever being looked at. Documents of earlier
+versions (their persisted index) take part with negative orders: they are kept, never compared
+with one another, and a component holding one keeps no new document.
 """
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ def find_edges(table: pa.Table, config: DedupConfig, representatives: int = REPR
     edges = _Edges()
     for start, end in zip(starts[ends - starts > 1].tolist(), ends[ends - starts > 1].tolist(), strict=True):
         members = order[start:end]
+        if members[-1] < 0:
+            continue  # only documents of earlier versions (orders ascend): they all stay
         if keys[start, 0] == EXACT_BAND:  # one hash: the first by order is the representative
             copies = members[1:][(members[0] >= 0) | (members[1:] >= 0)]  # earlier versions: all stay
             edges.add(np.full(len(copies), members[0]), copies, True, np.ones(len(copies), np.float32))

@@ -55,11 +55,19 @@ def _key_partitions(
     return split_by(rows, part, parts)
 
 
-def _edge_rows(rows: pa.Table | None, config: DedupConfig, parts: int) -> tuple[list[pa.Table], int]:
-    """The edges among one key partition's rows, as rows keyed by each end (node, other, exact,
-    jaccard): the first components round's input, and each node's evidence for the decision.
-    `exact` is set on the copy's row only (its `other` is the first copy)."""
-    edges = EDGE_SCHEMA.empty_table() if rows is None else find_edges(rows, config)
+def _edge_list(rows: pa.Table | None, config: DedupConfig) -> pa.Table:
+    """The verified edges among one key partition's rows (stored: their count sizes the node
+    partitions, which need far fewer than the key rows)."""
+    return EDGE_SCHEMA.empty_table() if rows is None else find_edges(rows, config)
+
+
+EDGE_BYTES = 2 * (8 + 8 + 1 + 4)  # an edge is a row at each of its two ends
+
+
+def _by_node(edges: pa.Table, parts: int) -> list[pa.Table]:
+    """Edges as rows keyed by each end (node, other, exact, jaccard): the first components round's
+    input, and each node's evidence for the decision. `exact` is set on the copy's row only (its
+    `other` is the first copy)."""
     u, v = edges["u"].to_numpy(), edges["v"].to_numpy()
     exact = edges["exact"].to_numpy(zero_copy_only=False)
     jaccard = edges["jaccard"].to_numpy()
@@ -71,7 +79,7 @@ def _edge_rows(rows: pa.Table | None, config: DedupConfig, parts: int) -> tuple[
             "jaccard": pa.array(np.concatenate([jaccard, jaccard]), pa.float32()),
         }
     )
-    return split_by(table, node_parts(table["node"].to_numpy(), parts), parts), edges.num_rows
+    return split_by(table, node_parts(table["node"].to_numpy(), parts), parts)
 
 
 REMOVED_SCHEMA = pa.schema(
@@ -86,14 +94,16 @@ REMOVED_SCHEMA = pa.schema(
 
 
 def _decide(
-    rows: pa.Table | None, labels: pa.Table, config: DedupConfig, router, n_blocks: int, n_old: int
+    rows: pa.Table | None, labels: pa.Table | None, config: DedupConfig, namer: Namer, router, n_blocks: int, n_old: int
 ) -> tuple[list[pa.Table], tuple[int, int, int]]:
     """One node partition's decisions: every new document whose component's smallest node is not
     itself is removed, matching that node. The reason is exact when it is a copy of that very
     document; the Jaccard is its estimate with the match when they share a band, else with its
-    most similar neighbour. Rows go to the partition of the block holding the match (for naming)."""
+    most similar neighbour. A match of this run is named here (from its order alone) and the row
+    goes to the partition of the removed document's block; a match of an earlier version goes to
+    the partition of that version's index file (after the blocks), which names it."""
     parts = n_blocks + n_old
-    if rows is None or not labels.num_rows:
+    if rows is None or labels is None or not labels.num_rows:
         return [REMOVED_SCHEMA.empty_table()] * parts, (0, 0, 0)
     node = rows["node"].to_numpy()
     label = labels["label"].to_numpy()[pc.index_in(rows["node"], value_set=labels["node"]).to_numpy()]
@@ -116,31 +126,27 @@ def _decide(
     copy = per_node["copy_any"].to_numpy(zero_copy_only=False) & config.exact
     best, near = per_node["to_label_max"].to_numpy(), per_node["near_max"].to_numpy()
     best = np.where(best >= 0, best, np.where(near >= 0, near, per_node["any_max"].to_numpy()))
-    matches = per_node["label"].to_numpy()
+    matches, orders = per_node["label"].to_numpy(), per_node["node"].to_numpy()
+    new = matches >= 0
+    names = pa.nulls(len(matches), pa.string())
+    if new.any():  # (an old match's name comes from its index file: `_name_old`)
+        names = pc.if_else(pa.array(new), namer(np.where(new, matches, 0)), names)
     removed = pa.table(
         {
             "order": per_node["node"],
             "reason": pa.array(np.where(copy, "exact", "near").tolist(), pa.string()),
             "match_order": per_node["label"],
             "jaccard": pa.array(np.where(copy, 1.0, best), pa.float32()),
-            "match_doc_key": pa.nulls(per_node.num_rows, pa.string()),
+            "match_doc_key": names,
         },
         schema=REMOVED_SCHEMA,
     )
-    holder = _holder(matches, router, n_blocks)
-    stats = (removed.num_rows, int(copy.sum()), int((~copy).sum()))
-    return split_by(removed, holder, parts), stats
-
-
-def _holder(orders: np.ndarray, router, n_blocks: int) -> np.ndarray:
-    """The block holding each order: a record block (`router`), or an earlier version's index file
-    i (after the record blocks), whose orders are -(i << 34) - row - 1."""
-    holder = np.empty(len(orders), np.int64)
-    new = orders >= 0
+    to = np.empty(len(orders), np.int64)
     if new.any():
-        holder[new] = router(orders[new])
-    holder[~new] = n_blocks + ((-orders[~new] - 1) >> _OLD_SHIFT)
-    return holder
+        to[new] = router(orders[new])
+    to[~new] = n_blocks + ((-matches[~new] - 1) >> _OLD_SHIFT)
+    stats = (removed.num_rows, int(copy.sum()), int((~copy).sum()))
+    return split_by(removed, to, parts), stats
 
 
 _OLD_SHIFT = 34
@@ -162,22 +168,18 @@ class Namer:
         return pc.binary_join_element_wise(pc.take(self.prefixes, pa.array(unit)), number, "")
 
 
-def _name_matches(rows: pa.Table | None, holder, namer: Namer, router, n_blocks: int) -> list[pa.Table]:
-    """One holder block's part: the matches it holds named, rows sent to the removed document's
-    block. `holder` is an earlier version's index table (None: this run's records, named from
-    their order alone)."""
+def _name_old(rows: pa.Table | None, index: pa.Table | None, router, n_blocks: int) -> list[pa.Table]:
+    """An earlier version's index file's part: the matches it holds named (its `index` table is
+    read only when some removed document matched one of its documents), each row sent to the
+    removed document's block."""
     if rows is None:
         return [REMOVED_SCHEMA.empty_table()] * n_blocks
-    matches = rows.column("match_order").to_numpy()
-    if holder is None:
-        names = namer(matches)
-    else:
-        row = pa.array((-matches - 1) & (_OLD_FILE_SPAN - 1))
-        n = holder.num_rows
-        doc_key = holder.column("doc_key") if "doc_key" in holder.column_names else pa.nulls(n, pa.string())
-        # Index files written before doc_keys were recorded name a document by its content hash.
-        by_hash = pa.array([f"sha256:{d.hex()}" for d in pc.take(holder.column("hash"), row).to_pylist()])
-        names = pc.coalesce(pc.take(doc_key, row), by_hash)
+    row = pa.array((-rows.column("match_order").to_numpy() - 1) & (_OLD_FILE_SPAN - 1))
+    n = index.num_rows
+    doc_key = index.column("doc_key") if "doc_key" in index.column_names else pa.nulls(n, pa.string())
+    # Index files written before doc_keys were recorded name a document by its content hash.
+    by_hash = pa.array([f"sha256:{d.hex()}" for d in pc.take(index.column("hash"), row).to_pylist()])
+    names = pc.coalesce(pc.take(doc_key, row), by_hash)
     rows = rows.set_column(rows.schema.get_field_index("match_doc_key"), "match_doc_key", names)
     return split_by(rows, router(rows.column("order").to_numpy()), n_blocks)
 
@@ -211,20 +213,27 @@ class DedupStats:
         return {"exact": self.exact, "near": self.near}
 
 
-def shuffle_partitions(live_docs: int, config: DedupConfig, layout: tuple[int, int], blocks: int, cpus: int) -> int:
+def shuffle_partitions(
+    live_docs: int, config: DedupConfig, layout: tuple[int, int], blocks: int, cpus: int, partition_bytes: int
+) -> int:
     """Reduce tasks of the dedup shuffle: at least one per block up to 4 per core (every core busy),
-    and enough that a partition holds about `PARTITION_BYTES` of key rows (each document is 1 + b
+    and enough that a partition holds about `partition_bytes` of key rows (each document is 1 + b
     rows, each carrying its signature with near-dedup), so no reduce task outgrows its worker."""
     row_bytes = max(17, 1 + 4 * layout[1]) + 8 + 16 + (4 * config.num_perm if config.near else 0)
     rows = live_docs * (1 + (layout[0] if config.near else 0))
-    return max(1, min(blocks, 4 * cpus), -(-rows * row_bytes // PARTITION_BYTES))
-
-
-PARTITION_BYTES = 256 << 20
+    return max(1, min(blocks, 4 * cpus), -(-rows * row_bytes // partition_bytes))
 
 
 def deduplicate(
-    records, units, scratch: Scratch, parent: Manifest | None, config: DedupConfig, cpus: int, layout, live_docs: int
+    records,
+    units,
+    scratch: Scratch,
+    parent: Manifest | None,
+    config: DedupConfig,
+    cpus: int,
+    layout,
+    live_docs: int,
+    partition_bytes: int,
 ) -> tuple[Blocks, DedupStats]:
     """(per record block, its removed documents (`REMOVED_SCHEMA`), stored as blocks; counts).
     Exchanges: key rows by key -> edges by node -> components rounds -> decisions by the block of
@@ -241,27 +250,35 @@ def deduplicate(
     layout = layout.result() if hasattr(layout, "result") else layout
     if parent is not None and parent.stats is not None:
         live_docs += int(parent.stats.total.docs_kept)  # earlier versions' rows
-    parts = shuffle_partitions(live_docs, config, layout, len(sources), cpus)
+    parts = shuffle_partitions(live_docs, config, layout, len(sources), cpus, partition_bytes)
     keyed = sources.shuffle(_key_partitions, scratch("keys", parts), config, layout, parts, each=firsts)
-    edges = keyed.reduce_into(_edge_rows, scratch("edges", parts), config, parts)
-    if sum(edges.extras) == 0:
+    edge_lists = keyed.reduce_to(_edge_list, scratch, "edge-lists", config)
+    edges = sum(edge_lists.rows)
+    if edges == 0:
         return _none_removed(scratch, n_blocks), DedupStats()
-    final, rounds = components(edges, lambda name: scratch(name, parts), parts)
+    # Node partitions are sized by the edges (a few bytes each), not by the key rows: far fewer.
+    nodes = max(1, min(parts, 4 * cpus), -(-edges * EDGE_BYTES // partition_bytes))
+    with_edges = Blocks([k for k, rows in zip(edge_lists.keys, edge_lists.rows, strict=True) if rows], scratch)
+    by_node = with_edges.shuffle(_by_node, scratch("edges", nodes), nodes)
+    final, rounds = components(by_node, lambda name: scratch(name, nodes), nodes)
     labelled = final.reduce_to(labels, scratch, "labels")
-    holders = n_blocks + len(index_keys)
-    decided = edges.reduce_into(
-        _decide, scratch("decided", holders), config, records.router, n_blocks, len(index_keys), each=labelled
-    )
+    n_old = len(index_keys)
+    decided = by_node.reduce_into(
+        _decide, scratch("decided", n_blocks + n_old), config, Namer(units), records.router, n_blocks, n_old,
+        each=labelled,
+    )  # fmt: skip
     counts = np.sum(decided.extras, axis=0)
-    named = decided.reduce_into(
-        _name_matches,
-        scratch("named", n_blocks),
-        Namer(units),
-        records.router,
-        n_blocks,
-        each=Blocks([None] * n_blocks + index_keys, scratch),
-    )
-    removed = named.reduce_to(_removed_of_block, scratch, "removed")
+    if n_old:  # matches of earlier versions are named by their index file's part
+        named = decided.reduce_into(
+            _name_old,
+            scratch("named-old", n_blocks),
+            records.router,
+            n_blocks,
+            each=Blocks(index_keys, scratch),
+            partitions=range(n_blocks, n_blocks + n_old),
+        )
+        decided = decided.plus(named)
+    removed = decided.reduce_to(_removed_of_block, scratch, "removed", partitions=range(n_blocks))
     return removed, DedupStats(*(int(c) for c in counts), rounds=rounds)
 
 

@@ -8,8 +8,8 @@ returns its key; a reduce task reads its partition's byte range from every map f
 holds one reference per map task and one per reduce task: O(maps + partitions), whatever the
 corpus size.
 
-The files live under the build's scratch prefix (`<dataset>/tmp/<run>/`, `scratch_prefix`) on
-the storage that holds the shards: the one medium every node of a cluster shares and whose size
+The files live under the build's scratch prefix (`<dataset>/tmp/<run>/`, `Scratch`) on the
+storage that holds the shards: the one medium every node of a cluster shares and whose size
 is not a node's disk. They are deleted when the build ends; a crashed build's are deleted by the
 next build of the dataset (which holds the writer lease, so no other build is running).
 
@@ -92,10 +92,8 @@ def write_map(exchange: Exchange, index: int, tables: list[pa.Table]) -> str | N
 
 def _read_one(exchange: Exchange, key: str, part: int) -> pa.Table | None:
     store = _store(exchange.root, exchange.settings)
-    try:
-        start, end = struct.unpack("<2Q", store.read_range(key, len(MAGIC) + 8 * part, 16))
-    except FileNotFoundError:
-        return None  # its writer had nothing to send
+    # A file its writer reported written must be there: a missing one raises (never read as empty).
+    start, end = struct.unpack("<2Q", store.read_range(key, len(MAGIC) + 8 * part, 16))
     if end <= start:
         return None
     header = len(MAGIC) + 8 * (exchange.parts + 1)
@@ -103,42 +101,53 @@ def _read_one(exchange: Exchange, key: str, part: int) -> pa.Table | None:
     return pa.ipc.open_stream(pa.py_buffer(body)).read_all()
 
 
-def read_partition(exchange: Exchange, maps: int, part: int) -> pa.Table | None:
-    """Partition `part` of the exchange's `maps` map files, concatenated (map order kept); None
-    when empty. A map with nothing to send wrote no file."""
-    if not maps:
+@dataclass(frozen=True)
+class Source:
+    """An exchange and the map files its writers reported written (the others had nothing to send
+    and wrote no file: they are never read, so a reducer costs no request for them)."""
+
+    exchange: Exchange
+    present: tuple[int, ...]
+
+
+def read_partition(sources: tuple[Source, ...], part: int) -> pa.Table | None:
+    """Partition `part` of every written map file of `sources`, concatenated (map order kept);
+    None when empty."""
+    reads = [(source.exchange, source.exchange.key(i)) for source in sources for i in source.present]
+    if not reads:
         return None
-    with ThreadPoolExecutor(min(READ_THREADS, maps), thread_name_prefix="exchange-read") as pool:
-        found = pool.map(lambda i: _read_one(exchange, exchange.key(i), part), range(maps))
-        tables = [t for t in found if t is not None]
+    with ThreadPoolExecutor(min(READ_THREADS, len(reads)), thread_name_prefix="exchange-read") as pool:
+        tables = [t for t in pool.map(lambda read: _read_one(read[0], read[1], part), reads) if t is not None]
     return pa.concat_tables(tables, promote_options="default") if tables else None
 
 
 # -- the task bodies (run by `blocks.run`) --------------------------------------------------------
 
 
-def map_task(fn: Callable, exchange: Exchange, index: int, *args: Any) -> Any:
+def map_task(fn: Callable, exchange: Exchange, index: int, *args: Any) -> tuple[bool, Any]:
     """`fn(*args)` -> partition tables, or (tables, extra); writes them as map file `index`;
-    returns the extra."""
+    returns (whether a file was written, extra)."""
     out = fn(*args)
     tables, extra = out if isinstance(out, tuple) else (out, None)
-    write_map(exchange, index, tables)
-    return extra
+    return write_map(exchange, index, tables) is not None, extra
 
 
-def reduce_task(fn: Callable, source: Exchange, part: int, into, maps: int, own: tuple, *shared: Any) -> Any:
-    """`fn(partition or None, *own, *shared)` for partition `part` of `source`. `into` says where
-    its output goes: None (returned), an `Exchange` (written as its map file `part`, like
-    `map_task`) or a key (a table stored there; the key is returned)."""
-    table = read_partition(source, maps, part)
-    own = tuple(o.get(source.root, source.settings) for o in own)
+def reduce_task(fn: Callable, part: int, into, own: tuple, sources: tuple[Source, ...], *shared: Any) -> Any:
+    """`fn(partition or None, *own, *shared)` for partition `part` of `sources`. `into` says where
+    its output goes: None (returned), (an `Exchange`, map index) (written as that map file; returns
+    like `map_task`) or a key (a table stored there; returns (key, rows)). Stored own arguments
+    are read only for a non-empty partition (None otherwise): a reducer with nothing to do reads
+    nothing."""
+    table = read_partition(sources, part)
+    root, settings = sources[0].exchange.root, sources[0].exchange.settings
+    own = tuple(None if table is None and o.stored else o.get(root, settings) for o in own)
     out = fn(table, *own, *shared)
     if into is None:
         return out
-    if isinstance(into, Exchange):
+    if isinstance(into, tuple):
+        exchange, index = into
         tables, extra = out if isinstance(out, tuple) else (out, None)
-        write_map(into, part, tables)
-        return extra
+        return write_map(exchange, index, tables) is not None, extra
     from .blocks import write_table
 
-    return write_table(source.root, source.settings, into, out)
+    return write_table(root, settings, into, out), out.num_rows

@@ -63,6 +63,7 @@ def dedup(state: BuildState) -> None:
         state.cpus,
         state.layout,
         state.read_stats.live,
+        int(data.shuffle_partition_bytes),
     )
     state.reporter.phase("dedup")
     # Tokenizing is the longest step: kept blocks are cut (by text bytes) into about 4 per core so
@@ -116,7 +117,11 @@ def tokenize_pack(state: BuildState) -> None:
         writer = PackWriteGroup(
             data, state.settings, state.store.root_uri, shard_prefix, info.vocab_size, info.eos_id, info.pad_id
         )
-        parts = max(1, min(sum(groups.values()), 4 * state.cpus))
+        # One partition per shard group at most, at least one per core up to 4, and enough that a
+        # partition holds about `shuffle_partition_bytes` of tokenized rows (token ids as uint32 are
+        # about 1.3 x the text; a reduce task holds its partition).
+        by_size = -(-2 * sum(state.split_bytes.values()) // int(data.shuffle_partition_bytes))
+        parts = max(1, min(sum(groups.values()), max(4 * state.cpus, by_size)))
         exchange = state.scratch("tokens", parts)
         track = state.reporter.tracker("tokenize")
         tokenized = state.kept.shuffle(

@@ -56,10 +56,9 @@ def read_records(
     unshifted = Finalize(units, np.zeros(n_parts, np.int64))
     later = [any(_later_range(part) for part in piece) for piece in pieces]
     prefix = f"{scratch.prefix}/read"
-    calls = [
-        (piece, i, None if shifted else unshifted) for i, (piece, shifted) in enumerate(zip(pieces, later, strict=True))
-    ]
-    shared = (data, settings, scratch.root, prefix)
+    # The per-file numbering is one shared argument (stored once), not pickled into every task.
+    calls = [(piece, i, not shifted) for i, (piece, shifted) in enumerate(zip(pieces, later, strict=True))]
+    shared = (unshifted, data, settings, scratch.root, prefix)
     outputs = run(_read_piece, "read_piece", calls, shared, track, **read_task_options(data))
     metas = [meta for _, meta in outputs]
 
@@ -107,12 +106,19 @@ def read_records(
 
 
 def _read_piece(
-    piece: list[UnitPart], index: int, finalize: Finalize | None, data: DataConfig, settings, root: str, prefix: str
+    piece: list[UnitPart],
+    index: int,
+    numbered: bool,
+    finalize: Finalize,
+    data: DataConfig,
+    settings,
+    root: str,
+    prefix: str,
 ) -> tuple[list[str], PieceMeta]:
     """One read task: `plan.read_piece`'s blocks stored as they come (so the task holds one block
-    at a time), then its counts."""
+    at a time), then its counts. `numbered`: its lines need no other piece's count (`finalize`)."""
     keys, meta = [], None
-    for out in read_piece(piece, data, settings, finalize):
+    for out in read_piece(piece, data, settings, finalize if numbered else None):
         if isinstance(out, PieceMeta):
             meta = out
         else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from concurrent.futures import wait
 from datetime import datetime, timezone
 
 from ..config.run import RunConfig
@@ -25,7 +26,7 @@ from ..records import Manifest, read_latest, read_source_index, unindexed
 from ..storage import open_store
 from ..storage.lease import acquire_lease
 from . import placement
-from .build_state import BuildState, scratch_root
+from .build_state import BuildState
 from .minhash import LEGACY_SCHEME, SCHEME
 from .phases import PHASES
 from .sources import list_all_units
@@ -85,7 +86,7 @@ def _refresh(config, store, units, given, heartbeat, reporter) -> Manifest:
     ensure_ray(config.ray)
     placement.configure(data)
     # Scratch left by a crashed build: this one holds the lease, so no other build is using it.
-    store.delete_prefix(scratch_root(data.name))
+    store.delete_prefix(DatasetKeys(data.name).scratch)
     state = BuildState(
         config=config,
         store=store,
@@ -105,8 +106,20 @@ def _refresh(config, store, units, given, heartbeat, reporter) -> Manifest:
         for phase in PHASES:
             phase(state)
     finally:
-        store.delete_prefix(state.scratch.prefix)
+        _clean_up(state, reporter)
     return state.manifest
+
+
+def _clean_up(state: BuildState, reporter: Reporter) -> None:
+    """Delete the build's scratch files, after its rejects/index writers are done (a failed build
+    must not leave them writing). A failure to delete is reported, never raised over the build's
+    own outcome: the next build deletes what is left."""
+    if state.writers is not None:
+        wait([state.writers])
+    try:
+        state.store.delete_prefix(state.scratch.prefix)
+    except Exception as error:  # noqa: BLE001 (cleanup: the build's own error, if any, is what matters)
+        reporter.say(f"could not delete {state.store.uri(state.scratch.prefix)} ({error}); the next build will")
 
 
 def check_dedup_scheme(parent: Manifest | None, data) -> None:

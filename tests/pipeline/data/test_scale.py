@@ -111,17 +111,18 @@ def test_large_jsonl_file_is_read_by_several_tasks(tmp_path):
 
 
 def test_dedup_shuffle_partitions_follow_the_corpus_size():
-    from pipeline.config.data import DedupConfig
-    from pipeline.data.dedup_stage import PARTITION_BYTES, shuffle_partitions
+    from pipeline.config.data import DataConfig, DedupConfig
+    from pipeline.data.dedup_stage import shuffle_partitions
 
     config, layout = DedupConfig(), (9, 13)  # the default threshold's LSH layout
-    assert shuffle_partitions(1_790, config, layout, blocks=6, cpus=2) == 6  # small: one per block
-    assert shuffle_partitions(1_790, config, layout, blocks=50, cpus=2) == 8  # at most 4 per core
+    target = int(DataConfig().shuffle_partition_bytes)
+    assert shuffle_partitions(1_790, config, layout, 6, 2, target) == 6  # small: one per block
+    assert shuffle_partitions(1_790, config, layout, 50, 2, target) == 8  # at most 4 per core
     docs = 1_000_000_000
-    parts = shuffle_partitions(docs, config, layout, blocks=6, cpus=2)
+    parts = shuffle_partitions(docs, config, layout, 6, 2, target)
     rows_per_doc, row_bytes = 1 + layout[0], 53 + 8 + 16 + 4 * config.num_perm
-    assert docs * rows_per_doc * row_bytes / parts <= PARTITION_BYTES  # no reduce task outgrows its worker
-    exact_only = shuffle_partitions(docs, DedupConfig(near=False), layout, blocks=6, cpus=2)
+    assert docs * rows_per_doc * row_bytes / parts <= target  # no reduce task outgrows its worker
+    exact_only = shuffle_partitions(docs, DedupConfig(near=False), layout, 6, 2, target)
     assert exact_only < parts / 10  # one 41-byte row per document without near-dedup
 
 

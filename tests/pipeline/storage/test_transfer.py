@@ -77,6 +77,22 @@ def test_large_file_goes_up_in_parts(s3_endpoint, s3_bucket, tmp_path):
 
 
 @pytest.mark.s3
+def test_large_write_goes_up_in_parts_and_reads_back_by_range(s3_bucket, monkeypatch):
+    """`write` of more than one part (a block's rejects, a map file of a shuffle) is a multipart
+    upload: one PutObject is capped at 5 GiB."""
+    bucket, settings = s3_bucket
+    store = open_store(f"s3://{bucket}/root", settings)
+    monkeypatch.setattr(multipart, "PART_SIZE", 5 * MIB)
+    body = os.urandom(11 * MIB)
+    store.write("tmp/big.bin", body)
+    head = store.client.head_object(Bucket=bucket, Key="root/tmp/big.bin")
+    assert head["ETag"].strip('"').endswith("-3")  # 5 + 5 + 1 MiB
+    assert store.read_range("tmp/big.bin", 5 * MIB - 3, 7) == body[5 * MIB - 3 : 5 * MIB + 4]
+    store.delete_prefix("tmp")
+    assert store.list("tmp") == []
+
+
+@pytest.mark.s3
 def test_failed_multipart_upload_leaves_no_object_and_no_parts(s3_bucket, tmp_path, monkeypatch):
     bucket, settings = s3_bucket
     store = open_store(f"s3://{bucket}/root", settings)
