@@ -62,6 +62,8 @@ def token_lists(encodings, dtype=np.uint32) -> pa.Array:
     return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat))
 
 
+ENCODE_BYTES = 4 << 20  # text encoded at once by a tokenize task (`TokenizeBatch._encode`)
+
 TOKENIZED_SCHEMA = pa.schema(
     [
         ("doc_key", pa.string()),
@@ -88,6 +90,19 @@ class TokenizeBatch:
         self.groups = np.array([groups[s] for s in SPLITS], np.int64)
         self.weights = np.array([s.weight for s in config.sources], np.float64)
 
+    def _encode(self, texts: pa.ChunkedArray) -> pa.Array:
+        """Token ids of every text, encoded `ENCODE_BYTES` of text at a time: the tokenizer's
+        `Encoding` objects cost ~50 bytes per token (offsets, masks), ~60x the text, so a block is
+        never encoded at once (a 64 MB block would take ~4 GB)."""
+        lengths = pc.binary_length(texts).to_numpy(zero_copy_only=False) if len(texts) else np.zeros(0, np.int64)
+        bounds = np.searchsorted(np.cumsum(lengths), np.arange(ENCODE_BYTES, int(lengths.sum()), ENCODE_BYTES))
+        edges = np.unique(np.r_[0, bounds, len(texts)])
+        pieces = []
+        for start, end in zip(edges[:-1], edges[1:], strict=True):
+            chunk = texts[int(start) : int(end)].to_pylist()
+            pieces.append(token_lists(self.tokenizer.encode_batch_fast(chunk, add_special_tokens=False)))
+        return pa.concat_arrays(pieces) if pieces else token_lists([])
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         hashes = batch["hash"].to_pylist()
         n = len(hashes)
@@ -99,8 +114,7 @@ class TokenizeBatch:
         raw = np.frombuffer(batch["hash"].combine_chunks().buffers()[1], np.uint8, n * 16).reshape(n, 16)
         bucket = raw[:, 8:12].astype(np.int64) @ np.array([1 << 24, 1 << 16, 1 << 8, 1], np.int64)
         group = bucket % self.groups[split]
-        texts = batch["text"].to_pylist()
-        tokens = token_lists(self.tokenizer.encode_batch_fast(texts, add_special_tokens=False) if n else [])
+        tokens = self._encode(batch["text"])
         rows = np.repeat(np.arange(n), count)
         copy = np.arange(len(rows)) - np.repeat(np.cumsum(count) - count, count)
         split_names = np.array(SPLITS, dtype=object)[split[rows]]

@@ -75,7 +75,10 @@ class S3Store(ObjectStore):
             "s3",
             endpoint_url=endpoint,
             # total_max_attempts counts the first try (botocore's max_attempts would count retries only).
-            config=Config(retries={"total_max_attempts": settings.max_attempts, "mode": "adaptive"}),
+            # Pool sized for the exchange readers' parallel ranged GETs (`data/exchange.py`).
+            config=Config(
+                retries={"total_max_attempts": settings.max_attempts, "mode": "adaptive"}, max_pool_connections=32
+            ),
         )
         # No keys are handed to pyarrow: its AWS SDK resolves them itself (environment, profile, web
         # identity, container or instance role) and refreshes them before they expire. Keys copied in
@@ -148,20 +151,25 @@ class S3Store(ObjectStore):
         except (ClientError, BotoCoreError) as error:
             raise self._user_error(error, key) from None
 
-    def read_range(self, key: str, start: int, length: int) -> bytes:
-        if length <= 0:
-            return b""
+    def _get(self, key: str, **request) -> dict:
+        """GetObject; a missing key is `FileNotFoundError`, other failures our `UserError`s."""
         try:
-            response = self.client.get_object(
-                Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{start + length - 1}"
-            )
-            with closing(response["Body"]) as body:
-                return body.read()
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key), **request)
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
                 raise FileNotFoundError(f"{self.uri(key)} does not exist") from None
             raise self._user_error(error, key) from None
         except BotoCoreError as error:
+            raise self._user_error(error, key) from None
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        response = self._get(key, Range=f"bytes={start}-{start + length - 1}")
+        try:
+            with closing(response["Body"]) as body:
+                return body.read()
+        except BotoCoreError as error:  # connection lost mid-body
             raise self._user_error(error, key) from None
 
     def create(self, key: str, data: bytes) -> bool:
@@ -229,14 +237,7 @@ class S3Store(ObjectStore):
     def download_file(
         self, key: str, path: Path, expected_sha256: str | None = None, expected_size: int | None = None
     ) -> tuple[int, str]:
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
-                raise FileNotFoundError(f"{self.uri(key)} does not exist") from None
-            raise self._user_error(error, key) from None
-        except BotoCoreError as error:
-            raise self._user_error(error, key) from None
+        response = self._get(key)
         with closing(response["Body"]) as body:
             if expected_size is not None and response["ContentLength"] != expected_size:
                 raise ValueError(
