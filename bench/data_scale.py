@@ -11,6 +11,8 @@ runs `preprocess` into a fresh `file://` store while a thread samples, every `--
 - the driver's RSS (plus `ru_maxrss` at the end: the driver process's lifetime peak);
 - the driver's reference table, `len(core_worker.get_all_reference_counts())` (every object the
   driver owns or borrows), and its in-process memory store (inlined small objects: count, bytes);
+- every task's own peak: the RSS it added to its worker (`pipeline/data/task_memory.py`: the peak
+  is reset when a task starts, so a worker's earlier tasks and imports do not count);
 - every Ray worker process under the driver (cmdline with `ray::` or `default_worker.py`): RSS and
   RSS less shared pages (heap; RSS also counts object-store pages the worker has mapped).
 
@@ -152,6 +154,7 @@ def drive(spec: dict) -> dict:
 
     import sora.tokenizer  # noqa: F401  (imported by the stage on the driver; kept outside the timing)
     from pipeline.config.run import RunConfig
+    from pipeline.data import task_memory as accounting
     from pipeline.data.stage import preprocess
     from pipeline.data.summary import Reporter
     from pipeline.ray_runtime import ensure_ray
@@ -173,6 +176,9 @@ def drive(spec: dict) -> dict:
     config = RunConfig.model_validate(
         {"storage": {"root": spec["root"]}, "ray": {"num_cpus": spec["cpus"]}, "data": data}
     )
+    # Every task's own peak (`pipeline/data/task_memory.py`): workers inherit this environment.
+    task_log = Path(tempfile.mkdtemp(prefix="sora-task-memory-"))
+    os.environ[accounting.LOG] = str(task_log)
     started = time.perf_counter()
     ensure_ray(config.ray)
     ray_start = time.perf_counter() - started
@@ -192,6 +198,7 @@ def drive(spec: dict) -> dict:
         "tokens": sum(stats.tokens.values()),
         "shards": sum(len(v) for v in manifest.shards.values()),
         **sampler.result(),
+        **_task_peaks(task_log),
         # Linux: KB. The driver's lifetime peak (imports and Ray start included).
         "driver_ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
@@ -200,6 +207,25 @@ def drive(spec: dict) -> dict:
     if spec.get("marker"):
         result["planted_removed"] = _count_planted_removed(spec["root"], spec["name"], spec["marker"])
     return result
+
+
+def _task_peaks(directory: Path) -> dict:
+    """The largest memory one task added to its worker (its peak RSS less the RSS it started
+    from), which task, and the largest absolute peak, from the tasks' own accounting lines."""
+    lines = [json.loads(line) for path in directory.glob("*.jsonl") for line in path.read_text().splitlines()]
+    if not lines:
+        return {"task_peak_growth_mb": None, "task_peak_growth_task": None, "tasks_accounted": 0}
+    largest = max(lines, key=lambda r: r["peak"] - r["start"])
+    by_task: dict[str, float] = {}
+    for r in lines:
+        by_task[r["task"]] = max(by_task.get(r["task"], 0.0), round((r["peak"] - r["start"]) / MB, 1))
+    return {
+        "task_peak_growth_mb": round((largest["peak"] - largest["start"]) / MB, 1),
+        "task_peak_growth_task": largest["task"],
+        "task_peak_rss_mb": round(max(r["peak"] for r in lines) / MB, 1),
+        "tasks_accounted": len(lines),
+        "task_growth_by_step_mb": dict(sorted(by_task.items(), key=lambda kv: -kv[1])),
+    }
 
 
 def run_driver(args, tmp: Path, name: str, sources: list[dict], **extra) -> dict:
@@ -252,6 +278,7 @@ def flatness(rows: list[dict]) -> dict:
         "driver_peak_refs",
         "worker_peak_rss_mb",
         "worker_peak_heap_mb",
+        "task_peak_growth_mb",
     ):
         values = [r[key] for r in rows]
         ratio = max(values) / min(values) if min(values) > 0 else (1.0 if max(values) == 0 else float("inf"))

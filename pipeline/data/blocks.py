@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from . import placement
+from . import placement, task_memory
 from .exchange import Exchange, Scratch, Source, map_task, reduce_task
 from .readers import _store
 
@@ -51,13 +51,17 @@ def _releasing(body: Callable) -> Callable:
     tasks, and Arrow's allocator keeps freed pages, so without it a worker's memory is the
     high-water mark of every task it ran rather than of the largest one."""
 
+    name = getattr(body, "__name__", "task")
+
     def released(*args: Any) -> Any:
+        started = task_memory.start()
         try:
             return body(*args)
         finally:
             pa.default_memory_pool().release_unused()
+            task_memory.finish(getattr(args[0], "__name__", name) if args else name, started)
 
-    released.__name__ = released.__qualname__ = getattr(body, "__name__", "task")
+    released.__name__ = released.__qualname__ = name
     return released
 
 

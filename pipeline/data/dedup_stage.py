@@ -46,13 +46,28 @@ def _key_partitions(
     from `first` down."""
     if first is not None:
         batch = load_index(batch, first, config)
-    rows = key_rows(_prints(batch, config.near), config, layout)
+    prints = _prints(batch, config.near)
+    # A document makes 1 + b rows of ~600 bytes: a block of short documents has many times its
+    # text in key rows, so they are built and split KEY_CHUNK documents at a time (one chunk's
+    # temporaries, not the block's); each partition keeps its chunks (no concatenating copy).
+    split = [
+        _split_keys(key_rows(prints.slice(at, KEY_CHUNK), config, layout), parts)
+        for at in range(0, prints.num_rows, KEY_CHUNK)
+    ]
+    if not split:
+        return [key_rows(prints, config, layout)] * parts
+    return [pa.concat_tables([chunk[p] for chunk in split]) for p in range(parts)]
+
+
+KEY_CHUNK = 16384
+
+
+def _split_keys(rows: pa.Table, parts: int) -> list[pa.Table]:
     width = rows.schema.field("key").type.byte_width
     keys = np.frombuffer(rows["key"].combine_chunks().buffers()[1], np.uint8, rows.num_rows * width)
     keys = keys.reshape(-1, width)
     mixed = keys[:, 1:5].copy().view("<u4").reshape(-1).astype(np.int64) + keys[:, 0].astype(np.int64) * 40503
-    part = mixed % parts
-    return split_by(rows, part, parts)
+    return split_by(rows, mixed % parts, parts)
 
 
 def _edge_list(rows: pa.Table | None, config: DedupConfig) -> pa.Table:

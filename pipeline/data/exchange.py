@@ -63,20 +63,16 @@ class Scratch:
 
 
 def encode(tables: list[pa.Table]) -> bytes:
-    """One map file: the header of offsets, then each non-empty partition as an IPC stream."""
-    bodies = []
-    for table in tables:
-        if table is None or not table.num_rows:
-            bodies.append(b"")
-            continue
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        bodies.append(sink.getvalue().to_pybytes())
+    """One map file: the header of offsets, then each non-empty partition as an IPC stream (its
+    chunks written as they are, into one buffer)."""
+    sink = pa.BufferOutputStream()
     offsets = [0]
-    for body in bodies:
-        offsets.append(offsets[-1] + len(body))
-    return MAGIC + struct.pack(f"<{len(offsets)}Q", *offsets) + b"".join(bodies)
+    for table in tables:
+        if table is not None and table.num_rows:
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table)
+        offsets.append(sink.tell())
+    return MAGIC + struct.pack(f"<{len(offsets)}Q", *offsets) + sink.getvalue().to_pybytes()
 
 
 def write_map(exchange: Exchange, index: int, tables: list[pa.Table]) -> str | None:
