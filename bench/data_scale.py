@@ -154,7 +154,11 @@ def drive(spec: dict) -> dict:
 
     import sora.tokenizer  # noqa: F401  (imported by the stage on the driver; kept outside the timing)
     from pipeline.config.run import RunConfig
-    from pipeline.data import task_memory as accounting
+
+    try:
+        from pipeline.data import task_memory as accounting
+    except ImportError:  # a version before per-task accounting (a "before" run from a worktree)
+        accounting = None
     from pipeline.data.stage import preprocess
     from pipeline.data.summary import Reporter
     from pipeline.ray_runtime import ensure_ray
@@ -166,8 +170,9 @@ def drive(spec: dict) -> dict:
         "dedup": {"exact": True, "near": True},
         "tokenizer": {"sample_bytes": spec["sample_mb"] * MB},
         "shard_bytes": spec["shard_mb"] * MB,
-        "shuffle_partition_bytes": spec["partition_mb"] * MB,
     }
+    if spec["partition_mb"]:  # 0: leave the config's default (and run on versions without the field)
+        data["shuffle_partition_bytes"] = spec["partition_mb"] * MB
     if spec.get("read_blocks"):
         data["read_blocks"] = spec["read_blocks"]
     task_memory = _task_memory(spec["task_memory_mb"]) if spec.get("task_memory_mb") else None
@@ -178,7 +183,8 @@ def drive(spec: dict) -> dict:
     )
     # Every task's own peak (`pipeline/data/task_memory.py`): workers inherit this environment.
     task_log = Path(tempfile.mkdtemp(prefix="sora-task-memory-"))
-    os.environ[accounting.LOG] = str(task_log)
+    if accounting is not None:
+        os.environ[accounting.LOG] = str(task_log)
     started = time.perf_counter()
     ensure_ray(config.ray)
     ray_start = time.perf_counter() - started
