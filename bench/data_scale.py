@@ -287,6 +287,8 @@ def flatness(rows: list[dict]) -> dict:
         "task_peak_growth_mb",
     ):
         values = [r[key] for r in rows]
+        if any(v is None for v in values):  # not measured by this version
+            continue
         ratio = max(values) / min(values) if min(values) > 0 else (1.0 if max(values) == 0 else float("inf"))
         out[key] = {"values": values, "max_over_min": round(ratio, 3), "within_20pct": ratio <= 1.2}
     first, last = rows[0], rows[-1]

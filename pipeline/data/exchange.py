@@ -3,10 +3,12 @@
 A shuffle whose map tasks return one Ray object per (block, partition) pair makes blocks x
 partitions objects, all owned by the driver, and the small ones (under Ray's 100 KiB inline limit)
 live in the driver's own memory: at a terabyte that is 10^7-10^8 objects. Here a map task writes
-ONE file holding all its partitions, one after another behind a header of byte offsets, and
-returns its key; a reduce task reads its partition's byte range from every map file. The driver
-holds one reference per map task and one per reduce task: O(maps + partitions), whatever the
-corpus size.
+ONE file holding all its partitions, one after another behind a header of byte offsets (or no
+file when it has nothing to send), and returns whether it wrote; a reduce task reads its
+partition's byte range from every map file that was written. Map file i's key follows from i, so
+the driver keeps which maps wrote (`Source`) and never a reference per file: with the task window
+of `blocks.run`, its references do not grow with the corpus. The cost that does grow is ranged
+reads: 2 x (maps that wrote) x partitions per exchange.
 
 The files live under the build's scratch prefix (`<dataset>/tmp/<run>/`, `Scratch`) on the
 storage that holds the shards: the one medium every node of a cluster shares and whose size
@@ -64,15 +66,19 @@ class Scratch:
 
 def encode(tables: list[pa.Table]) -> bytes:
     """One map file: the header of offsets, then each non-empty partition as an IPC stream (its
-    chunks written as they are, into one buffer)."""
+    chunks written as they are, into one buffer). Takes ownership of `tables`: each partition is
+    dropped from the list once written, so a map task holds its rows or their encoding, not both."""
     sink = pa.BufferOutputStream()
     offsets = [0]
-    for table in tables:
+    for index, table in enumerate(tables):
+        tables[index] = None
         if table is not None and table.num_rows:
             with pa.ipc.new_stream(sink, table.schema) as writer:
                 writer.write_table(table)
+        del table
         offsets.append(sink.tell())
-    return MAGIC + struct.pack(f"<{len(offsets)}Q", *offsets) + sink.getvalue().to_pybytes()
+    body = sink.getvalue()
+    return b"".join([MAGIC, struct.pack(f"<{len(offsets)}Q", *offsets), memoryview(body)])
 
 
 def write_map(exchange: Exchange, index: int, tables: list[pa.Table]) -> str | None:
@@ -82,7 +88,7 @@ def write_map(exchange: Exchange, index: int, tables: list[pa.Table]) -> str | N
     if not any(t is not None and t.num_rows for t in tables):
         return None
     key = exchange.key(index)
-    _store(exchange.root, exchange.settings).write(key, encode(tables))
+    _store(exchange.root, exchange.settings).write(key, encode(list(tables) if isinstance(tables, tuple) else tables))
     return key
 
 
@@ -125,6 +131,7 @@ def map_task(fn: Callable, exchange: Exchange, index: int, *args: Any) -> tuple[
     returns (whether a file was written, extra)."""
     out = fn(*args)
     tables, extra = out if isinstance(out, tuple) else (out, None)
+    del out  # `write_map` frees each partition once encoded
     return write_map(exchange, index, tables) is not None, extra
 
 
