@@ -1,7 +1,8 @@
 """Source discovery: turn configured sources into read units with fingerprints.
 
-A read unit is one file (or one HF dataset) that a Ray task reads. Its fingerprint (size plus
-mtime or ETag) is what incremental refreshes diff against the latest manifest. Sizes and versions
+A read unit is one file (or one HF dataset) that a Ray task reads. Its (uri, size, version: mtime
+or ETag) is what incremental refreshes diff against the latest version's source index
+(`records.source_index.unindexed`). Sizes and versions
 come with the listing (`ObjectStore.list_objects`: on S3 one request per 1000 keys, ETags as
 versions), never from a request per file.
 """
@@ -13,7 +14,6 @@ import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 from ..config.data import SourceConfig
@@ -124,8 +124,3 @@ def list_all_units(sources: list[SourceConfig], settings: StorageSettings) -> li
     for index, source in enumerate(sources):
         units.extend(list_units(source, index, settings))
     return units
-
-
-def fingerprint(unit: SourceUnit | Any) -> tuple[str, int, Any]:
-    """(uri, size, version) of a unit, or of a manifest's `SourceEntry` (what a refresh diffs)."""
-    return unit.uri, unit.size, unit.version
