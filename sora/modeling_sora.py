@@ -8,9 +8,12 @@ with the Auto factories.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import (
@@ -104,6 +107,33 @@ class SoraModel(SoraPreTrainedModel):
         final_state = norm_state(cache, "final") if self.config.norm == "adn" else None
         hidden = self.norm(hidden, query_padding, final_state)
         return BaseModelOutputWithPast(last_hidden_state=hidden, **{CACHE_FIELD: cache})
+
+
+def set_activation_checkpointing(model: nn.Module, every: int) -> int:
+    """Recompute block activations in the backward pass instead of keeping them from the forward.
+
+    `every`: 0 off, 1 every block, n the blocks whose index is a multiple of n (one block in n; the
+    others keep their activations, trading memory back for less recomputation). A checkpointed
+    block keeps only its input until its backward runs its forward again. Applies to any module
+    holding Sora blocks: the flat models and a pipeline stage's layers (`pipeline_view.BlockPipe`),
+    counting blocks by their index in the whole model so every stage layout checkpoints the same
+    blocks. Uses torch's non-reentrant checkpoint through transformers' `GradientCheckpointingLayer`,
+    which wraps the block's `forward`: module hooks (ZeRO-3's parameter gathering) stay outside the
+    checkpoint, and the recomputation gathers the parameters again through the hooks of the
+    block's submodules. Returns the number of blocks checkpointed.
+    """
+    if every < 0:
+        raise ValueError(f"activation checkpointing interval must be 0 (off) or a block count >= 1, not {every}")
+    recompute = functools.partial(checkpoint, use_reentrant=False)
+    checkpointed = 0
+    for module in model.modules():
+        if isinstance(module, SoraBlock):
+            module.gradient_checkpointing = every > 0 and module.layer_idx % every == 0
+            module._gradient_checkpointing_func = recompute
+            checkpointed += module.gradient_checkpointing
+        elif isinstance(module, SoraModel):
+            module.gradient_checkpointing = every > 0  # no KV cache while training with recomputation
+    return checkpointed
 
 
 def resolve_cache_argument(cache, past_key_values):

@@ -95,6 +95,19 @@ PlacementTimeout = Annotated[
 ]
 
 
+ActivationCheckpointing = Annotated[
+    int,
+    Field(
+        ge=0,
+        description="Activation checkpointing: recompute Transformer blocks in the backward pass instead of keeping "
+        "their activations from the forward (less activation memory for up to one more forward pass of compute). "
+        "off (or 0): none; every_layer (or 1): every block keeps only its input; n: one block in n (blocks 0, n, "
+        "2n, ...), the others keep their activations. The same blocks under every strategy (torch's non-reentrant "
+        "checkpoint); `sora plan` accounts for it.",
+    ),
+]
+
+
 @dataclass(frozen=True)
 class BatchSplit:
     """How one global batch is cut for a number of workers: the same samples in the same order."""
@@ -126,6 +139,7 @@ class LoopConfig(Section):
     workers_per_node: WorkersPerNode = 1
     resize_interval_s: ResizeInterval = 60.0
     placement_timeout_s: PlacementTimeout = 20.0
+    activation_checkpointing: ActivationCheckpointing = 0
 
     # How messages name this section's fields and its data-parallel size.
     prefix: ClassVar[str] = ""
@@ -139,6 +153,20 @@ class LoopConfig(Section):
                 raise ValueError(f"workers must be N or [min, max], not {value!r}")
             value = tuple(value) if value[0] != value[1] else value[0]
         return value
+
+    @field_validator("activation_checkpointing", mode="before")
+    @classmethod
+    def _activation_checkpointing(cls, value):
+        # YAML reads a bare `off` as false (and `on` as true).
+        named = {"off": 0, "every_layer": 1, False: 0, True: 1}
+        if isinstance(value, str | bool) and value in named:
+            return named[value]
+        if isinstance(value, int) and value >= 0:
+            return value
+        raise ValueError(
+            f"{cls.prefix}activation_checkpointing must be off, every_layer or a number n >= 1 (one block in n is "
+            f"checkpointed; 1 = every_layer), not {value!r}"
+        )
 
     @property
     def min_workers(self) -> int:

@@ -11,14 +11,17 @@ and Adam moments), so the totals agree with `estimate_zero2_model_states_mem_nee
     pipeline  zero1 on the parameters of the heaviest stage, d = workers / stages
 
 N parameters, d data-parallel ranks, L the largest single module (what ZeRO-3 gathers at once).
-Activations are the tensors autograd keeps for one micro batch without recomputation (the trainer
-does not checkpoint activations); a pipeline stage keeps up to min(stages - i, micro-batches) of
-them (DeepSpeed's 1F1B schedule). The pipeline bubble is (p - 1) / (m + p - 1).
+Activations are the tensors autograd keeps for one micro batch: a block's full activations, or,
+for a block that `train.activation_checkpointing` checkpoints (every block, or one in n), only its
+input, plus one block's full activations while the backward recomputes it; a pipeline stage keeps
+up to min(stages - i, micro-batches) micro batches of them (DeepSpeed's 1F1B schedule) and
+recomputes one block at a time. The pipeline bubble is (p - 1) / (m + p - 1).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..config.run import RunConfig
@@ -108,17 +111,34 @@ def model_state_bytes(strategy: str, n: int, largest: int, d: int, half: int = 2
     raise ValueError(f"unknown strategy {strategy!r}")
 
 
-def activation_bytes(shape: ModelShape, micro_batch: int, seq_len: int, half: int = 2) -> tuple[float, float]:
-    """(per transformer block, logits + loss) bytes autograd keeps for one micro batch.
+def activation_bytes(shape: ModelShape, micro_batch: int, seq_len: int, half: int = 2) -> tuple[float, float, float]:
+    """(per transformer block, per checkpointed block, logits + loss) bytes autograd keeps for one
+    micro batch.
 
     Per block and token: the residual input and norm output of attention and MLP (4h), q/k/v
     (h + 2 kv), the attention output (h), gate, up, SiLU(gate) and their product (4 ffn). SDPA
-    keeps no score matrix. The logits are kept in bf16 and in fp32 for the cross entropy.
+    keeps no score matrix. A checkpointed block keeps only its input (h). The logits are kept in
+    bf16 and in fp32 for the cross entropy.
     """
     tokens = micro_batch * seq_len
     block = tokens * (6 * shape.hidden + 2 * shape.kv_dim + 4 * shape.ffn) * half
+    checkpointed = tokens * shape.hidden * half
     logits = tokens * shape.vocab * (half + 4) + tokens * shape.hidden * half
-    return block, logits
+    return block, checkpointed, logits
+
+
+def block_activation_bytes(
+    shape: ModelShape, blocks: Iterable[int], every: int, micro_batch: int, seq_len: int, half: int = 2
+) -> tuple[float, float]:
+    """(kept from forward to backward, recomputation) bytes of one micro batch through `blocks`
+    (block indices), checkpointing the blocks whose index is a multiple of `every` (0: none), as
+    `sora.modeling_sora.set_activation_checkpointing` does: the backward recomputes one checkpointed
+    block at a time, holding its full activations until it is done."""
+    block, checkpointed, _ = activation_bytes(shape, micro_batch, seq_len, half)
+    blocks = list(blocks)
+    recomputed = sum(1 for i in blocks if every and i % every == 0)
+    kept = (len(blocks) - recomputed) * block + recomputed * checkpointed
+    return kept, block if recomputed else 0.0
 
 
 def balanced_partition(weights: list[int], parts: int) -> list[list[int]]:
@@ -144,16 +164,17 @@ def balanced_partition(weights: list[int], parts: int) -> list[list[int]]:
     return groups
 
 
-def _pipeline(shape: ModelShape, stages: int, d: int, micro: int, seq: int, grad_accum: int, half: int):
+def _pipeline(shape: ModelShape, stages: int, d: int, micro: int, seq: int, grad_accum: int, half: int, every: int):
     groups = balanced_partition(list(shape.layer_params), stages)
-    block_act, logits_act = activation_bytes(shape, micro, seq, half)
+    logits_act = activation_bytes(shape, micro, seq, half)[2]
     worst = None
-    first_block, last_block = 1, shape.layers  # indices of the transformer blocks in layer_params
     for i, group in enumerate(groups):
         n = sum(shape.layer_params[k] for k in group)
-        blocks = sum(1 for k in group if first_block <= k <= last_block)
+        # layer_params index k is block k - 1 (index 0 is the embedding).
+        blocks = [k - 1 for k in group if 1 <= k <= shape.layers]
+        kept, recompute = block_activation_bytes(shape, blocks, every, micro, seq, half)
         in_flight = min(stages - i, grad_accum)
-        act = in_flight * blocks * block_act + (logits_act if i == stages - 1 else 0)
+        act = in_flight * kept + recompute + (logits_act if i == stages - 1 else 0)
         states = model_state_bytes("pipeline", n, 0, d, half)
         candidate = (sum(states) + act, states, act)
         worst = candidate if worst is None or candidate[0] > worst[0] else worst
@@ -161,21 +182,30 @@ def _pipeline(shape: ModelShape, stages: int, d: int, micro: int, seq: int, grad
 
 
 def plan_strategy(
-    shape: ModelShape, config: RunConfig, strategy: str, gpus: int, stages: int = 1, gpus_per_node: int = 8
+    shape: ModelShape,
+    config: RunConfig,
+    strategy: str,
+    gpus: int,
+    stages: int = 1,
+    gpus_per_node: int = 8,
+    checkpointing: int | None = None,
 ) -> StrategyPlan:
+    """One strategy's per-GPU memory; `checkpointing` overrides `train.activation_checkpointing`."""
     train = config.train
+    every = train.activation_checkpointing if checkpointing is None else checkpointing
     half = 4 if train.precision == "fp32" else 2
     seq = config.data.seq_len
     d = max(1, gpus // stages)
     grad_accum = max(1, train.global_batch // (train.micro_batch * d))
-    block_act, logits_act = activation_bytes(shape, train.micro_batch, seq, half)
     if strategy == "pipeline":
-        _, states, act = _pipeline(shape, stages, d, train.micro_batch, seq, grad_accum, half)
+        _, states, act = _pipeline(shape, stages, d, train.micro_batch, seq, grad_accum, half, every)
         result = StrategyPlan(strategy, gpus, stages, *states, act)
         result.bubble = (stages - 1) / (grad_accum + stages - 1)
         return result
     states = model_state_bytes(strategy, shape.total_params, shape.largest_module_params, d, half)
-    result = StrategyPlan(strategy, gpus, 1, *states, shape.layers * block_act + logits_act)
+    kept, recompute = block_activation_bytes(shape, range(shape.layers), every, train.micro_batch, seq, half)
+    logits_act = activation_bytes(shape, train.micro_batch, seq, half)[2]
+    result = StrategyPlan(strategy, gpus, 1, *states, kept + recompute + logits_act)
     if strategy == "offload":
         nodes = math.ceil(gpus / gpus_per_node)
         result.cpu_per_node = 18 * shape.total_params / nodes * 1.5
@@ -226,6 +256,7 @@ def make_plan(config: RunConfig, gpu_memory_gib: float = 80.0, gpus_per_node: in
         "pipeline_stages": stages,
         "plans": plans,
         "configured": configured,
+        "activation_checkpointing": config.train.activation_checkpointing,
         "recommendation": usable[0] if usable else None,
         "workers": _worker_range(config.train),
     }
@@ -233,6 +264,9 @@ def make_plan(config: RunConfig, gpu_memory_gib: float = 80.0, gpus_per_node: in
         need = by_name[configured]
         other = f"; {', '.join(usable)} fit{'s' if len(usable) == 1 else ''}" if usable else ""
         at_least = f"; it fits from {need.min_gpus} GPUs" if need.min_gpus else "; it fits at no number of GPUs"
+        recomputing = plan_strategy(shape, config, need.strategy, need.gpus, need.stages, gpus_per_node, 1)
+        if config.train.activation_checkpointing != 1 and recomputing.fits(gpu_memory):
+            at_least += f"; with train.activation_checkpointing: every_layer it needs {recomputing.total / GIB:.1f} GiB"
         raise UserError(
             f"plan does not fit: {configured} needs {need.total / GIB:.1f} GiB per GPU on {gpus} GPUs but a GPU has "
             f"{gpu_memory_gib:g} GiB{at_least}{other}"
@@ -246,6 +280,16 @@ def _worker_range(train) -> list[dict] | None:
         return None
     splits = [train.split(w) for w in train.worker_counts]
     return [{"workers": s.workers, "micro_batch": s.micro_batch, "grad_accum": s.grad_accum} for s in splits]
+
+
+def checkpointing_text(every: int) -> str:
+    """The plan's line on `train.activation_checkpointing`."""
+    if every == 0:
+        return "off (every block keeps its activations; train.activation_checkpointing: every_layer or n lowers them)"
+    if every == 1:
+        return "every layer (each block keeps only its input; the backward recomputes one block at a time)"
+    blocks = f"blocks 0, {every}, {2 * every}, ..."
+    return f"one block in {every} ({blocks} keep only their input; the backward recomputes one at a time)"
 
 
 def format_plan(result: dict) -> str:
@@ -269,6 +313,7 @@ def format_plan(result: dict) -> str:
             f"{gib(plan.total):>9}{fits:>6}{plan.min_gpus or '-':>10}{bubble:>8}{gib(plan.cpu_per_node):>10}"
             + (f"  ({'; '.join(plan.notes)})" if plan.notes else "")
         )
+    lines.append(f"activation checkpointing: {checkpointing_text(result['activation_checkpointing'])}")
     lines.append(f"configured: {result['configured']}; recommended: {result['recommendation']}")
     if result.get("workers"):
         counts = result["workers"]

@@ -51,6 +51,10 @@ def deepspeed_config(
         "zero_optimization.stage": train.effective_zero_stage,
         "zero_optimization.offload_optimizer.device": offload,
         "zero_optimization.offload_param.device": offload,
+        # Sora checkpoints its blocks itself (`train.activation_checkpointing`, the same blocks under
+        # every strategy, see engine.py); DeepSpeed's interval would checkpoint chunks of a stage's
+        # layers on top of that, which `sora plan` does not account for.
+        "pipeline.activation_checkpoint_interval": 0,
     }
     config = _fill(template, values)
     if load_universal:

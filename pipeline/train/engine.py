@@ -19,6 +19,7 @@ import torch.distributed as dist
 from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 
 from sora import SoraConfig, SoraForCausalLM, causal_lm_loss
+from sora.modeling_sora import set_activation_checkpointing
 from sora.pipeline_view import pipeline_layer_specs, pipeline_to_flat_state_dict
 
 from ..config.train import TrainConfig
@@ -144,6 +145,8 @@ class Engine:
             )
         else:
             model, self._construction_context = objective.build_model(model_config, ds_config)
+        # The same blocks in either layout: a pipeline stage's blocks keep their model-wide index.
+        set_activation_checkpointing(model, train.activation_checkpointing)
         optimizer = _optimizer(model, train)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train))
         self.engine, _, _, _ = deepspeed.initialize(

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.ops.plan import GIB, ModelShape, balanced_partition, make_plan, plan_strategy
+from pipeline.ops.plan import GIB, ModelShape, activation_bytes, balanced_partition, make_plan, plan_strategy
 
 GPU_COUNTS = (1, 8, 64)
 
@@ -109,3 +109,39 @@ def test_impossible_plan_is_refused_before_anything_starts(capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "plan does not fit: zero2 needs" in err and "on 1 GPUs but a GPU has 80 GiB" in err
     assert "offload fits" in err  # what would fit on one GPU
+
+
+def test_activation_checkpointing_is_planned_and_printed(capsys):
+    plans = {}
+    for every in (0, 1, 2):
+        result = make_plan(
+            cluster_config("1b", 8, strategy="pipeline", pipeline_stages=2, activation_checkpointing=every)
+        )
+        assert result["activation_checkpointing"] == every
+        plans[every] = {plan.strategy: plan for plan in result["plans"]}
+    shape = ModelShape.from_config(cluster_config("1b", 8))
+    block, checkpointed, logits = activation_bytes(shape, 1, 2048)
+    assert shape.layers == 22 and checkpointed < block / 10
+    zero3 = {every: plans[every]["zero3"].activations for every in plans}
+    assert zero3[0] == 22 * block + logits  # every block keeps its activations
+    # A checkpointed block keeps its input; the backward recomputes one block at a time.
+    assert zero3[1] == 22 * checkpointed + block + logits
+    assert zero3[2] == 11 * checkpointed + 11 * block + block + logits  # blocks 0, 2, ..., 20
+    pipeline = [plans[every]["pipeline"].activations for every in (0, 1, 2)]
+    assert pipeline[1] < pipeline[2] < pipeline[0]
+    for every in (1, 2):  # only activations change (a pipeline plan shows its heaviest stage, which may)
+        for name, plan in plans[every].items():
+            reference = plans[0][name]
+            if name == "pipeline":
+                continue
+            assert (plan.params, plan.grads, plan.optimizer) == (reference.params, reference.grads, reference.optimizer)
+
+    base = ["plan", "default", "--set", "train.model=1b", "--set", "data.tokenizer.vocab_size=32000"]
+    assert main([*base, "--set", "train.activation_checkpointing=every_layer"]) == 0
+    assert "activation checkpointing: every layer (each block keeps only its input" in capsys.readouterr().out
+    assert main([*base, "--set", "train.activation_checkpointing=off"]) == 0
+    assert "activation checkpointing: off" in capsys.readouterr().out
+    # Too many activations: the refusal says what checkpointing would need.
+    long = ["--set", "data.seq_len=2048", "--set", "train.micro_batch=32", "--set", "train.global_batch=64"]
+    assert main([*base, *long]) == 2
+    assert "with train.activation_checkpointing: every_layer it needs" in capsys.readouterr().err
