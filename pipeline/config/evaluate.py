@@ -2,7 +2,8 @@
 
 The suites (`heldout-ppl`, `cloze`, `classify`) are built from a dataset version's held-out
 documents (pipeline/suites/build.py); every size below is a cap, and the builder fails with a
-clear message when the held-out split cannot give `min_test_examples`.
+clear message when the held-out split cannot give `min_test_examples`. Evaluation runs in Ray tasks
+on the cluster's workers (a GPU each when there are GPUs: `device`), never in the driver.
 """
 
 from __future__ import annotations
@@ -105,4 +106,9 @@ class EvalConfig(Section):
     num_fewshot: int | None = Field(
         default=None, ge=0, description="Few-shot examples (None: each task's own default; the suites use 0)."
     )
-    device: str = Field(default="auto", description="Torch device for evaluation; auto: cuda when available.")
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        default="auto",
+        description="Where each checkpoint's evaluation task runs (pipeline/evaluation/workers.py): auto: on a "
+        "GPU when the Ray cluster has one, else on CPUs; cuda: on a GPU (an error when the cluster has none); "
+        "cpu: on CPUs. bfloat16 on a GPU that supports it, float32 otherwise.",
+    )

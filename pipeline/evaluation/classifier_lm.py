@@ -31,13 +31,19 @@ class SoraClassifierLM(LM):
     """A `SoraForSequenceClassification` HF checkpoint (config with `id2label`, safetensors, tokenizer)."""
 
     def __init__(
-        self, pretrained: str, batch_size: int | str | None = 16, device: str | None = "cpu", **_: object
+        self,
+        pretrained: str,
+        batch_size: int | str | None = 16,
+        device: str | None = "cpu",
+        dtype: str | torch.dtype | None = "float32",
+        **_: object,
     ) -> None:
         super().__init__()
-        self.model = SoraForSequenceClassification.from_pretrained(pretrained, dtype=torch.float32)
-        self.model.eval()
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype or torch.float32
         self._device = torch.device(device or "cpu")
-        self.model.to(self._device)
+        # Loaded straight onto the device in its dtype: no full float32 copy on the host first.
+        self.model = SoraForSequenceClassification.from_pretrained(pretrained, dtype=dtype, device_map=self._device)
+        self.model.eval()
         self.tokenizer = AutoTokenizer.from_pretrained(pretrained)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 16
         self.label_id = {name: int(i) for i, name in self.model.config.id2label.items()}

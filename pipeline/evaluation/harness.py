@@ -92,6 +92,17 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def eval_dtype(device: str) -> str:
+    """The dtype a model is scored in on `device`: bfloat16 on a GPU that supports it (the dtype
+    models are trained in; float16 could overflow a bf16-trained model), float32 on CPU and on
+    older GPUs."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return "float32"
+
+
 def run_lm_eval(
     checkpoint: str | Path,
     model: str,
@@ -103,11 +114,10 @@ def run_lm_eval(
     num_fewshot: int | None = None,
 ) -> dict[str, Any]:
     """`simple_evaluate` of a local HF checkpoint with lm-eval model `model` (`sora` or
-    `sora-classifier`), per-document samples logged; returns lm-eval's results dict."""
+    `sora-classifier`) on `device` in `eval_dtype(device)`, per-document samples logged; returns
+    lm-eval's results dict."""
     device = resolve_device(device)
-    model_args: dict[str, Any] = {"pretrained": str(checkpoint)}
-    if model == "sora":
-        model_args["dtype"] = "float32" if device == "cpu" else "auto"
+    model_args: dict[str, Any] = {"pretrained": str(checkpoint), "dtype": eval_dtype(device)}
     results = simple_evaluate(
         model=model,
         model_args=model_args,

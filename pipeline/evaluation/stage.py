@@ -9,6 +9,9 @@
 A `results.json` that already exists is the stage's commit marker: evaluating the same name again
 returns it and does no work. Everything the user can get wrong (unknown task names, missing task
 folders, a missing checkpoint, a classifier asked for other tasks) fails before any evaluation.
+
+This runs where it is called, the model in this process: `sora evaluate` calls it inside a Ray task
+on a worker (`workers.py`), after `stored_results` told the driver there is work to do.
 """
 
 from __future__ import annotations
@@ -34,23 +37,9 @@ def results_key(run: str, name: str) -> str:
     return EvalResults.key(run, name)
 
 
-def evaluate_checkpoint_to_store(
-    config: RunConfig,
-    store: ObjectStore,
-    run: str,
-    name: str,
-    checkpoint_uri: str,
-    kind: Kind,
-    lineage: dict[str, Any],
-) -> EvalResults:
-    """Evaluate `checkpoint_uri` (an HF directory under the store root, or a local directory) on the
-    built-in suites of the lineage's dataset version (sora_classify only with `eval.lm_classify`) plus
-    `config.eval.tasks`; returns the stored results.json.
-
-    `lineage` must name `dataset` and `dataset_version` (the version the suites come from); it is
-    stored with the results together with the checkpoint URI, run, kind and tokenizer sha256.
-    A `classifier` (SoraForSequenceClassification) runs `sora_classify` only.
-    """
+def stored_results(store: ObjectStore, run: str, name: str, checkpoint_uri: str, kind: Kind) -> EvalResults | None:
+    """The results already stored under `name` (None when there are none): cheap, no model. Results of
+    another checkpoint under the same name are an error."""
     if kind not in MODELS:
         raise UserError(f"unknown checkpoint kind {kind!r}: use causal_lm or classifier")
     existing = EvalResults.load(store, run, name)
@@ -61,13 +50,37 @@ def evaluate_checkpoint_to_store(
                 f"{store.uri(results_key(run, name))} already holds results of {stored.kind} "
                 f"{stored.checkpoint_uri}; evaluate {checkpoint_uri} under another name"
             )
+    return existing
+
+
+def evaluate_checkpoint_to_store(
+    config: RunConfig,
+    store: ObjectStore,
+    run: str,
+    name: str,
+    checkpoint_uri: str,
+    kind: Kind,
+    lineage: dict[str, Any],
+    device: str | None = None,
+) -> EvalResults:
+    """Evaluate `checkpoint_uri` (an HF directory under the store root, or a local directory) on the
+    built-in suites of the lineage's dataset version (sora_classify only with `eval.lm_classify`) plus
+    `config.eval.tasks`; returns the stored results.json.
+
+    `lineage` must name `dataset` and `dataset_version` (the version the suites come from); it is
+    stored with the results together with the checkpoint URI, run, kind and tokenizer sha256.
+    A `classifier` (SoraForSequenceClassification) runs `sora_classify` only. `device` (cpu, cuda)
+    overrides `config.eval.device`.
+    """
+    existing = stored_results(store, run, name, checkpoint_uri, kind)
+    if existing is not None:
         return existing  # evaluated before: no work
     if "dataset" not in lineage:
         raise ValueError("lineage must name the dataset (and dataset_version) whose suites to evaluate on")
     manifest = read_dataset(store, lineage["dataset"], lineage.get("dataset_version", "LATEST"))
     index = build_suites(store, manifest, config.eval)
     tasks = _tasks(kind, config.eval)
-    results = _run(store, manifest, checkpoint_uri, kind, tasks, config.eval)
+    results = _run(store, manifest, checkpoint_uri, kind, tasks, config.eval, device or config.eval.device)
     return _store_results(store, run, name, results, index, manifest, checkpoint_uri, kind, lineage)
 
 
@@ -95,6 +108,7 @@ def _run(
     kind: Kind,
     tasks: list[str],
     eval_cfg: EvalConfig,
+    device: str,
 ) -> dict[str, Any]:
     """lm-eval's results for `tasks` on the checkpoint, with the suites materialized locally."""
     from .harness import run_lm_eval, task_manager
@@ -118,7 +132,7 @@ def _run(
             tasks=tasks,
             task_manager=manager,
             batch_size=eval_cfg.batch_size,
-            device=eval_cfg.device,
+            device=device,
             limit=eval_cfg.limit,
             num_fewshot=eval_cfg.num_fewshot,
         )

@@ -8,6 +8,11 @@
     <task>/<lm-eval task>.yaml       one lm-eval task per suite, tag `sora_suites`
     suites.json                      the index: counts, classes, chance levels, doc hashes, files + sha256
 
+The held-out documents are streamed twice (`rows.py`: pass 1 picks, pass 2 cuts the picked
+pieces), one shard at a time: the builder holds the capped suites and a hash per document (and a
+rank key per labelled one, until the classify splits are drawn), never the split's text, so its
+memory stays bounded wherever it runs (an evaluation task, the fine-tune driver).
+
 The settings id is a hash of the suite settings, so changed settings build a new folder instead of
 overwriting one. Every file is written create-if-absent and `suites.json` last: two concurrent
 builders write identical bytes (the build is deterministic), and a reader trusts a folder only
@@ -32,8 +37,8 @@ from ..keys import DatasetKeys
 from ..records import DatasetVersion, SuiteIndex, SuiteTask
 from ..records.evaluation import INDEX
 from ..storage import ObjectStore
-from .heldout import read_heldout
-from .rows import check_cloze, classify_rows, cloze_rows, ppl_rows
+from .heldout import HeldoutSplit
+from .rows import ClassifyRows, ClozeRows, PplRows, check_cloze
 
 SUITES_FORMAT = 2
 TAG = "sora_suites"
@@ -68,23 +73,40 @@ def build_suites(store: ObjectStore, manifest: DatasetVersion, eval_config: Eval
     existing = read_index(store, manifest, cfg)
     if existing is not None:
         return existing
-    docs = read_heldout(store, manifest)
     fraction = manifest.heldout_fraction  # for error messages
+    builders: dict[str, Any] = {}
+    if "heldout_ppl" in cfg.enabled:
+        builders["heldout_ppl"] = PplRows(cfg)
+    if "cloze" in cfg.enabled:
+        builders["cloze"] = ClozeRows(cfg)
+    if "classify" in cfg.enabled:
+        builders["classify"] = ClassifyRows(cfg, fraction)
+    heldout = HeldoutSplit(store, manifest)
+    for doc in heldout.documents():
+        for builder in builders.values():
+            builder.add(doc)
+    order = heldout.hashes  # every document's hash, sorted: what is kept per document
+    again = [builder for builder in builders.values() if builder.plan(order)]
+    while again:  # pass 2 (and a third, when a cloze candidate needs more distractor draws)
+        for doc in heldout.documents():
+            for builder in again:
+                builder.see(doc)
+        again = [builder for builder in again if builder.plan(order)]
     files: dict[str, bytes] = {}
     tasks: dict[str, SuiteTask] = {}
-    if "heldout_ppl" in cfg.enabled:
-        rows = ppl_rows(docs, cfg)
+    if "heldout_ppl" in builders:
+        rows = builders["heldout_ppl"].rows()
         files["heldout_ppl/test.jsonl"] = _jsonl(rows)
         tasks["sora_heldout_ppl"] = _task_entry("heldout_ppl", {"test": rows}, chance=None)
-    if "cloze" in cfg.enabled:
-        rows = cloze_rows(docs, cfg)
-        check_cloze(rows, docs, cfg, fraction)
+    if "cloze" in builders:
+        rows = builders["cloze"].rows()
+        check_cloze(rows, len(order), cfg, fraction)
         files["cloze/test.jsonl"] = _jsonl(rows)
         tasks["sora_cloze"] = _task_entry(
             "cloze", {"test": rows}, chance={"uniform": 0.25, "majority": _majority(rows)}
         )
-    if "classify" in cfg.enabled:
-        splits, info = classify_rows(docs, cfg, fraction)
+    if "classify" in builders:
+        splits, info = builders["classify"].rows()
         for split, rows in splits.items():
             files[f"classify/{split}.jsonl"] = _jsonl(rows)
         entry = _task_entry("classify", splits, chance=info.pop("chance"))
@@ -97,7 +119,7 @@ def build_suites(store: ObjectStore, manifest: DatasetVersion, eval_config: Eval
         dataset=manifest.dataset,
         version=manifest.version,
         tokenizer_sha256=manifest.tokenizer.sha256,
-        heldout_docs=len(docs),
+        heldout_docs=len(order),
         prefix=prefix,
         uri=store.uri(prefix),
         settings_id=settings_id(cfg),

@@ -185,3 +185,48 @@ def test_bad_input_one_clear_line_nothing_written(tmp_path, rows, overrides, mes
         build_suites(store, manifest, config)
     assert "\n" not in str(error.value)
     assert store.list(suites_prefix(manifest, config.suites)) == []
+
+
+def sharded_heldout_manifest(store, rows, per_shard, name="big"):
+    """A manifest whose held-out split is `rows` written `per_shard` documents to a shard."""
+    import pyarrow as pa
+
+    entries = []
+    for start in range(0, len(rows), per_shard):
+        part = rows[start : start + per_shard]
+        table = pa.table(
+            {
+                "doc_key": pa.array([f"d{start + i}#0" for i in range(len(part))], pa.string()),
+                "label": pa.array([label for label, _ in part], pa.string()),
+                "text": pa.array([text for _, text in part], pa.string()),
+            }
+        )
+        key = f"datasets/{name}/shards/r/heldout/part-{start:05d}.arrow"
+        entries.append({**write_shard(store, key, table, 0), "docs": len(part)})
+    raw = heldout_manifest(store, [], f"{name}-empty").to_dict()  # the same fields, held-out split aside
+    return Manifest.from_dict({**raw, "dataset": name, "shards": {**raw["shards"], "heldout": entries}})
+
+
+def test_building_streams_the_heldout_split(tmp_path):
+    # Four times the held-out documents add their hashes to what the builder holds, not their text:
+    # it reads one shard at a time and keeps only the capped suites (Python heap, traced). Eight
+    # snippets a document fill the classify caps at 1x already, so the difference is per document.
+    import tracemalloc
+
+    peaks, text = {}, {}
+    for scale in (1, 4):
+        store = open_store(str(tmp_path / f"x{scale}"))
+        rows = [("abcd"[i % 4], lines(i, 200)) for i in range(150 * scale)]
+        manifest = sharded_heldout_manifest(store, rows, per_shard=100)
+        text[scale] = sum(len(t) for _, t in rows)
+        tracemalloc.start()
+        index = build_suites(store, manifest, eval_config(classify_snippets_per_doc=8))
+        peaks[scale] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert index.heldout_docs == len(rows)
+    added = text[4] - text[1]
+    print(
+        f"held-out text {text[1] / 2**20:.1f} -> {text[4] / 2**20:.1f} MiB: builder peak "
+        f"{peaks[1] / 2**20:.2f} -> {peaks[4] / 2**20:.2f} MiB"
+    )
+    assert peaks[4] - peaks[1] < added / 10
