@@ -25,6 +25,7 @@ import tempfile
 import time
 
 import torch
+from cpu_sampler import CpuSampler
 
 
 def build_dataset(root: str):
@@ -61,7 +62,8 @@ def ray_job(
     }
     run_config = RunConfig.model_validate(raw)
     started = time.perf_counter()
-    pretrain(run_config, quiet=True)
+    with CpuSampler() as sampler:
+        pretrain(run_config, quiet=True)
     wall = time.perf_counter() - started
     store = open_store(run_config.storage.root)
     rows = read_rows(store, RunKeys(run).metrics)
@@ -78,6 +80,8 @@ def ray_job(
         "wall_s": wall,
         "split": {"compute": compute / total, "data_wait": data / total, "checkpoint_stall": stall / total},
         "final_loss": rows[-1]["loss"],
+        # Who used the cores while the job stepped (Ray's own processes, the driver, other load).
+        "cpu_share_during_steps": sampler.share(steady[0]["time"], steady[-1]["time"]) if len(steady) > 1 else None,
         # Wall time between consecutive steps: the step plus everything around it (drain check, logging).
         "wall_tokens_per_s": rows[0]["tokens"] / rows[0]["step"] / statistics.median(gaps) if gaps else None,
     }
@@ -163,7 +167,7 @@ def main() -> None:
                 "steps": args.steps,
                 f"ray_deepspeed_{args.strategy}": {
                     "workers": args.workers,
-                    **{k: job[k] for k in ("tokens_per_s", "mfu", "peak", "split")},
+                    **{k: job[k] for k in ("tokens_per_s", "mfu", "peak", "split", "cpu_share_during_steps")},
                 },
                 "plain_pytorch": plain,
                 "ratio_job_vs_plain": job["tokens_per_s"] / plain["tokens_per_s"],

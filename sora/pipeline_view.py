@@ -173,24 +173,26 @@ def flat_to_pipeline_state_dict(flat: dict[str, torch.Tensor], config: SoraConfi
     return out
 
 
+def pipeline_key_to_flat(key: str, config: SoraConfig) -> str:
+    """The `SoraForCausalLM` name of one pipeline-layout key (`3.attn.q_proj.weight` ->
+    `model.layers.2.attn.q_proj.weight`)."""
+    num_layers = config.num_hidden_layers
+    index_text, rest = key.split(".", 1)
+    index = int(index_text)
+    if index == 0:
+        return "model.embed_tokens.weight"
+    if 1 <= index <= num_layers:
+        return f"model.layers.{index - 1}.{rest}"
+    if index == num_layers + 1:
+        return f"model.norm.{rest[len('norm.') :]}"
+    if index == num_layers + 2:
+        return "lm_head.weight"
+    raise KeyError(f"unexpected key in a pipeline state dict: {key}")
+
+
 def pipeline_to_flat_state_dict(pipe: dict[str, torch.Tensor], config: SoraConfig) -> dict[str, torch.Tensor]:
     """Inverse of `flat_to_pipeline_state_dict`."""
-    num_layers = config.num_hidden_layers
-    norm_index, head_index = num_layers + 1, num_layers + 2
-    out: dict[str, torch.Tensor] = {}
-    for key, value in pipe.items():
-        index_text, rest = key.split(".", 1)
-        index = int(index_text)
-        if index == 0:
-            out["model.embed_tokens.weight"] = value
-        elif 1 <= index <= num_layers:
-            out[f"model.layers.{index - 1}.{rest}"] = value
-        elif index == norm_index:
-            out[f"model.norm.{rest[len('norm.') :]}"] = value
-        elif index == head_index:
-            out["lm_head.weight"] = value
-        else:
-            raise KeyError(f"unexpected key in a pipeline state dict: {key}")
+    out = {pipeline_key_to_flat(key, config): value for key, value in pipe.items()}
     if config.tie_word_embeddings:
         out["lm_head.weight"] = out["model.embed_tokens.weight"]
     return out

@@ -74,6 +74,11 @@ class TrainConfig(LoopConfig):
         description="Checkpoint and exit after this step "
         "(e.g. before a maintenance window); rerun the same config to resume.",
     )
+    async_checkpoint: bool = Field(
+        default=True,
+        description="Upload checkpoints in the background while training continues (the local save still "
+        "blocks; a save waits for the previous upload and commit). false: training waits for each commit.",
+    )
     strategy: Strategy = Field(default="zero3", description="zero3 (default), zero1, zero2, or pipeline.")
     zero_stage: int | None = Field(
         default=None, ge=0, le=3, description="ZeRO stage; implied by zero* strategies; pipeline allows 0 or 1."

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,26 @@ from sora import SoraConfig, SoraForSequenceClassification
 from ..data.tokenizer_step import load_stored_tokenizer
 from ..records import DatasetVersion, ExportInfo
 from ..storage import ObjectStore
+from ..train.export import ExportSource, parameter_sources
 from ..train.loader import ShuffledSamples
 from ..train.node_lock import node_lock
 from .examples import ExampleSet
 from .task import FinetuneTask
 
 SPLIT_FILES = {"train": "train.jsonl", "validation": "validation.jsonl"}
+
+
+def _plain_name(name: str) -> str:
+    """A peft-wrapped parameter's name in the merged plain model (what `merge_and_unload` leaves)."""
+    return name.removeprefix("base_model.model.").replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
+
+
+def _merge(layer: torch.nn.Module, base: torch.Tensor) -> torch.Tensor:
+    """peft's merge of a LoRA layer's active adapters into its base weight (`LoraLayer.merge`)."""
+    weight = base.detach().clone()
+    for adapter in layer.active_adapters:
+        weight += layer.get_delta_weight(adapter)
+    return weight
 
 
 class Classification:
@@ -145,15 +160,32 @@ class Classification:
         return torch.stack([loss.double(), torch.tensor(float(len(labels)), dtype=torch.float64), correct.double()])
 
     # -- export ----------------------------------------------------------------------------------
-    def export_model(self, model_config: SoraConfig, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
-        """A plain `SoraForSequenceClassification` (LoRA merged into the weights)."""
-        model = SoraForSequenceClassification(self.classifier_config(model_config))
-        if self.task.method == "lora":
-            model = self._with_lora(model)
-        model.load_state_dict(state_dict, strict=True)
-        if self.task.method == "lora":
-            model = model.merge_and_unload()
-        return model
+    def export_skeleton(self, model_config: SoraConfig) -> SoraForSequenceClassification:
+        """A plain `SoraForSequenceClassification` (LoRA merged into the weights), on the meta device."""
+        config = self.classifier_config(model_config)
+        with torch.device("meta"):
+            return SoraForSequenceClassification(config)
+
+    def export_sources(self, module: torch.nn.Module) -> dict[str, ExportSource]:
+        """The trained parameters under the plain model's names; with LoRA each adapted weight is
+        merged on its own, as `merge_and_unload` would (base + B @ A x scaling), from the base weight
+        and its two adapter matrices, and the head is the trained copy peft keeps (`modules_to_save`)."""
+        if self.task.method != "lora":
+            return parameter_sources(module)
+        from peft.tuners.lora import LoraLayer
+
+        sources: dict[str, ExportSource] = {}
+        merged: set[int] = set()
+        for path, layer in module.named_modules():
+            if isinstance(layer, LoraLayer):
+                base = layer.get_base_layer().weight
+                adapters = [p for a in layer.active_adapters for p in (layer.lora_A[a].weight, layer.lora_B[a].weight)]
+                merged.update(id(p) for p in (base, *adapters))
+                sources[_plain_name(f"{path}.weight")] = ExportSource([base, *adapters], partial(_merge, layer, base))
+        for name, param in module.named_parameters():
+            if id(param) not in merged and ".original_module." not in name and "lora_" not in name:
+                sources[_plain_name(name)] = ExportSource([param], lambda param=param: param)
+        return sources
 
     def export_info(self, info: ExportInfo) -> ExportInfo:
         """Which task, method and init, and which suite build it learned from."""

@@ -16,6 +16,7 @@ from sora import SoraConfig, SoraForCausalLM, causal_lm_loss
 from ..errors import UserError
 from ..records import DatasetVersion, ExportInfo, PinnedSource
 from ..storage import ObjectStore
+from ..train.export import ExportSource, parameter_sources
 from ..train.loader import cache_directory
 from ..train.shard_cache import ShardCache
 from ..train.streaming import DataStream, StreamSettings, ValidationSamples
@@ -88,14 +89,13 @@ class LanguageModeling:
         loss = causal_lm_loss(module(input_ids=inputs, use_cache=False).logits, labels)
         return torch.stack([loss.double() * tokens, tokens.double(), torch.zeros((), dtype=torch.float64)])
 
-    def export_model(self, model_config: SoraConfig, state_dict: dict[str, torch.Tensor]) -> SoraForCausalLM:
-        """The pretrained causal LM (a tied LM head may be absent from the state dict)."""
-        model = SoraForCausalLM(model_config)
-        missing, unexpected = model.load_state_dict(state_dict, strict=False)
-        missing = [k for k in missing if k != "lm_head.weight" or not model_config.tie_word_embeddings]
-        if missing or unexpected:
-            raise RuntimeError(f"export: state dict mismatch (missing {missing}, unexpected {unexpected})")
-        return model
+    def export_skeleton(self, model_config: SoraConfig) -> SoraForCausalLM:
+        """The pretrained causal LM (its tied LM head is stored once, as `save_pretrained` does)."""
+        with torch.device("meta"):
+            return SoraForCausalLM(model_config)
+
+    def export_sources(self, module: torch.nn.Module) -> dict[str, ExportSource]:
+        return parameter_sources(module)
 
     def export_info(self, info: ExportInfo) -> ExportInfo:
         mixture = self.mixture

@@ -19,6 +19,7 @@ from ..keys import RunKeys
 from ..records import COMMITTED, DatasetVersion, RunPin, WarmStartLineage, read_dataset
 from ..storage import ObjectStore
 from ..train import checkpoint as ckpt
+from ..train.universal import check_convertible
 from ..train.warm_start import check_parent, parent_checkpoint, pin_parent, unpin_parent
 
 
@@ -79,6 +80,7 @@ def _parent_lineage(
     # bf16 is decided on the workers (their hardware); they check it again (`check_parent`).
     current = ckpt.compatibility_fields(train, model_config.to_dict(), state.bf16)
     check_parent(state.compatibility, current, parent.run)
+    check_convertible(state, train, f"train.init_from: run {parent.run!r}'s checkpoint {newest.tag}")
     source = read_dataset(store, state.dataset, state.dataset_version)
     if source.tokenizer.sha256 != manifest.tokenizer.sha256:
         raise UserError(

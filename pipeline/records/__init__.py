@@ -15,6 +15,7 @@ from .checkpoint import (
     CommittedFile,
     Converted,
     EarlyStoppingState,
+    RankUpload,
     TrainerState,
     WarmStartPin,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "Chance",
     "Committed",
     "Converted",
+    "RankUpload",
     "DatasetVersion",
     "CommittedFile",
     "EarlyStoppingState",

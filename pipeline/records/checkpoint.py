@@ -1,15 +1,18 @@
 """Checkpoint records: `trainer_state.json` (where training stands) and `COMMITTED` (the listing
 that makes a checkpoint exist: every file with size and sha256, and the lease epoch it was
 written under). Both are plain writes: the checkpoint protocol (pipeline/train/checkpoint.py)
-fences `COMMITTED` with the run lease and writes it last. `WarmStartPin` (`runs/<parent>/pins/
+fences `COMMITTED` with the run lease and writes it last. `RankUpload` (`<checkpoint>/_uploads/
+<attempt>/rank-NNNNN.json`) is one rank's listing of the files it uploaded in the background
+(asynchronous checkpoints): rank 0 commits once every rank's is there. `WarmStartPin` (`runs/<parent>/pins/
 <child>.json`) keeps a parent's checkpoint out of garbage collection while a child warm-starts
 from it.
 """
 
 from __future__ import annotations
 
+import re
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
@@ -20,6 +23,8 @@ from .base import Record
 COMMITTED = "COMMITTED"
 CONVERTED = "CONVERTED"
 STATE = "trainer_state.json"
+UPLOADS = "_uploads"  # the subfolder of a checkpoint with its ranks' upload listings (not in COMMITTED)
+_RANK_LISTING = re.compile(r"rank-(\d+)\.json")
 
 
 class CommittedFile(Record):
@@ -46,6 +51,40 @@ class Committed(Record):
     @classmethod
     def load(cls, store: ObjectStore, keys: RunKeys, checkpoint: int | CheckpointId) -> Committed:
         return cls.from_bytes(store.read(keys.checkpoint_file(checkpoint, COMMITTED)))
+
+
+class RankUpload(Record):
+    """One rank's files of a checkpoint, all up in the store: written by the rank's upload thread
+    when its last file is up, read by rank 0's, which commits once every rank of the attempt has
+    written one. `attempt` (a token of the worker group, one per start) keeps a listing left by a
+    killed attempt, whose files the next attempt overwrites, from being taken for the new one's."""
+
+    json_indent: ClassVar[int | None] = None
+
+    rank: int
+    files: list[CommittedFile]
+
+    @staticmethod
+    def folder(keys: RunKeys, checkpoint: int | CheckpointId, attempt: str) -> str:
+        return keys.checkpoint_file(checkpoint, f"{UPLOADS}/{attempt}")
+
+    def write(self, store: ObjectStore, keys: RunKeys, checkpoint: int | CheckpointId, attempt: str) -> None:
+        store.write(f"{self.folder(keys, checkpoint, attempt)}/rank-{self.rank:05d}.json", self.to_bytes())
+
+    @classmethod
+    def written(cls, store: ObjectStore, keys: RunKeys, checkpoint: int | CheckpointId, attempt: str) -> dict[int, str]:
+        """{rank: key} of the listings written so far (each read with `load`; a local store's
+        temporary file of a write in progress is no listing)."""
+        found = {}
+        for key in store.list(cls.folder(keys, checkpoint, attempt)):
+            match = _RANK_LISTING.fullmatch(key.rsplit("/", 1)[-1])
+            if match:
+                found[int(match.group(1))] = key
+        return found
+
+    @classmethod
+    def load(cls, store: ObjectStore, key: str) -> RankUpload:
+        return cls.from_bytes(store.read(key))
 
 
 class Converted(Record):

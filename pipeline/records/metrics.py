@@ -21,7 +21,8 @@ class MetricsRow(Record):
     mfu: float | None = None
     data_wait_s: float | None = None
     compute_s: float | None = None
-    checkpoint_stall_s: float | None = None
+    checkpoint_stall_s: float | None = None  # the loop blocked by a checkpoint (save, wait for the previous upload)
+    checkpoint_upload_s: float | None = None  # a checkpoint's background upload + commit, once it finished
     tokens: int | None = None
     peak: str | None = None
     val_loss: float | None = None

@@ -7,10 +7,11 @@ step cannot replace what the current holder commits for that step. Folders witho
 checkpoints of one step the newer epoch wins.
 
 Saving: every rank saves its DeepSpeed files into a node-local directory and streams them up
-(multipart for large files, hashed while streaming); rank 0 then writes `trainer_state.json` and,
-last, `COMMITTED`, which lists every file with its size and sha256 and the run lease's fencing
-epoch. The lease is checked right before `COMMITTED` is written and before anything is deleted,
-so a writer that lost the run to another process cannot commit over it or delete its files.
+(multipart for large files, hashed while streaming; by default in a background thread while
+training continues, checkpoint_upload.py); rank 0 then writes `trainer_state.json` and, last,
+`COMMITTED`, which lists every file with its size and sha256 and the run lease's fencing epoch.
+The lease is checked right before `COMMITTED` is written and before anything is deleted, so a
+writer that lost the run to another process cannot commit over it or delete its files.
 
 Resuming: `find_resume` picks the newest committed checkpoint whose listing is sound (safe names,
 every file present at its listed size) and, with `verify`, whose shared files and trainer state
@@ -56,19 +57,28 @@ def tag_for(checkpoint: int | CheckpointId) -> str:
 
 # -- saving ------------------------------------------------------------------------------------
 def upload_rank_files(
-    store: ObjectStore, keys: RunKeys, checkpoint: int | CheckpointId, local: Path
+    store: ObjectStore,
+    keys: RunKeys,
+    checkpoint: int | CheckpointId,
+    local: Path,
+    after_file: Callable[[], None] | None = None,
 ) -> list[CommittedFile]:
-    """Stream every file under `local` (one rank's DeepSpeed save) up; returns its listing entries."""
-    return upload_files(store, local, lambda name: keys.checkpoint_file(checkpoint, name))
+    """Stream every file under `local` (one rank's DeepSpeed save) up; returns its listing entries.
+    `after_file` runs after each file (the background upload's stop check and fault hook)."""
+    return upload_files(store, local, lambda name: keys.checkpoint_file(checkpoint, name), after_file)
 
 
-def upload_files(store: ObjectStore, local: Path, key: Callable[[str], str]) -> list[CommittedFile]:
+def upload_files(
+    store: ObjectStore, local: Path, key: Callable[[str], str], after_file: Callable[[], None] | None = None
+) -> list[CommittedFile]:
     """Stream every file under `local` up to `key(<name relative to local>)`, hashing while reading."""
     files = []
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         name = path.relative_to(local).as_posix()
         size, sha = store.upload_file(key(name), path)
         files.append(CommittedFile(name=name, size=size, sha256=sha))
+        if after_file is not None:
+            after_file()
     return files
 
 

@@ -18,6 +18,12 @@ collective for another. A warm start does not fall back (its lineage names one p
 New saves go to the folder of this run's lease epoch (`step-XXXXXXXX-eNNNN`, pipeline/keys.py);
 the first commit of a warm-started run removes its pin on the parent's checkpoint.
 
+Asynchronous saves (`train.async_checkpoint`, the default): the local save blocks, the upload and
+rank 0's commit run in a background thread (checkpoint_upload.py) while training continues; the
+loop polls it every step, and a later save (backpressure: one upload in flight, one local copy per
+rank), the end of the run, a drain and the export wait for it. Synchronous saves upload and commit
+before `save` returns.
+
 Another layout: the engine loads the checkpoint's copy in DeepSpeed's universal format
 (universal.py), made once per checkpoint by rank 0 before the ranks enter any torch collective
 (`prepare_resume`; the others wait in Ray Train's barrier, which has no timeout), and kept
@@ -28,6 +34,7 @@ downloads only the part of it that it loads.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +44,11 @@ import torch.distributed as dist
 from pydantic import BaseModel
 
 from ..keys import CheckpointId, RunKeys
-from ..records import TrainerState, WarmStartLineage
+from ..records import CommittedFile, TrainerState, WarmStartLineage
 from ..storage import ObjectStore
 from . import checkpoint as ckpt
 from . import checkpoint_download as fetch
+from . import checkpoint_upload as background
 from . import universal as conversion
 from . import warm_start
 from .spec import LeaseToken
@@ -170,6 +178,9 @@ class CheckpointManager:
         keep_last: int,
         restart: bool = False,  # the run may start from step 0 when no checkpoint is usable
         wait_for_peers: Callable[[], None] | None = None,  # Ray Train's barrier (no timeout)
+        asynchronous: bool = False,  # upload and commit in the background (checkpoint_upload.py)
+        timeout_s: float = 600.0,  # asynchronous: how long rank 0 waits for the others' uploads after its own
+        upload_fault: Callable[[int], None] | None = None,  # tests: called in the upload thread after each file
     ) -> None:
         self.store, self.keys, self.lease, self.engine, self.states = store, keys, lease, engine, states
         self.fixed, (self.local, self.node_dir), self.keep_last = fixed, dirs, keep_last
@@ -177,11 +188,80 @@ class CheckpointManager:
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.skipped: list[str] = []  # checkpoints resume passed over: "<tag>: <reason>"
         self.parent: str | None = None  # warm-start parent whose pin the first commit removes
+        self.saved: int | None = None  # the step saved last (committed, or uploading)
+        self.pending: CheckpointId | None = None  # saved asynchronously, not yet waited for (same on every rank)
+        self.upload_s: float | None = None  # the last background upload's duration, until taken
+        self.uploads: background.BackgroundUploads | None = None
+        if asynchronous:
+            attempt = broadcast(uuid.uuid4().hex[:12] if self.rank == 0 else None)  # names this group's listings
+            self.uploads = background.BackgroundUploads(
+                store, keys, self.rank, self.world, attempt, self._commit, timeout_s, upload_fault
+            )
 
     # -- save ----------------------------------------------------------------------------------
-    def save(self, step: int, after_commit: Callable[[], None] | None = None) -> None:
-        """All ranks save + upload their files into this lease epoch's folder; rank 0 commits
-        (fenced by the run lease), then GC, unpins a warm-start parent and runs `after_commit`."""
+    def save(self, step: int, publish: Callable[[], None] | None = None, wait: bool = False) -> int | None:
+        """All ranks save their files into this lease epoch's folder and upload them; rank 0 commits
+        (fenced by the run lease), then GC and unpins a warm-start parent. Rank 0 runs `publish`
+        (the metrics rows up to `step`) so that they are stored by the time the checkpoint exists.
+
+        Synchronous: all of it before returning, `publish` after the commit. Asynchronous: first
+        wait for the previous save's upload and commit (backpressure), then save locally, `publish`,
+        and return while the files go up; `wait` (the end of the run, a drain) waits for this one
+        too. Returns the step of the newest checkpoint this call knows committed on every rank (to
+        report to Ray Train), or None."""
+        if self.uploads is None:
+            self._save_now(step, publish)
+            self.saved = step
+            return step
+        committed = self.wait()
+        checkpoint = CheckpointId(step, self.lease.epoch)
+        state = self.record() if self.rank == 0 else None  # the parts' state at this step, not at the commit
+        rank_dir = self.local / f"save-rank{self.rank}"
+        self.engine.save(str(rank_dir), checkpoint.tag)
+        if self.rank == 0 and publish is not None:
+            publish()
+        self.uploads.start(checkpoint, rank_dir, state)
+        self.pending, self.saved = checkpoint, step
+        return self.wait() if wait else committed
+
+    def poll(self) -> None:
+        """Every rank, every step, without blocking: take the background upload if it finished
+        (its failure is raised here, at a step boundary)."""
+        if self.uploads is not None and self.uploads.finished():
+            self._take()
+
+    def wait(self) -> int | None:
+        """Every rank: block until the checkpoint saved asynchronously is committed; returns its
+        step (None: none was pending). A failure is raised on the rank it happened on; the others
+        wait in the barrier until Ray Train ends the attempt."""
+        if self.pending is None:
+            return None
+        self._take()
+        # Rank 0 is here once it committed: past the barrier every rank knows it. Ray Train's
+        # barrier has no timeout (rank 0's wait for the others' uploads has its own).
+        if self.wait_for_peers is not None:
+            self.wait_for_peers()
+        else:
+            dist.barrier()
+        committed, self.pending = self.pending, None
+        return committed.step
+
+    def take_upload_seconds(self) -> float | None:
+        """The duration of the background upload (rank 0: and commit) taken last, once."""
+        seconds, self.upload_s = self.upload_s, None
+        return seconds
+
+    def close(self) -> None:
+        """The attempt ends: an upload still running (after a failure) commits nothing."""
+        if self.uploads is not None:
+            self.uploads.abandon()
+
+    def _take(self) -> None:
+        upload = self.uploads.join()
+        if upload is not None:
+            self.upload_s = upload.seconds
+
+    def _save_now(self, step: int, publish: Callable[[], None] | None) -> None:
         checkpoint = CheckpointId(step, self.lease.epoch)
         rank_dir = self.local / f"save-rank{self.rank}"
         self.engine.save(str(rank_dir), checkpoint.tag)
@@ -190,18 +270,20 @@ class CheckpointManager:
         dist.all_gather_object(everyone, files)
         if self.rank == 0:
             merged = {f.name: f for part in everyone for f in part}
-            fence = lambda: self.lease.assert_held(self.store, self.keys)  # noqa: E731
-            ckpt.commit(
-                self.store, self.keys, checkpoint, list(merged.values()), self.record(), self.lease.epoch, fence
-            )
-            ckpt.garbage_collect(self.store, self.keys, self.keep_last, checkpoint, fence)
-            if self.parent is not None:  # the run has a checkpoint of its own now
-                warm_start.unpin_parent(self.store, self.parent, self.keys.run)
-                self.parent = None
-            if after_commit is not None:
-                after_commit()
+            self._commit(checkpoint, list(merged.values()), self.record())
+            if publish is not None:
+                publish()
         dist.barrier()
         _remove_tree(rank_dir)
+
+    def _commit(self, checkpoint: CheckpointId, files: list[CommittedFile], state: TrainerState) -> None:
+        """Rank 0, once every rank's files are up: COMMITTED (fenced), GC, the warm-start unpin."""
+        fence = lambda: self.lease.assert_held(self.store, self.keys)  # noqa: E731
+        ckpt.commit(self.store, self.keys, checkpoint, files, state, self.lease.epoch, fence)
+        ckpt.garbage_collect(self.store, self.keys, self.keep_last, checkpoint, fence)
+        if self.parent is not None:  # the run has a checkpoint of its own now
+            warm_start.unpin_parent(self.store, self.parent, self.keys.run)
+            self.parent = None
 
     def record(self) -> TrainerState:
         """`trainer_state.json` now: the fixed fields plus every part's state dict."""

@@ -11,7 +11,8 @@ small interface to the training loop.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import deepspeed
 import torch
@@ -20,9 +21,12 @@ from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 
 from sora import SoraConfig, SoraForCausalLM, causal_lm_loss
 from sora.modeling_sora import set_activation_checkpointing
-from sora.pipeline_view import pipeline_layer_specs, pipeline_to_flat_state_dict
+from sora.pipeline_view import pipeline_key_to_flat, pipeline_layer_specs
 
 from ..config.train import TrainConfig
+
+if TYPE_CHECKING:
+    from .export import ExportPlan
 
 
 def _compile_muon_kernels_lazily() -> None:
@@ -244,38 +248,66 @@ class Engine:
         return {name for param, name in names.items() if getattr(param, "_hp_mapping", None) is not None}
 
     # -- export --------------------------------------------------------------------------------
-    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """The consolidated flat (HF layout) state dict on global rank 0, None elsewhere."""
-        if self.pipeline:
-            return self._pipeline_state_dict()
-        state: dict[str, torch.Tensor] = {}
-        module = self.engine.module
-        for name, param in module.named_parameters():
-            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                if dist.get_rank() == 0:
-                    state[name] = param.detach().float().cpu().clone()
-        if dist.get_rank() != 0:
-            return None
-        if self.objective.name == "causal_lm" and self.model_config.tie_word_embeddings:
-            state["lm_head.weight"] = state["model.embed_tokens.weight"]
-        return state
+    def export_weights(self, plan: ExportPlan, write: Callable[[str, torch.Tensor], None] | None) -> None:
+        """Every rank: hand the exported tensors to `write` (global rank 0's `HFExport.write`; None
+        elsewhere) one at a time, in the plan's order. No rank ever holds more than its own weights
+        plus one tensor of the export.
 
-    def _pipeline_state_dict(self) -> dict[str, torch.Tensor] | None:
-        module = self.engine.module
+        ZeRO: each tensor's parameters are gathered (all ranks, one tensor at a time under ZeRO-3)
+        and rank 0 writes the objective's value of them (`Objective.export_sources`: the parameter,
+        or e.g. a LoRA-merged weight). Pipeline: the data-parallel-0 rank of each stage sends its
+        stage's tensors to rank 0 one at a time over a CPU (gloo) group, in the plan's order."""
+        if self.pipeline:
+            self._export_pipeline(plan, write)
+            return
+        sources = self.objective.export_sources(self.engine.module)
+        missing = [name for name in plan.names if name not in sources]
+        if missing:
+            raise RuntimeError(f"export: the trained model has no parameters for {missing[:3]}")
+        for name in plan.names:
+            source = sources[name]
+            with deepspeed.zero.GatheredParameters(source.params, modifier_rank=None):
+                if write is not None:
+                    write(name, source.value())
+
+    def _export_pipeline(self, plan: ExportPlan, write: Callable[[str, torch.Tensor], None] | None) -> None:
+        module, rank = self.engine.module, dist.get_rank()
         local: dict[str, torch.Tensor] = {}
         if self.engine.grid.data_parallel_id == 0:
             for offset, layer in enumerate(module.forward_funcs):
-                if isinstance(layer, torch.nn.Module):
+                if isinstance(layer, torch.nn.Module):  # a tied head is a function of the embedding
                     index = module._local_start + offset
-                    local.update({f"{index}.{k}": v.detach().float().cpu() for k, v in layer.state_dict().items()})
-        # Only rank 0 writes the export: gather to it alone (every rank holding every stage's
-        # weights would need the whole model's memory on each of them).
-        gathered: list[dict | None] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-        dist.gather_object(local, gathered, dst=0)
-        if dist.get_rank() != 0:
-            return None
-        merged = {k: v for part in gathered for k, v in (part or {}).items()}
-        return pipeline_to_flat_state_dict(merged, self.model_config)
+                    for key, tensor in layer.state_dict(keep_vars=True).items():
+                        local[pipeline_key_to_flat(f"{index}.{key}", self.model_config)] = tensor
+        # Tensors cross in host memory (a gloo group beside NCCL): rank 0's device never holds
+        # another stage's tensor, and each sender copies one tensor at a time off its device.
+        group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        held: list[dict[str, tuple[int, ...]] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(held, {name: tuple(t.shape) for name, t in local.items()}, group=group)
+        owner: dict[str, int] = {}
+        for source, shapes in enumerate(held):
+            for name, shape in shapes.items():
+                expected = plan.entries[name].shape if name in plan.entries else shape
+                if shape != expected:
+                    raise RuntimeError(f"export: {name} has shape {shape} on rank {source}, {expected} in the model")
+                owner.setdefault(name, source)
+        missing = [name for name in plan.names if name not in owner]
+        if missing:  # every rank sees the same maps: all raise, none waits in a transfer
+            raise RuntimeError(f"export: no pipeline stage holds {missing[:3]}")
+        for name in plan.names:
+            entry, source = plan.entries[name], owner[name]
+            if rank == source:
+                tensor = local[name].detach().to("cpu", entry.dtype).contiguous()
+                if rank == 0:
+                    write(name, tensor)
+                else:
+                    dist.send(tensor, dst=0, group=group)
+            elif rank == 0:
+                tensor = torch.empty(entry.shape, dtype=entry.dtype)
+                dist.recv(tensor, src=source, group=group)
+                write(name, tensor)
+        if group is not None:
+            dist.destroy_process_group(group)
 
 
 def _all_reduce_mean(tensor: torch.Tensor) -> None:

@@ -29,6 +29,7 @@ from .attempts import Attempts, supervise
 from .metrics import read_rows
 from .objective import Objective
 from .spec import LeaseToken, WorkerSpec
+from .universal import check_convertible
 
 
 def pin_dataset(store: ObjectStore, config: RunConfig, **pinned_with: Any) -> DatasetVersion:
@@ -118,6 +119,7 @@ def preflight_resume(
         saved = ckpt.read_state(store, keys, found)
         current = ckpt.compatibility_fields(config.train, model_config.to_dict(), bf16=saved.bf16)
         ckpt.check_compatible(saved.compatibility, current)  # precision is checked again on the workers
+        check_convertible(saved, config.train, f"run {keys.run!r}'s checkpoint {found.tag}")
     return found
 
 
@@ -166,10 +168,12 @@ def run_training(
                 resume_step=resume_step,
                 objective=objective,
                 restart=restart,
-                # Fault injection for reliability tests only: SORA_KILL_WORKER="RANK:STEP".
+                # Fault injection for reliability tests only: SORA_KILL_WORKER="RANK:STEP[:raise|:upload]".
                 kill_worker=os.environ.get("SORA_KILL_WORKER"),
                 fault_dir=os.environ.get("SORA_FAULT_DIR"),
                 pace_file=os.environ.get("SORA_STEP_PACE_FILE"),
+                # Benchmarks only: a store with a fixed upload bandwidth per worker (bytes/s).
+                upload_bandwidth=float(os.environ.get("SORA_UPLOAD_BANDWIDTH") or 0) or None,
                 init_from=init_from,
             )
             from .retry_policy import BudgetCallback, load_counts, newest_commit  # imports Ray Train

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # the driver imports this module; torch and transformers load
 
     from ..records import DatasetVersion, ExportInfo
     from ..storage import ObjectStore
+    from .export import ExportSource
 
 
 class Samples(Protocol):
@@ -75,8 +76,14 @@ class Objective(Protocol):
     def eval_sums(self, module: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """float64 tensor [loss x targets, targets, correct]."""
 
-    def export_model(self, model_config: SoraConfig, state_dict: dict[str, torch.Tensor]) -> PreTrainedModel:
-        """The plain HF model to export, holding the consolidated trained weights."""
+    def export_skeleton(self, model_config: SoraConfig) -> PreTrainedModel:
+        """The plain HF model to export, built on the meta device: its class, config, tensor names,
+        shapes and dtype decide the export's files (export.py `export_plan`); it holds no weights."""
+
+    def export_sources(self, module: torch.nn.Module) -> dict[str, ExportSource]:
+        """For each tensor of the export, the trained module's parameters it is computed from (the
+        parameter itself, or a per-tensor transform such as a LoRA merge); the engine gathers
+        them one tensor at a time (engine.py `export_weights`)."""
 
     def export_info(self, info: ExportInfo) -> ExportInfo:
         """The export's `sora_export.json`: the trainer's base lineage plus what the objective adds."""

@@ -50,9 +50,10 @@ class WorkerSpec:
     resume_step: CheckpointId | None  # the driver's preflight choice; workers re-discover after a restart
     objective: Objective  # what this run optimizes (pretrain or finetune objective)
     restart: bool = False  # train from step 0 even though unusable checkpoints exist
-    kill_worker: str | None = None  # fault injection for tests: "RANK:STEP"
+    kill_worker: str | None = None  # fault injection for tests: "RANK:STEP[:raise|:upload]"
     fault_dir: str | None = None
     pace_file: str | None = None  # tests: seconds to wait after each step, read from this file
+    upload_bandwidth: float | None = None  # bench: each worker's store uploads at this many bytes/s
     # Warm-start lineage decided on the driver (pipeline/pretrain/warm_start.py). Loaded only
     # while the run has no checkpoint of its own.
     init_from: WarmStartLineage | None = None

@@ -2,7 +2,7 @@
 
     trainer = Trainer(spec, rank, local_rank, world, device)   # built and resumed: ready to step
     while trainer.step < trainer.stop_at:
-        row = trainer.train_step()
+        row = trainer.train_step()      # first takes a finished background upload (or its error)
         trainer.maybe_evaluate(row); trainer.maybe_checkpoint()
     trainer.export()
 
@@ -11,6 +11,12 @@ Construction builds the DeepSpeed engine and loaders, then resumes: the `Checkpo
 only what it needs; another data-parallel layout is converted to DeepSpeed's universal format)
 and restores the engine and the stateful parts (progress, loader position, RNG, early stopping).
 It is the same whether Ray restarted the workers after a failure or a user re-launched the run.
+
+Checkpoints are uploaded in the background by default (`train.async_checkpoint`): the loop is
+blocked only by the local save and, when the previous upload is not done by the next save, the wait
+for it; the end of the run (also `stop_after_steps`, early stopping) waits for the commit. The rows
+carry both: `checkpoint_stall_s` (the loop blocked) and `checkpoint_upload_s` (the upload and
+commit in the background, in the first row after it finished).
 """
 
 from __future__ import annotations
@@ -27,14 +33,14 @@ import torch.distributed as dist
 from sora import SoraConfig, flops_per_token
 
 from ..errors import UserError
-from ..faults import kill_once, pace
+from ..faults import kill_in_upload, kill_once, pace, throttle_uploads
 from ..records import ExportInfo
 from ..storage import open_store
 from . import checkpoint as ckpt
 from .checkpoint_manager import CheckpointManager, ResumePoint, prepare_resume, share
 from .ds_config import deepspeed_config
 from .engine import Engine
-from .export import upload_hf_model
+from .export import HFExport, export_plan
 from .loader import TrainLoader, cache_directory, validation_batches
 from .metrics import MetricsLog, mfu, node_peak_flops
 from .spec import WorkerSpec
@@ -69,7 +75,8 @@ class Trainer:
         self.train = self.config.train
         self.keys, self.manifest = spec.keys, spec.manifest
         self.model_config = SoraConfig(**spec.model_config)
-        self.store = open_store(self.config.storage.root, self.config.storage.settings())
+        self.store = throttle_uploads(open_store(self.config.storage.root, self.config.storage.settings()),
+                                      spec.upload_bandwidth)  # fmt: skip
         self.local = Path(tempfile.mkdtemp(prefix=f"sora-{self.train.run}-rank{rank}-"))
         self.node_dir = cache_directory() / "checkpoints" / self.train.run
         self.objective = spec.objective
@@ -184,12 +191,19 @@ class Trainer:
         dirs, keep = (self.local, self.node_dir), self.train.keep_last
         return CheckpointManager(
             self.store, self.keys, self.spec.lease, self.engine, states, fixed, dirs, keep,
-            wait_for_peers=self.wait_for_peers,
+            wait_for_peers=self.wait_for_peers, asynchronous=self.train.async_checkpoint,
+            timeout_s=self.train.collective_timeout_s,
+            upload_fault=self._upload_fault if self.spec.kill_worker else None,
         )  # fmt: skip
+
+    def _upload_fault(self, step: int) -> None:
+        """Tests: `SORA_KILL_WORKER=RANK:STEP:upload` kills rank RANK in its upload thread (faults.py)."""
+        kill_in_upload(self.spec.kill_worker, self.rank, step, self.spec.fault_dir or tempfile.gettempdir())
 
     # -- step --------------------------------------------------------------------------------------
     def train_step(self) -> dict | None:
         """One optimizer step on every rank; rank 0 returns the step's metrics row."""
+        self.checkpoints.poll()  # a background upload that failed is raised here, at a step boundary
         started = time.perf_counter()
         micro, ids = self.loader.next_step()
         fetched = time.perf_counter()
@@ -229,6 +243,9 @@ class Trainer:
             row["epochs_by_dataset"] = {name: d["epoch"] for name, d in datasets.items()}
         if self.data_exhausted and self.step == self.stop_at:
             row["data_exhausted"] = self.data_exhausted
+        uploaded = self.checkpoints.take_upload_seconds()
+        if uploaded is not None:  # a background upload (and commit) finished since the last row
+            row["checkpoint_upload_s"] = uploaded
         if self.held_parameters is not None:
             row["parameters_per_rank"] = self.held_parameters
             self.held_parameters = None
@@ -259,22 +276,32 @@ class Trainer:
             self.metrics.log(row)
 
     # -- checkpoint --------------------------------------------------------------------------------
-    def maybe_checkpoint(self) -> bool:
+    def maybe_checkpoint(self) -> int | None:
+        """Save at the interval and at the end of the run; returns what `checkpoint_now` does."""
         if self.step % self.train.checkpoint_interval and self.step != self.stop_at:
             if self.rank == 0 and self.step % self.train.log_interval == 0:
                 self.metrics.flush()
-            return False
-        self.checkpoint_now()
-        return True
+            return None
+        return self.checkpoint_now()
 
-    def checkpoint_now(self) -> None:
-        """Save and commit the current step (interval, end, or a drain), publishing metrics with it."""
+    def checkpoint_now(self, durable: bool = False) -> int | None:
+        """Save the current step (interval, end, or a drain) unless it was saved already, publishing
+        the metrics with it. `durable` (a drain) and the end of the run wait for the commit, the
+        interval's saves only for the previous one (asynchronous checkpoints). Every rank; returns the
+        step of the newest checkpoint known committed on every rank by now (to report), or None."""
         started = time.perf_counter()
-        self.checkpoints.save(self.step, after_commit=self._publish_metrics)
-        self.stall = time.perf_counter() - started
+        durable = durable or self.step == self.stop_at
+        if self.checkpoints.saved == self.step:  # a drain right after the interval's save
+            committed = self.checkpoints.wait() if durable else None
+        else:
+            committed = self.checkpoints.save(self.step, publish=self._publish_metrics, wait=durable)
+        self.stall += time.perf_counter() - started
+        return committed
 
     def close(self) -> None:
-        """Stop the prefetch and release the held shards (the node cache may evict them)."""
+        """Stop the prefetch and release the held shards (the node cache may evict them); an upload
+        still running after a failure commits nothing."""
+        self.checkpoints.close()
         self.loader.stream.close()
 
     def _publish_metrics(self) -> None:
@@ -283,14 +310,17 @@ class Trainer:
 
     # -- export ------------------------------------------------------------------------------------
     def export(self) -> None:
-        """The finished run's HF export (the objective's model and lineage), written by rank 0."""
+        """The finished run's HF export (the objective's model and lineage), streamed to the store by
+        rank 0 one tensor at a time (export.py): every rank takes part in gathering the weights."""
+        self.checkpoints.wait()  # none in flight after the end's save; never export before a commit
         finished = self.step >= self.train.max_steps or self.early.stopped or self.data_exhausted
         if self.train.export and finished:
-            state_dict = self.engine.full_state_dict()
-            if self.rank == 0:
-                model = self.objective.export_model(self.model_config, state_dict)
-                info = self.objective.export_info(self.export_info())
-                upload_hf_model(self.store, self.train.run, model, self.manifest, info)
+            skeleton = self.objective.export_skeleton(self.model_config)
+            plan = export_plan(skeleton)  # every rank: which tensors, in which order
+            export = HFExport(self.store, self.train.run, plan, self.local / "export") if self.rank == 0 else None
+            self.engine.export_weights(plan, export.write if export else None)
+            if export is not None:
+                export.finish(skeleton, self.manifest, self.objective.export_info(self.export_info()))
         if self.rank == 0:
             self._publish_metrics()
         dist.barrier()

@@ -37,13 +37,17 @@ import time
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..faults import fail_point
 from ..keys import CheckpointId, RunKeys
-from ..records import Converted
+from ..records import Converted, TrainerState
 from ..storage import ObjectStore
 from . import checkpoint_download as fetch
-from .checkpoint import upload_files
+from .checkpoint import ResumeError, upload_files
+
+if TYPE_CHECKING:
+    from ..config.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +87,23 @@ def loaded_by(name: str, parameters: set[str] | None) -> bool:
     if parameters is not None and len(parts) == 3 and parts[0] == "zero":
         return parts[1] in parameters
     return True
+
+
+def check_convertible(state: TrainerState, train: TrainConfig, what: str) -> None:
+    """On the driver, before Ray starts: refuse a resume (or warm start) on another layout that
+    DeepSpeed cannot convert. `ds_to_universal` reads the ZeRO optimizer partitions; a pipeline run
+    with `zero_stage: 0` writes none ("can't find *_optim_states.pt files"), so it resumes only on
+    the layout it was written with. Any other layout change (worker count, pipeline stages) converts."""
+    if state.compatibility.get("zero_stage") != 0:
+        return
+    layout = (train.split(train.max_workers).data_parallel, train.pipeline_stages)
+    if state.layout != layout:
+        (dp, pp), (new_dp, new_pp) = state.layout, layout
+        raise ResumeError(
+            f"{what} was written with {pp} pipeline stages x {dp} data-parallel and zero_stage 0, which "
+            f"cannot be resumed on another layout ({new_pp} x {new_dp}: DeepSpeed's universal format needs "
+            f"ZeRO-1's optimizer partitions); use workers: {state.world_size}, pipeline_stages: {pp}"
+        )
 
 
 def converted(store: ObjectStore, keys: RunKeys, checkpoint: CheckpointId) -> Converted | None:

@@ -2,9 +2,10 @@
 
 Every step ends with the drain check: Ray Train's preemption signal (a node of this worker group is
 being drained, e.g. a spot reclaim announced with a deadline), agreed by all ranks at the same step
-boundary. On a drain the workers commit a checkpoint of the step just finished and return
-`{"drained": step}` instead of training on, so no step is lost: the driver (launch.py) starts the
-next attempt at once, on the workers that remain (elastic) or on a replacement.
+boundary. On a drain the workers commit a checkpoint of the step just finished (waiting for its
+upload, and for one still in flight) and return `{"drained": step}` instead of training on, so no
+step is lost: the driver (launch.py) starts the next attempt at once, on the workers that remain
+(elastic) or on a replacement.
 """
 
 from __future__ import annotations
@@ -37,24 +38,25 @@ def _train(trainer: Trainer) -> dict:
     while trainer.step < trainer.stop_at:
         row = trainer.train_step()
         trainer.maybe_evaluate(row)
-        committed = trainer.maybe_checkpoint()
-        if committed:
-            _report(trainer)
+        committed = trainer.maybe_checkpoint()  # the newest commit every rank knows of by now, if new
+        if committed is not None:
+            _report(trainer, committed)
         # Collective: every rank asks at every step and gets rank 0's answer (the same everywhere).
         drain = ray.train.get_preemption_info()
         if drain is not None and trainer.step < trainer.stop_at:
-            return _drain(trainer, drain, committed)
+            return _drain(trainer, drain)
     trainer.export()
     if trainer.rank == 0 and trainer.data_exhausted:
         print(trainer.data_exhausted, flush=True)
     return {"finished": trainer.step, "world": trainer.world}
 
 
-def _drain(trainer: Trainer, drain, committed: bool) -> dict:
-    """Commit the step just finished (unless it was), then leave: the driver relaunches."""
-    if not committed:
-        trainer.checkpoint_now()
-        _report(trainer)
+def _drain(trainer: Trainer, drain) -> dict:
+    """Commit the step just finished (saved now unless it was; waits for its upload), then leave:
+    the driver relaunches."""
+    committed = trainer.checkpoint_now(durable=True)
+    if committed is not None:
+        _report(trainer, committed)
     left = None if drain.deadline_ms is None else drain.deadline_ms / 1000 - time.time()
     if trainer.rank == 0:
         print(
@@ -66,8 +68,9 @@ def _drain(trainer: Trainer, drain, committed: bool) -> dict:
     return {"drained": trainer.step, "world": trainer.world, "deadline_left_s": left}
 
 
-def _report(trainer: Trainer) -> None:
-    """Tell Ray Train a checkpoint was committed (a pointer only: the files live in our store)."""
+def _report(trainer: Trainer, step: int) -> None:
+    """Tell Ray Train the checkpoint of `step` was committed (a pointer only: the files live in our
+    store). Every rank, at the same point (Ray Train's report synchronizes the ranks)."""
     import json
     import tempfile
     from pathlib import Path
@@ -75,6 +78,6 @@ def _report(trainer: Trainer) -> None:
     import ray.train
 
     with tempfile.TemporaryDirectory() as pointer_dir:
-        Path(pointer_dir, "pointer.json").write_text(json.dumps({"step": trainer.step, "run": trainer.train.run}))
+        Path(pointer_dir, "pointer.json").write_text(json.dumps({"step": step, "run": trainer.train.run}))
         checkpoint = ray.train.Checkpoint.from_directory(pointer_dir) if trainer.rank == 0 else None
-        ray.train.report({"step": trainer.step}, checkpoint=checkpoint)
+        ray.train.report({"step": step}, checkpoint=checkpoint)

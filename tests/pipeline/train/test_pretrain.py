@@ -1,5 +1,6 @@
 """Pretrain stage on 2 CPU workers (Ray Train + DeepSpeed over gloo): training, export, exact resume,
-elastic resume, pipeline parallelism, killed workers, checkpoints on S3."""
+elastic resume, killed workers, checkpoints on S3; pipeline parallelism at 4 stages on 4 workers
+(resumed on another pipeline layout, exported stage by stage)."""
 
 import json
 import tempfile
@@ -129,14 +130,55 @@ def test_resume_on_one_worker_continues_the_same_sample_sequence(dataset_root):
     assert all(np.isfinite(losses)) and np.mean(losses[-3:]) < np.mean(losses[:3])
 
 
-def test_pipeline_two_stages_trains_and_exports(dataset_root, tmp_path):
-    config = train_config(dataset_root, "pipe", strategy="pipeline", pipeline_stages=2, max_steps=12)
+@pytest.fixture
+def four_cpus(ray_session):
+    """Ray with 4 logical CPUs (one per worker, on however many cores) for the test, then 2 again."""
+    import ray
+
+    from pipeline.config.run import RayConfig
+    from pipeline.ray_runtime import ensure_ray
+
+    ray.shutdown()
+    ensure_ray(RayConfig(num_cpus=4))
+    yield
+    ray.shutdown()
+    ensure_ray(RayConfig(num_cpus=2))
+
+
+def test_pipeline_four_stages_resume_on_another_layout_and_export(dataset_root, tmp_path, four_cpus):
+    """2 stages x 2 data-parallel (4 workers) for 4 steps; then 4 stages on the same 4 workers
+    (another pipeline layout: resumed from the checkpoint's universal copy) to step 6; then 4 stages
+    again (resumed from its own 4-stage checkpoint) to step 8, and the export. The losses and the
+    exported weights are those of an uninterrupted 2-stage run on 2 workers (a pipeline's
+    initialization depends on its partition, so the reference starts with 2 stages too)."""
+    pipe = dict(strategy="pipeline", max_steps=8, eval_interval=4)  # checkpoints at 4, at the stops and at 8
+    store = open_store(dataset_root.storage.root)
+    pretrain(train_config(dataset_root, "pipe-straight", pipeline_stages=2, **pipe), quiet=True)
+    pretrain(train_config(dataset_root, "pipe4", pipeline_stages=2, workers=4, stop_after_steps=4, **pipe), quiet=True)
+    pretrain(train_config(dataset_root, "pipe4", pipeline_stages=4, workers=4, stop_after_steps=6, **pipe), quiet=True)
+    assert committed(store, "pipe4") == [6, 4]
+    config = train_config(dataset_root, "pipe4", pipeline_stages=4, workers=4, **pipe)
     pretrain(config, quiet=True)
-    store = open_store(config.storage.root)
-    rows = metrics(store, "pipe")
-    assert len(rows) == 12 and np.mean([r["loss"] for r in rows[-3:]]) < np.mean([r["loss"] for r in rows[:3]])
-    path = exported_state(store, "pipe", tmp_path)
+
+    rows, straight = metrics(store, "pipe4"), metrics(store, "pipe-straight")
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in straight], rtol=0, atol=1e-5)
+    assert rows[-1]["val_loss"] == pytest.approx(straight[-1]["val_loss"], abs=1e-5)
+    # The parameters each rank held, per launch: 2 stages x 2 replicas (ranks 0-1 stage 0), then 4
+    # stages, each holding a part of the model (the tied embedding on the first and the last).
+    held = {r["step"]: r["parameters_per_rank"] for r in rows if "parameters_per_rank" in r}
+    assert sorted(held) == [1, 5, 7] and held[5] == held[7] and min(held[7]) > 0
+    first, _, last, _ = held[1]
+    assert held[1] == [first, first, last, last] and sum(held[7]) == first + last > max(held[7]) * 2
+    # The export (each stage's tensors streamed to rank 0) reloads with transformers, reproduces the
+    # pipeline's validation loss, and holds the weights the 2-stage run exported.
+    path = exported_state(store, "pipe4", tmp_path)
     assert abs(hf_val_loss(path, store, config) - rows[-1]["val_loss"]) < 1e-4
+    ours = load_file(path / "model.safetensors")
+    theirs = load_file(exported_state(store, "pipe-straight", tmp_path) / "model.safetensors")
+    assert ours.keys() == theirs.keys() and "lm_head.weight" not in ours  # tied: stored once
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-5)
 
 
 def test_killed_worker_is_restarted_from_last_committed_checkpoint(dataset_root, tmp_path, monkeypatch):

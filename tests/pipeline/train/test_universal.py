@@ -298,3 +298,42 @@ def test_a_checkpoint_whose_files_fail_verification_while_converting_falls_back_
     assert point.checkpoint == older and any(CHECKPOINT.tag in reason for reason in point.skipped)
     assert universal.converted(store, KEYS, older) is not None and universal.converted(store, KEYS, CHECKPOINT) is None
     lease.release()
+
+
+def test_a_pipeline_without_zero_is_refused_on_another_layout_before_ray_starts(tmp_path):
+    """A pipeline checkpoint with zero_stage 0 has no optimizer partitions, which the universal
+    conversion needs: another layout is refused on the driver (`preflight_resume`, before Ray), in
+    one line; the same layout goes on, and so does ZeRO-1 on another layout (test_pretrain.py
+    resumes 2 stages x 2 on 4 stages)."""
+    from pipeline.config.run import RunConfig
+    from pipeline.train.launch import preflight_resume
+    from sora import SoraConfig
+
+    store = open_store(f"file://{tmp_path}/store")
+    model_config = SoraConfig.from_preset("tiny")
+
+    def config(zero_stage: int, workers: int, stages: int) -> RunConfig:
+        fields = dict(run="r", strategy="pipeline", zero_stage=zero_stage, workers=workers, pipeline_stages=stages)
+        return RunConfig.model_validate({"storage": {"root": store.root_uri}, "train": fields})
+
+    def commit_two_stages(zero_stage: int, checkpoint: C) -> None:
+        """A committed checkpoint written with 2 stages x 1 data-parallel."""
+        compatibility = ckpt.compatibility_fields(config(zero_stage, 2, 2).train, model_config.to_dict(), False)
+        state = trainer_state(checkpoint.step).model_copy(
+            update={"dp_size": 1, "pp": 2, "compatibility": compatibility}
+        )
+        (tmp_path / checkpoint.tag).mkdir()
+        (tmp_path / checkpoint.tag / "mp_rank_00_model_states.pt").write_bytes(b"m")
+        files = ckpt.upload_rank_files(store, KEYS, checkpoint, tmp_path / checkpoint.tag)
+        ckpt.commit(store, KEYS, checkpoint, files, state, 1, lambda: None)
+
+    commit_two_stages(0, C(4, 1))
+    assert preflight_resume(store, config(0, 2, 2), model_config, restart=False) == C(4, 1)
+    for workers, stages in ((4, 4), (4, 2)):  # other stages; the same stages, other data parallelism
+        with pytest.raises(ckpt.ResumeError) as refused:
+            preflight_resume(store, config(0, workers, stages), model_config, restart=False)
+        message = str(refused.value)
+        assert "\n" not in message and "step-00000004-e0001 was written with 2 pipeline stages x 1 " in message
+        assert message.endswith("use workers: 2, pipeline_stages: 2")
+    commit_two_stages(1, C(8, 1))
+    assert preflight_resume(store, config(1, 4, 4), model_config, restart=False) == C(8, 1)
