@@ -38,11 +38,19 @@ def _plain_name(name: str) -> str:
     return name.removeprefix("base_model.model.").replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
 
 
+@torch.no_grad()
 def _merge(layer: torch.nn.Module, base: torch.Tensor) -> torch.Tensor:
-    """peft's merge of a LoRA layer's active adapters into its base weight (`LoraLayer.merge`)."""
-    weight = base.detach().clone()
+    """peft's merge of a LoRA layer's active adapters into its base weight (`LoraLayer.merge`), in
+    fp32: the export is fp32, and in a bf16 run the parameters are bf16. peft's `get_delta_weight`
+    upcasts only on CPU, so on a GPU it would round B @ A and the sum to bf16 (a small update to a
+    large weight is lost); here the base is upcast and the delta computed as peft does
+    (`Linear.get_delta_weight`: B @ A, transposed if fan_in_fan_out, x scaling) from fp32 copies."""
+    from peft.utils.other import transpose
+
+    weight = base.detach().to(torch.float32, copy=True)  # copy: never add into the parameter itself
     for adapter in layer.active_adapters:
-        weight += layer.get_delta_weight(adapter)
+        a, b = layer.lora_A[adapter].weight.float(), layer.lora_B[adapter].weight.float()
+        weight += transpose(b @ a, layer.fan_in_fan_out) * layer.scaling[adapter]
     return weight
 
 

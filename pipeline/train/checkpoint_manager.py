@@ -204,7 +204,7 @@ class CheckpointManager:
         (fenced by the run lease), then GC and unpins a warm-start parent. Rank 0 runs `publish`
         (the metrics rows up to `step`) so that they are stored by the time the checkpoint exists.
 
-        Synchronous: all of it before returning, `publish` after the commit. Asynchronous: first
+        Synchronous: all of it before returning, `publish` just before the commit. Asynchronous: first
         wait for the previous save's upload and commit (backpressure), then save locally, `publish`,
         and return while the files go up; `wait` (the end of the run, a drain) waits for this one
         too. Returns the step of the newest checkpoint this call knows committed on every rank (to
@@ -251,10 +251,10 @@ class CheckpointManager:
         seconds, self.upload_s = self.upload_s, None
         return seconds
 
-    def close(self) -> None:
-        """The attempt ends: an upload still running (after a failure) commits nothing."""
-        if self.uploads is not None:
-            self.uploads.abandon()
+    def close(self, wait_s: float = 0.0) -> bool:
+        """The attempt ends: an upload still running (after a failure) commits nothing. Waits up to
+        `wait_s` for it to stop; True once no upload thread reads the local copy any more."""
+        return self.uploads is None or self.uploads.abandon(wait_s)
 
     def _take(self) -> None:
         upload = self.uploads.join()
@@ -270,9 +270,11 @@ class CheckpointManager:
         dist.all_gather_object(everyone, files)
         if self.rank == 0:
             merged = {f.name: f for part in everyone for f in part}
-            self._commit(checkpoint, list(merged.values()), self.record())
+            # Before the commit, as the asynchronous path does: a resume from this checkpoint cuts
+            # the metrics at its step, so rank 0 dying between the two must not lose rows up to it.
             if publish is not None:
                 publish()
+            self._commit(checkpoint, list(merged.values()), self.record())
         dist.barrier()
         _remove_tree(rank_dir)
 

@@ -20,7 +20,8 @@ rank 0, its commit) before DeepSpeed writes the new local copy: each rank holds 
 checkpoint on local disk, as with synchronous saves. A failed upload or commit is raised in the
 main thread at the next poll or wait (the attempt fails and resumes from the last commit); a rank
 whose peers' listings do not all arrive within `timeout_s` of its own upload (a hung or dead peer)
-fails the same way, as the all-gather of synchronous saves did under the collective timeout. A kill
+fails the same way, as the all-gather of synchronous saves did under the collective timeout, and so
+does a rank whose own upload thread makes no progress for `timeout_s` (a hung store). A kill
 at any moment leaves the previous commit the newest valid checkpoint: COMMITTED is written only
 after every rank's listing is in the store.
 """
@@ -59,6 +60,7 @@ class Upload:
     checkpoint: CheckpointId
     started: float = field(default_factory=time.perf_counter)
     seconds: float | None = None  # from the end of the local save to the end of the upload (rank 0: commit)
+    progress: float = field(default_factory=time.monotonic)  # the thread's last sign of life (a file up, a poll)
     error: BaseException | None = None
     thread: threading.Thread | None = None
 
@@ -98,50 +100,74 @@ class BackgroundUploads:
         return self.current is not None and not self.current.thread.is_alive()
 
     def join(self) -> Upload | None:
-        """Wait for the upload in flight (None: none); raise its failure, else return it."""
-        upload, self.current = self.current, None
+        """Wait for the upload in flight (None: none); raise its failure, else return it. A thread
+        that shows no progress (no file finished, no poll for the listings) for `timeout_s` is
+        taken for hung on the store and raised as a TimeoutError."""
+        upload = self.current
         if upload is None:
             return None
-        upload.thread.join()
+        # The others wait for rank 0's commit in Ray Train's barrier, which has no timeout: without
+        # one here a store that hangs (an NFS mount behind file://) would hang the group silently.
+        # Measured from the last progress, not the start: a large checkpoint may take longer than
+        # `timeout_s` to upload. One poll interval of slack: rank 0 sleeps that long between polls.
+        while upload.thread.is_alive():
+            upload.thread.join(_POLL_MAX_S)
+            if upload.thread.is_alive() and time.monotonic() - upload.progress > self.timeout_s + _POLL_MAX_S:
+                raise TimeoutError(  # still `current`: `abandon` knows the thread may read the local copy
+                    f"checkpoint {upload.checkpoint.tag}: rank {self.rank}'s upload made no progress for "
+                    f"{self.timeout_s:.0f} s (train.collective_timeout_s; a hung store?); not committed"
+                )
+        self.current = None
         if upload.error is not None:
             raise upload.error
         return upload
 
-    def abandon(self) -> None:
-        """The attempt failed: let a running upload end without committing anything."""
+    def abandon(self, wait_s: float = 0.0) -> bool:
+        """The attempt failed: let a running upload end without committing anything (it stops at
+        its next file or poll). Waits up to `wait_s` for the thread; True once none runs (the local
+        copy is no longer read)."""
         self.stop.set()
+        upload = self.current
+        if upload is None:
+            return True
+        upload.thread.join(wait_s)
+        return not upload.thread.is_alive()
 
     # -- the thread ------------------------------------------------------------------------------
     def _run(self, upload: Upload, local: Path, state: TrainerState | None) -> None:
         checkpoint = upload.checkpoint
         try:
             files = ckpt.upload_rank_files(
-                self.store, self.keys, checkpoint, local / checkpoint.tag, lambda: self._after_file(checkpoint)
+                self.store, self.keys, checkpoint, local / checkpoint.tag, lambda: self._after_file(upload)
             )
             if self.rank != 0:
                 RankUpload(rank=self.rank, files=files).write(self.store, self.keys, checkpoint, self.attempt)
             remove_tree(local)
             if self.rank == 0:
-                self.commit(checkpoint, self._everyone(checkpoint, files), state)
+                self.commit(checkpoint, self._everyone(upload, files), state)
                 self._forget_listings(checkpoint)
         except BaseException as error:  # noqa: BLE001 - raised in the main thread by `join`
             upload.error = error
         upload.seconds = time.perf_counter() - upload.started
 
-    def _after_file(self, checkpoint: CheckpointId) -> None:
+    def _after_file(self, upload: Upload) -> None:
+        upload.progress = time.monotonic()
+        checkpoint = upload.checkpoint
         if self.stop.is_set():
             raise Abandoned(f"checkpoint {checkpoint.tag}: upload abandoned")
         if self.fault is not None:
             self.fault(checkpoint.step)
 
-    def _everyone(self, checkpoint: CheckpointId, own: list[CommittedFile]) -> list[CommittedFile]:
+    def _everyone(self, upload: Upload, own: list[CommittedFile]) -> list[CommittedFile]:
         """Rank 0: every rank's files, once each rank's listing is in the store."""
+        checkpoint = upload.checkpoint
         deadline, delay = time.monotonic() + self.timeout_s, _POLL_FIRST_S
         others = set(range(1, self.world))
         while True:
             if self.stop.is_set():
                 raise Abandoned(f"checkpoint {checkpoint.tag}: commit abandoned")
             written = RankUpload.written(self.store, self.keys, checkpoint, self.attempt)
+            upload.progress = time.monotonic()  # alive: this wait has a deadline of its own
             missing = sorted(others - set(written))
             if not missing:
                 break

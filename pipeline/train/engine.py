@@ -282,28 +282,30 @@ class Engine:
         # Tensors cross in host memory (a gloo group beside NCCL): rank 0's device never holds
         # another stage's tensor, and each sender copies one tensor at a time off its device.
         group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
-        held: list[dict[str, tuple[int, ...]] | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(held, {name: tuple(t.shape) for name, t in local.items()}, group=group)
-        owner: dict[str, int] = {}
-        for source, shapes in enumerate(held):
-            for name, shape in shapes.items():
+        held: list[dict[str, tuple[tuple[int, ...], torch.dtype]] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(held, {name: (tuple(t.shape), t.dtype) for name, t in local.items()}, group=group)
+        owner: dict[str, tuple[int, torch.dtype]] = {}
+        for source, tensors in enumerate(held):
+            for name, (shape, dtype) in tensors.items():
                 expected = plan.entries[name].shape if name in plan.entries else shape
                 if shape != expected:
                     raise RuntimeError(f"export: {name} has shape {shape} on rank {source}, {expected} in the model")
-                owner.setdefault(name, source)
+                owner.setdefault(name, (source, dtype))
         missing = [name for name in plan.names if name not in owner]
         if missing:  # every rank sees the same maps: all raise, none waits in a transfer
             raise RuntimeError(f"export: no pipeline stage holds {missing[:3]}")
+        # Each tensor crosses in its training dtype (bf16: half the bytes of the fp32 export);
+        # `write` casts it to the export's dtype on rank 0.
         for name in plan.names:
-            entry, source = plan.entries[name], owner[name]
+            entry, (source, dtype) = plan.entries[name], owner[name]
             if rank == source:
-                tensor = local[name].detach().to("cpu", entry.dtype).contiguous()
+                tensor = local[name].detach().to("cpu").contiguous()
                 if rank == 0:
                     write(name, tensor)
                 else:
                     dist.send(tensor, dst=0, group=group)
             elif rank == 0:
-                tensor = torch.empty(entry.shape, dtype=entry.dtype)
+                tensor = torch.empty(entry.shape, dtype=dtype)
                 dist.recv(tensor, src=source, group=group)
                 write(name, tensor)
         if group is not None:

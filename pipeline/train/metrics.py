@@ -103,6 +103,12 @@ class MetricsLog:
         self.rows.flush()
         self.samples.flush()
 
+    def close(self) -> None:
+        """Close the TensorBoard writer (events not yet published go with the local folder)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
     def publish_tensorboard(self, step: int) -> None:
         """Close the current event file, upload it (once: it never changes again), open a new one."""
         if self.writer is None:

@@ -21,6 +21,10 @@ commit in the background, in the first row after it finished).
 
 from __future__ import annotations
 
+import glob
+import logging
+import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,6 +49,30 @@ from .loader import TrainLoader, cache_directory, validation_batches
 from .metrics import MetricsLog, mfu, node_peak_flops
 from .spec import WorkerSpec
 from .state import EarlyStopping, Progress, RngState
+
+log = logging.getLogger(__name__)
+
+# How long `Trainer.close` gives an abandoned upload to stop (at its next file) before it removes the
+# local folder; a thread still reading it then (a large file, a hung store) leaves the folder to the
+# next attempt on this node, which empties it first.
+_UPLOAD_STOP_WAIT_S = 10.0
+
+
+def local_directory(run: str, local_rank: int) -> Path:
+    """This worker's local scratch (its checkpoint copy before upload, the export's shards, rank 0's
+    TensorBoard files): one fixed folder per run and local rank (unique on a node) in the node
+    cache, emptied here. A killed attempt's copy (~1.5 GB per rank at 7B) is never uploaded, so
+    never deleted by the upload; a fixed folder bounds it to one per rank, reclaimed by the next
+    attempt on the node, where a new folder per attempt piled one up with every retry."""
+    path = cache_directory() / "scratch" / run / f"local-rank{local_rank}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    if local_rank == 0:  # earlier versions' per-attempt folders: `sora-<run>-rank<N>-<mkdtemp suffix>`
+        stale = re.compile(rf"sora-{re.escape(run)}-rank\d+-[a-z0-9_]{{8}}")
+        for old in Path(tempfile.gettempdir()).glob(f"sora-{glob.escape(run)}-rank*"):
+            if stale.fullmatch(old.name) and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+    return path
 
 
 def resolve_bf16(precision: str, device: torch.device) -> bool:
@@ -77,7 +105,7 @@ class Trainer:
         self.model_config = SoraConfig(**spec.model_config)
         self.store = throttle_uploads(open_store(self.config.storage.root, self.config.storage.settings()),
                                       spec.upload_bandwidth)  # fmt: skip
-        self.local = Path(tempfile.mkdtemp(prefix=f"sora-{self.train.run}-rank{rank}-"))
+        self.local = local_directory(self.train.run, local_rank)
         self.node_dir = cache_directory() / "checkpoints" / self.train.run
         self.objective = spec.objective
         self.objective.bind(self.store, self.node_dir)
@@ -300,9 +328,16 @@ class Trainer:
 
     def close(self) -> None:
         """Stop the prefetch and release the held shards (the node cache may evict them); an upload
-        still running after a failure commits nothing."""
-        self.checkpoints.close()
+        still running after a failure commits nothing; the local folder goes once nothing reads it."""
+        stopped = self.checkpoints.close(_UPLOAD_STOP_WAIT_S)
         self.loader.stream.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        if stopped:
+            shutil.rmtree(self.local, ignore_errors=True)
+        else:
+            log.warning("rank %d: an upload is still reading %s; the next attempt on this node removes it",
+                        self.rank, self.local)  # fmt: skip
 
     def _publish_metrics(self) -> None:
         self.metrics.flush()
@@ -323,7 +358,13 @@ class Trainer:
                 export.finish(skeleton, self.manifest, self.objective.export_info(self.export_info()))
         if self.rank == 0:
             self._publish_metrics()
-        dist.barrier()
+        # Ray Train's barrier, no timeout: in a pipeline export the other ranks are done long before
+        # rank 0 has received and uploaded the model (~28 GB at 7B), which can outlast the torch
+        # collective timeout (train.collective_timeout_s). A torch barrier only without Ray (tests).
+        if self.wait_for_peers is not None:
+            self.wait_for_peers()
+        else:
+            dist.barrier()
 
     def export_info(self) -> ExportInfo:
         """What every export records: step, validation loss, dataset version, warm-start lineage."""

@@ -179,3 +179,26 @@ def test_a_worker_killed_mid_upload_resumes_from_the_previous_commit(dataset_roo
     assert all(ckpt.content_problem(store, keys, c, which=lambda name: True) is None for c in sound)
     assert any(r.get("checkpoint_upload_s") for r in rows)  # the background upload's time is in the rows
     assert store.exists("runs/killed-upload/hf/model.safetensors")
+
+
+def test_a_hung_store_under_rank_0s_own_upload_is_a_timeout_naming_the_checkpoint(tmp_path):
+    """Nothing else bounds rank 0's upload (the others wait for it in Ray Train's barrier): a store
+    call that never returns is raised as a TimeoutError once the thread shows no progress."""
+    from pipeline.train.checkpoint_upload import BackgroundUploads
+
+    store = FaultyStore(open_store(f"file://{tmp_path}/store"))
+    checkpoint = C(4, 1)
+    SavingEngine(0).save(tmp_path / "local", checkpoint.tag)
+    released = threading.Event()
+    store.stall("upload_file", released)
+    committed = []
+    uploads = BackgroundUploads(store, KEYS, 0, 1, "a", lambda *args: committed.append(args), timeout_s=0.2)
+    uploads.start(checkpoint, tmp_path / "local", None)
+    try:
+        with pytest.raises(TimeoutError, match=rf"checkpoint {checkpoint.tag}: rank 0's upload made no progress"):
+            uploads.join()
+        assert not committed and not uploads.abandon(wait_s=0)  # the thread still holds the local copy
+    finally:
+        released.set()
+        assert uploads.abandon(wait_s=10)  # released, it stops at its next file and commits nothing
+    assert not committed

@@ -157,3 +157,29 @@ def test_classifier_export_merges_lora_per_tensor_like_merge_and_unload(store, t
     files = stored_files(store, "c")
     for name, data in reference.items():
         assert files[name] == data, name
+
+
+def test_lora_merge_of_a_bf16_model_is_the_fp32_merge(store):
+    """In a bf16 run the export still merges in fp32: a small LoRA update to a larger weight, which
+    a bf16 merge (peft's `get_delta_weight` on a GPU) would round away, reaches the exported weight."""
+    task = FinetuneTask(
+        method="lora", init="scratch", init_from=None, classes=["a", "b"], suite_prefix="s", max_length=16,
+        patience=None, seed=0, lora={"rank": 4, "alpha": 8, "dropout": 0.0, "targets": ["q_proj"]},
+    )  # fmt: skip
+    objective = Classification(task)
+    torch.manual_seed(3)
+    model = SoraForSequenceClassification(objective.classifier_config(SoraConfig.from_preset("tiny", **SHAPE)))
+    model = objective._with_lora(model)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "q_proj.base_layer" in name:
+                param.fill_(1.0)  # bf16 spacing at 1 is 2^-7: a delta of ~1e-4 rounds away
+            elif "lora_B" in name:
+                param.normal_(std=1e-4)
+    model = model.to(torch.bfloat16)
+    reference = copy.deepcopy(model).float().merge_and_unload().state_dict()  # same weights, merged in fp32
+    merged = {name: source.value() for name, source in objective.export_sources(model).items()}
+    name = "model.layers.0.attn.q_proj.weight"
+    assert not torch.equal(reference[name], torch.ones_like(reference[name]))  # the delta shows in fp32
+    torch.testing.assert_close(merged[name].float(), reference[name], rtol=0, atol=1e-7)
+    assert merged[name].dtype == torch.float32
