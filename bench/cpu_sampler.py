@@ -16,25 +16,29 @@ import time
 
 import psutil
 
+# Matched against a process's title (Ray sets `ray::<Actor>.<method>` once a worker runs a task:
+# a process is classified again at every sample, so a worker is named by what it does now).
 CLASSES = (
     ("train worker", ("RayTrainWorker",)),
-    ("train controller", ("TrainController", "Controller")),
-    ("raylet", ("raylet",)),
-    ("gcs", ("gcs_server",)),
+    ("train controller", ("TrainController",)),
     ("ray other", ("ray::", "ray/", "dashboard", "log_monitor", "runtime_env", "monitor.py")),
 )
+BINARIES = {"raylet": "raylet", "gcs_server": "gcs"}
 
 
 def classify(process: psutil.Process, driver: int) -> str:
     if process.pid == driver:
         return "driver (bench process)"
     try:
-        text = " ".join(process.cmdline()) or process.name()
+        name = process.name()
+        if name in BINARIES:
+            return BINARIES[name]
+        title = " ".join(process.cmdline()[:1]) or name
     except (psutil.Error, OSError):
         return "other"
-    for name, needles in CLASSES:
-        if any(needle in text for needle in needles):
-            return name
+    for label, needles in CLASSES:
+        if any(needle in title for needle in needles):
+            return label
     return "other"
 
 
@@ -42,8 +46,6 @@ class CpuSampler:
     def __init__(self, interval: float = 0.5) -> None:
         self.interval, self.driver = interval, os.getpid()
         self.samples: list[tuple[float, dict[str, float]]] = []  # (time, CPU seconds used so far per class)
-        self._classes: dict[int, str] = {}
-        self._base: dict[int, float] = {}  # CPU seconds a process had when first seen
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -57,20 +59,20 @@ class CpuSampler:
 
     def _run(self) -> None:
         totals: dict[str, float] = {}
+        last: dict[int, float] = {}  # each process's CPU seconds at the previous sample
         while not self._stop.is_set():
-            now, used = time.time(), {}
+            now = time.time()
             for process in psutil.process_iter(["cpu_times"]):
                 times = process.info["cpu_times"]
                 if times is None:
                     continue
-                pid = process.pid
-                if pid not in self._classes:
-                    self._classes[pid] = classify(process, self.driver)
-                    self._base[pid] = times.user + times.system
-                name = self._classes[pid]
-                used[name] = used.get(name, 0.0) + times.user + times.system - self._base[pid]
-            # A process that exited keeps what it used: counts only grow.
-            totals = {name: max(totals.get(name, 0.0), used.get(name, 0.0)) for name in set(totals) | set(used)}
+                cpu = times.user + times.system
+                # Seen for the first time: only what it uses from now on counts.
+                spent = cpu - last.get(process.pid, cpu)
+                last[process.pid] = cpu
+                if spent > 0:
+                    name = classify(process, self.driver)
+                    totals[name] = totals.get(name, 0.0) + spent
             self.samples.append((now, dict(totals)))
             self._stop.wait(self.interval)
 

@@ -7,6 +7,9 @@ stage) and the same sample order:
 Prints a JSON line with tokens/s and MFU of both, their ratio, and the split of the job's step
 time into compute / data wait / checkpoint stall. On a GPU the same script reports bf16 MFU.
 
+`--repeats` alternates job and plain loop that many times and reports the mean ratio and its
+standard error (the machine's speed drifts between runs).
+
 `--elastic` instead compares the job with `workers: [1, N]` (elastic) against `workers: N`, run
 alternately `--repeats` times each, by wall time between steps (which includes the per-step
 drain check): the ratio says what elasticity costs when no node comes or goes.
@@ -155,8 +158,16 @@ def main() -> None:
         if args.elastic:
             print(json.dumps(elastic_vs_fixed(config, args)), flush=True)
             return
-        job = ray_job(config, args.steps, args.workers, args.global_batch, args.micro_batch, args.strategy)
-        plain = plain_loop(config, manifest, args.steps, args.global_batch, args.micro_batch)
+        # Job and plain loop alternate `--repeats` times: the machine's speed drifts (a VM's
+        # neighbours), so each ratio compares neighbours in time, and their spread is reported.
+        pairs = []
+        for repeat in range(args.repeats):
+            run = f"bench-{args.strategy}-{repeat}"
+            job = ray_job(config, args.steps, args.workers, args.global_batch, args.micro_batch, args.strategy, run)
+            plain = plain_loop(config, manifest, args.steps, args.global_batch, args.micro_batch)
+            pairs.append((job, plain))
+    ratios = [job["tokens_per_s"] / plain["tokens_per_s"] for job, plain in pairs]
+    job, plain = pairs[-1]
     print(
         json.dumps(
             {
@@ -170,7 +181,9 @@ def main() -> None:
                     **{k: job[k] for k in ("tokens_per_s", "mfu", "peak", "split", "cpu_share_during_steps")},
                 },
                 "plain_pytorch": plain,
-                "ratio_job_vs_plain": job["tokens_per_s"] / plain["tokens_per_s"],
+                "ratios_job_vs_plain": ratios,
+                "ratio_job_vs_plain": statistics.mean(ratios),
+                "ratio_stderr": statistics.stdev(ratios) / len(ratios) ** 0.5 if len(ratios) > 1 else None,
                 "job_wall_s_including_startup": job["wall_s"],
             }
         ),
