@@ -18,6 +18,17 @@ how much faster than the input the wall time (fixed cost excluded) grows.
     python bench/preprocess.py                          # stdlib + scaling 1x/4x/12x of 8 MB
     python bench/preprocess.py --corpora stdlib,site-packages --scales ""
     python bench/preprocess.py --corpora "" --scales "" --memory-docs 1790,17900,71600
+
+`--filters` measures the cost of the filter chain (issue 21's target: >= 0.7 of the filter-free
+throughput): the whole stage with every filter of the chain on (length, gopher_quality,
+gopher_repetition, c4, fineweb, language, pii, decontaminate against the held-out split; the
+sources declared `content: web` so that each filter applies) against the stage with the length
+filter alone, on the same corpus, alternating the two `--repeats` times; prints the ratio of
+source MB/s (mean ± stderr) and of the read + clean phase alone, and the documents each kept
+(the filters drop most code, which makes the later phases cheaper: the read + clean ratio is the
+filters' own cost).
+
+    python bench/preprocess.py --corpora "" --scales "" --filters stdlib,site-packages --repeats 3
 """
 
 from __future__ import annotations
@@ -107,7 +118,35 @@ class PeakRSS:
         self.thread.join()
 
 
-def run_stage(root: str, sources: list[dict], name: str, quiet: bool = True):
+class _PhaseTimes:
+    """A quiet `Reporter` that keeps each phase's wall time."""
+
+    def __init__(self):
+        from pipeline.data.summary import Reporter
+
+        class Recording(Reporter):
+            def phase(inner, name: str) -> None:  # noqa: N805 (closure over the outer instance)
+                now = time.perf_counter()
+                self.times[name] = now - inner.last
+                inner.last = now
+
+        self.times: dict[str, float] = {}
+        self.reporter = Recording(quiet=True)
+
+
+ALL_FILTERS = [
+    {"type": "length"},
+    {"type": "gopher_quality"},
+    {"type": "gopher_repetition"},
+    {"type": "c4"},
+    {"type": "fineweb"},
+    {"type": "language", "languages": None},
+    {"type": "pii"},
+    {"type": "decontaminate"},
+]
+
+
+def run_stage(root: str, sources: list[dict], name: str, quiet: bool = True, data: dict | None = None, reporter=None):
     # Driver-side imports stay outside the timed region: the stage imports `sora` (torch) only
     # when it trains the tokenizer, so that Ray workers do not pay for it.
     import sora.tokenizer  # noqa: F401
@@ -116,11 +155,11 @@ def run_stage(root: str, sources: list[dict], name: str, quiet: bool = True):
     from pipeline.data.summary import Reporter
 
     config = RunConfig.model_validate(
-        {"storage": {"root": root}, "data": {"name": name, "sources": sources, "max_error_rate": 0.05}}
+        {"storage": {"root": root}, "data": {"name": name, "sources": sources, "max_error_rate": 0.05, **(data or {})}}
     )
     start = time.perf_counter()
     with PeakRSS() as rss:
-        manifest = preprocess(config, Reporter(quiet=quiet))
+        manifest = preprocess(config, reporter or Reporter(quiet=quiet))
     return manifest, time.perf_counter() - start, config, (rss.start, rss.peak)
 
 
@@ -223,6 +262,60 @@ def measure(label: str, sources: list[dict], cores: int, with_peer: bool = True)
     return result
 
 
+def filters_cost(label: str, sources: list[dict], repeats: int) -> dict:
+    """Stage with every filter vs the length filter alone, alternated; ratios mean ± stderr."""
+    import statistics
+
+    web = [{**source, "content": "web"} for source in sources]
+    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    for _ in range(repeats):
+        for mode, filters in (("off", [{"type": "length"}]), ("on", ALL_FILTERS)):
+            times = _PhaseTimes()
+            with tempfile.TemporaryDirectory() as tmp:
+                manifest, wall, _, _ = run_stage(
+                    f"file://{tmp}/store", web, f"{label}-{mode}", data={"filters": filters}, reporter=times.reporter
+                )
+            stats = manifest.stats.run
+            runs[mode].append(
+                {
+                    "mb_per_s": stats.source_bytes / 1e6 / wall,
+                    "read_clean_s": times.times.get("read + clean", float("nan")),
+                    "docs_kept": stats.docs_kept,
+                    "docs_read": stats.docs_read,
+                    "wall_s": wall,
+                    "filters": dict(stats.filters),
+                    "rejected": dict(stats.rejected),
+                }
+            )
+
+    def mean_stderr(values: list[float]) -> tuple[float, float]:
+        spread = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+        return statistics.fmean(values), spread
+
+    stage = [on["mb_per_s"] / off["mb_per_s"] for on, off in zip(runs["on"], runs["off"], strict=True)]
+    clean = [off["read_clean_s"] / on["read_clean_s"] for on, off in zip(runs["on"], runs["off"], strict=True)]
+    (stage_mean, stage_err), (clean_mean, clean_err) = mean_stderr(stage), mean_stderr(clean)
+    on, off = runs["on"][-1], runs["off"][-1]
+    result = {
+        "bench": "preprocess-filters",
+        "corpus": label,
+        "repeats": repeats,
+        "stage_mb_per_s_off": [round(r["mb_per_s"], 3) for r in runs["off"]],
+        "stage_mb_per_s_on": [round(r["mb_per_s"], 3) for r in runs["on"]],
+        "ratio_stage_on_vs_off": f"{stage_mean:.3f} ± {stage_err:.3f}",
+        "read_clean_s_off": [round(r["read_clean_s"], 2) for r in runs["off"]],
+        "read_clean_s_on": [round(r["read_clean_s"], 2) for r in runs["on"]],
+        "ratio_read_clean_on_vs_off": f"{clean_mean:.3f} ± {clean_err:.3f}",
+        "docs_read": on["docs_read"],
+        "docs_kept_off": off["docs_kept"],
+        "docs_kept_on": on["docs_kept"],
+        "rejected_on": on["rejected"],
+        "filter_counters_on": on["filters"],
+    }
+    print(json.dumps(result), flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpora", default="stdlib", help="comma list of: stdlib, site-packages")
@@ -235,6 +328,8 @@ def main() -> None:
         help="comma list of document counts (e.g. 1790,17900,71600): driver peak RSS per count, same file count",
     )
     parser.add_argument("--memory-one", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--filters", default="", help="comma list of corpora (stdlib, site-packages): filter cost")
+    parser.add_argument("--repeats", type=int, default=3, help="alternated on/off runs per corpus for --filters")
     args = parser.parse_args()
 
     from pipeline.config.run import RayConfig
@@ -251,6 +346,15 @@ def main() -> None:
             measure("site-packages", [{"kind": "text", "uri": str(site_packages())}], cores, not args.no_peer)
         else:
             sys.exit(f"unknown corpus {corpus}")
+
+    for corpus in filter(None, args.filters.split(",")):
+        sources = {
+            "stdlib": [{"kind": "python-stdlib"}],
+            "site-packages": [{"kind": "text", "uri": str(site_packages())}],
+        }
+        if corpus not in sources:
+            sys.exit(f"unknown corpus {corpus}")
+        filters_cost(corpus, sources[corpus], args.repeats)
 
     if args.memory_one:
         with tempfile.TemporaryDirectory() as tmp:

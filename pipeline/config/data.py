@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import ByteSize, Field, field_validator, model_validator
 
 from .base import Section
+from .filters import PRESETS, Content, FilterSpec, LengthFilter, default_filters
 
 SourceKind = Literal["jsonl", "parquet", "text", "hf_disk", "hf_hub", "python-stdlib"]
 
@@ -33,21 +34,26 @@ class SourceConfig(Section):
         "times plus once more with probability frac(w) (deterministic, by content hash).",
     )
 
+    content: Content | None = Field(
+        default=None,
+        description="What the source holds, which picks the filters that apply to it (each filter's "
+        "`content`): web, prose or code. Default: code for python-stdlib, prose for text, web for the rest.",
+    )
+    skip_filters: list[str] = Field(
+        default_factory=list, description="Names of `data.filters` entries not applied to this source."
+    )
+
+    @property
+    def content_kind(self) -> Content:
+        if self.content is not None:
+            return self.content
+        return {"python-stdlib": "code", "text": "prose"}.get(self.kind, "web")
+
     @model_validator(mode="after")
     def _uri_needed(self) -> SourceConfig:
         if self.kind != "python-stdlib" and not self.uri:
             raise ValueError(f"source of kind {self.kind!r} needs a uri")
         return self
-
-
-class FilterConfig(Section):
-    min_chars: int = Field(default=16, ge=0, description="Drop documents shorter than this (after normalization).")
-    max_chars: int = Field(default=1_000_000, gt=0, description="Drop documents longer than this.")
-    max_doc_bytes: int = Field(
-        default=8 << 20,
-        gt=0,
-        description="Quarantine raw documents/lines larger than this (oversized input, counted as 'oversized').",
-    )
 
 
 class DedupConfig(Section):
@@ -165,7 +171,25 @@ class DataConfig(Section):
         description="Corpora to read and mix.",
     )
     normalize: Literal["NFC", "NFKC", "none"] = Field(default="NFC", description="Unicode normalization form.")
-    filters: FilterConfig = Field(default_factory=FilterConfig)
+    filters: list[FilterSpec] = Field(
+        default_factory=default_filters,
+        description="The filter chain, in order (pipeline/config/filters.py): each entry has a `type` "
+        "(length, gopher_quality, gopher_repetition, c4, fineweb, language, pii, decontaminate) and its "
+        "settings. Default: length, then PII redaction (web sources). A name instead of a list picks a "
+        "preset: `default`, or `fineweb` (FineWeb's chain: language en >= 0.65, Gopher repetition and "
+        "quality, C4 without its line-punctuation rule, FineWeb's rules, PII, decontamination). The earlier "
+        "mapping form ({min_chars, max_chars, max_doc_bytes}) is read as a length filter.",
+    )
+    word_tokenizer: Literal["fast", "spacy"] = Field(
+        default="fast",
+        description="How the quality heuristics split words: fast (a Unicode regex: word runs and "
+        "punctuation runs) or spacy (spaCy's blank-model tokenizer, as datatrove does; pip install spacy).",
+    )
+    max_doc_bytes: int = Field(
+        default=8 << 20,
+        gt=0,
+        description="Quarantine raw documents/lines larger than this (oversized input, counted as 'oversized').",
+    )
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
@@ -215,6 +239,40 @@ class DataConfig(Section):
         "every third of that while the run is alive; a crashed run blocks the next one "
         "for at most this long.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_filters(cls, raw):
+        """`filters: {min_chars, max_chars, max_doc_bytes}` (before the chain) -> a length filter."""
+        if isinstance(raw, dict) and isinstance(raw.get("filters"), dict):
+            raw = dict(raw)
+            legacy = dict(raw.pop("filters"))
+            if "max_doc_bytes" in legacy:
+                raw.setdefault("max_doc_bytes", legacy.pop("max_doc_bytes"))
+            raw["filters"] = [{"type": "length", **legacy}, {"type": "pii"}]
+        if isinstance(raw, dict) and isinstance(raw.get("filters"), str):
+            if raw["filters"] not in PRESETS:
+                raise ValueError(f"data.filters: no preset {raw['filters']!r} (presets: {', '.join(PRESETS)})")
+            raw = {**raw, "filters": PRESETS[raw["filters"]]}
+        return raw
+
+    @model_validator(mode="after")
+    def _filter_names(self) -> DataConfig:
+        names = [f.label for f in self.filters]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"data.filters: names {twice} are used twice; give each filter its own `name`")
+        if sum(f.type == "decontaminate" for f in self.filters) > 1:
+            raise ValueError("data.filters: at most one decontaminate filter")
+        for i, source in enumerate(self.sources):
+            unknown = sorted(set(source.skip_filters) - set(names))
+            if unknown:
+                raise ValueError(f"data.sources[{i}].skip_filters: {unknown} name no filter of data.filters ({names})")
+        return self
+
+    def length_filter(self) -> LengthFilter | None:
+        return next((f for f in self.filters if isinstance(f, LengthFilter)), None)
+
     placement: PlacementConfig | None = Field(
         default=None,
         description="Confine the data stage's tasks to nodes with a Ray resource or labels (e.g. a CPU "

@@ -176,6 +176,7 @@ def _run_stats(state: BuildState) -> BuildStats:
         tokens={s: int(sum(e.tokens for e in shards[s])) for s in SPLITS},
         blocks={s: int(sum(e.rows for e in shards[s])) for s in ("train", "val")},
         source_bytes=counts.source_bytes(state.new_units),
+        filters=dict(counts.filter_counts),
     )
 
 

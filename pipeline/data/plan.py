@@ -13,6 +13,7 @@ Document order is fixed by `doc_key` (`source|uri|line`): `order` is the same or
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -99,6 +100,7 @@ class PieceMeta:
     live_bytes: int
     segments: list[tuple[int, int, int]] = field(default_factory=list)
     dropped: list[tuple[int, int, int]] = field(default_factory=list)
+    filter_counts: Counter = field(default_factory=Counter)  # `<filter>/<counter>` of the filter chain
 
 
 def chunk_bytes(block_bytes: int) -> int:
@@ -161,7 +163,7 @@ class _BlockBuilder:
             # Arrow's allocator (mimalloc) keeps freed pages: without this a task's RSS is about
             # twice its live memory.
             pa.default_memory_pool().release_unused()
-        self.chunks.append(clean(chunk, self.config))
+        self.chunks.append(clean(chunk, self.config, self.meta.filter_counts))
         self.size += size
 
     def finish(self) -> Iterator[pa.Table | PieceMeta]:

@@ -13,7 +13,8 @@ training sample, whose size is bounded by `tokenizer.sample_bytes`, not by the c
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +39,7 @@ class ReadStats:
     docs_read: int
     live: int
     live_bytes: int
+    filter_counts: dict[str, int] = field(default_factory=dict)  # the filter chain's `<filter>/<counter>`
 
     def source_bytes(self, units: list[SourceUnit]) -> int:
         """Bytes of the files that yielded at least one record."""
@@ -167,7 +169,15 @@ def _read_stats(metas: list) -> ReadStats:
             rejected[reason] = rejected.get(reason, 0) + count
     docs_read = sum(e.records for e in per_unit.values())
     live_bytes = sum(meta.live_bytes for meta in metas)
-    return ReadStats(per_unit, rejected, docs_read, docs_read - sum(rejected.values()), live_bytes)
+    filter_counts = sum((Counter(meta.filter_counts) for meta in metas), Counter())
+    return ReadStats(
+        per_unit,
+        rejected,
+        docs_read,
+        docs_read - sum(rejected.values()),
+        live_bytes,
+        dict(sorted(filter_counts.items())),
+    )
 
 
 def _later_range(part: UnitPart) -> bool:

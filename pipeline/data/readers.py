@@ -232,7 +232,7 @@ class UnitReader:
     def __init__(self, planned: UnitPart, config: DataConfig, settings: StorageSettings, chunk_bytes: int) -> None:
         self.planned = planned
         self.source = config.sources[planned.unit.source_index]
-        self.max_bytes = config.filters.max_doc_bytes
+        self.max_bytes = config.max_doc_bytes
         self.settings = settings
         self.chunk_bytes = chunk_bytes
         self.first_line = 0

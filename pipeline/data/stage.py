@@ -38,8 +38,23 @@ _COMPATIBILITY_FIELDS = ("seq_len", "normalize", "filters", "dedup", "tokenizer"
 
 
 def processing_sha256(config: RunConfig) -> str:
-    data = config.data.model_dump(include=set(_COMPATIBILITY_FIELDS))
+    data = config.data.model_dump(include=set(_COMPATIBILITY_FIELDS) | {"word_tokenizer", "max_doc_bytes"})
+    applied = [f for f in config.data.filters if _applies_somewhere(f, config.data)]
+    if len(applied) == 1 and applied[0].type == "length":
+        # The chain of a dataset built before there was one (a length filter; PII redaction does
+        # not touch its code/prose sources): hashed in the earlier form, so that dataset refreshes.
+        length = applied[0]
+        data.pop("word_tokenizer")
+        filters = {"min_chars": length.min_chars, "max_chars": length.max_chars}
+        data["filters"] = {**filters, "max_doc_bytes": data.pop("max_doc_bytes")}
+    else:
+        data["filters"] = [f.model_dump(mode="json") for f in applied]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _applies_somewhere(spec, data) -> bool:
+    """Whether a filter of the chain applies to at least one of the configured sources."""
+    return any(s.content_kind in spec.applies_to() and spec.label not in s.skip_filters for s in data.sources)
 
 
 def preprocess(config: RunConfig, reporter: Reporter | None = None) -> Manifest:

@@ -1,4 +1,4 @@
-"""Per-document batch steps on Arrow tables: normalize -> quality filter -> fingerprint.
+"""Per-document batch steps on Arrow tables: normalize -> filter chain -> fingerprint.
 
 Each step is `step(table: pa.Table, config) -> pa.Table`, kept apart from the executor (the read
 tasks run them on the records of one read piece; tests call them directly). Rejected rows
@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..config.data import DataConfig, DedupConfig
+from .filters.chain import chain_for
 from .minhash import batch_signatures
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -36,25 +38,10 @@ def normalize(table: pa.Table, config: DataConfig) -> pa.Table:
     return table.set_column(table.schema.get_field_index("text"), "text", text)
 
 
-def quality_filter(table: pa.Table, config: DataConfig) -> pa.Table:
-    """Mark empty, too short and too long documents (lengths in code points, like `len(str)`)."""
-    live = _live_mask(table)
-    texts = table["text"].to_pylist()
-    # str.strip's notion of whitespace (Python's), not utf8proc's: the same rows as before.
-    stripped = np.array([len(t.strip()) if t is not None else -1 for t in texts], dtype=np.int64)
-    length = np.asarray(pc.fill_null(pc.utf8_length(table["text"]), -1).to_numpy(zero_copy_only=False))
-    limits = config.filters
-    # Later reasons win, as the previous per-reason assignments did.
-    for reason, mask in (
-        ("empty", stripped == 0),
-        ("too_short", (stripped > 0) & (stripped < limits.min_chars)),
-        ("too_long", length > limits.max_chars),
-    ):
-        mask = mask & live
-        if mask.any():
-            reject = pc.if_else(pa.array(mask), pa.scalar(reason, pa.string()), table["reject"])
-            table = table.set_column(table.schema.get_field_index("reject"), "reject", reject)
-    return table
+def apply_filters(table: pa.Table, config: DataConfig, counts: Counter | None = None) -> pa.Table:
+    """The filter chain of `config.filters` (`filters/chain.py`): rejects set per filter and reason,
+    texts rewritten (redaction), the language columns added; counters added to `counts`."""
+    return chain_for(config).apply(table, counts)
 
 
 def content_hash(text: str) -> bytes:
@@ -103,8 +90,7 @@ def signature(text: str, num_perm: int, shingle: int) -> np.ndarray:
     return batch_signatures([text], num_perm, shingle)[0]
 
 
-def clean(table: pa.Table, config: DataConfig) -> pa.Table:
-    """normalize -> quality_filter -> fingerprint_docs."""
-    for step in (normalize, quality_filter, fingerprint_docs):
-        table = step(table, config)
-    return table
+def clean(table: pa.Table, config: DataConfig, counts: Counter | None = None) -> pa.Table:
+    """normalize -> filter chain -> fingerprint_docs."""
+    table = apply_filters(normalize(table, config), config, counts)
+    return fingerprint_docs(table, config)

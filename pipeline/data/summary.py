@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from .filters.stats import chain_names, filter_rows
+
 if TYPE_CHECKING:
     from ..records import Manifest
 
@@ -68,3 +70,17 @@ class Reporter:
         table.add_row("wall time", f"{elapsed:.1f}s")
         table.add_row("throughput", f"{stats.source_bytes / 1e6 / elapsed:.2f} MB/s, {tokens / elapsed:,.0f} tokens/s")
         self.console.print(table)
+        rows = filter_rows(stats.rejected, stats.filters, chain_names(manifest.config))
+        if rows:
+            self.console.print(filters_table(rows))
+
+
+def filters_table(rows) -> Table:
+    """Per filter of the chain: documents checked, dropped (share), top reasons, other counters."""
+    table = Table(title="filters")
+    for column in ("filter", "checked", "dropped", "reasons", "counters"):
+        table.add_column(column, justify="right" if column in ("checked", "dropped") else "left")
+    for row in rows:
+        dropped = f"{row.dropped:,} ({row.drop_rate:.1%})" if row.checked else f"{row.dropped:,}"
+        table.add_row(row.name, f"{row.checked:,}", dropped, row.reasons_text(), row.counters_text())
+    return table

@@ -69,6 +69,10 @@ class BuildStats(Record):
     tokens: dict[str, int] = Field(default_factory=dict)
     blocks: dict[str, int] = Field(default_factory=dict)
     source_bytes: int = 0
+    # The filter chain's counters, `<filter>/<counter>`: documents each filter checked
+    # (`<filter>/checked`) and what it did besides dropping (e.g. `pii/email` redactions);
+    # its drops are in `rejected` as `<filter>/<reason>`.
+    filters: dict[str, int] = Field(default_factory=dict)
 
     def plus(self, other: BuildStats) -> BuildStats:
         """Field-wise sum (dict fields key by key), for the version chain's totals."""

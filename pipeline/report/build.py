@@ -18,7 +18,7 @@ from ..keys import RunKeys
 from ..records import RunPin, StoredConfig, read_dataset, read_rows
 from ..storage import ObjectStore
 from .curves import finetune_curves, pretrain_curves
-from .tables import data_table, eval_markdown, lineage_table, timing_table
+from .tables import data_table, eval_markdown, filters_markdown, lineage_table, timing_table
 
 
 def finetune_settings(stored: StoredConfig | None) -> FinetuneConfig:
@@ -48,6 +48,9 @@ def build_report(store: ObjectStore, run: str) -> dict[str, str]:
 
     parts.append("## Data\n")
     parts.append(data_table(manifest) if manifest else "_the run has not pinned a dataset yet_\n")
+    if manifest and (filters := filters_markdown(manifest)):
+        parts.append("### Filters\n")
+        parts.append(filters)
 
     parts.append("## Pretraining\n")
     parts.append(_pretraining(store, run, images, pin))

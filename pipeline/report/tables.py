@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..config.finetune import FinetuneConfig
+from ..data.filters.stats import chain_names, filter_rows
 from ..evaluation.table import eval_table
 from ..keys import RunKeys
 from ..records import DatasetVersion, ExportInfo
@@ -39,6 +40,27 @@ def data_table(manifest: DatasetVersion) -> str:
             ["source bytes", f"{stats.source_bytes:,}"],
         ]
     return _table(["", ""], rows)
+
+
+def filters_markdown(manifest: DatasetVersion) -> str:
+    """Per filter of the data stage's chain (this version's build): checked, dropped, reasons, counters."""
+    if not manifest.stats:
+        return ""
+    stats = manifest.stats.run
+    rows = filter_rows(stats.rejected, stats.filters, chain_names(manifest.config))
+    if not rows:
+        return ""
+    body = [
+        [
+            row.name,
+            f"{row.checked:,}",
+            f"{row.dropped:,} ({row.drop_rate:.1%})" if row.checked else f"{row.dropped:,}",
+            row.reasons_text(),
+            row.counters_text(),
+        ]
+        for row in rows
+    ]
+    return _table(["filter", "checked", "dropped", "reasons", "counters"], body)
 
 
 def _score(cell: dict | None) -> str:

@@ -1,0 +1,72 @@
+"""The word splitter of the quality heuristics (`data.word_tokenizer`), as a datatrove `WordTokenizer`.
+
+datatrove's filters split words with `split_into_words(text, language)`, which takes a
+`WordTokenizer` instance in place of a language code. For English it would load spaCy's blank
+model: a large dependency (16 packages), and 17x slower than this module's regex. `fast` is a regex
+with spaCy's main choices: words are runs of word characters; punctuation is one token per
+character, except runs of "-", "~" or "." (an rst underline, an ellipsis); URLs, e-mail addresses
+and numbers such as 3.14 stay whole; contractions split as spaCy does (do|n't, it|'s). Sentences
+are datatrove's `WhitespaceTokenizer`'s (its regex), except that the terminal punctuation must be
+followed by a space or the end: "3.14" and "e.g" end none, as with spaCy's sentencizer (C4 counts
+sentences). `spacy` is datatrove's own `SpaCyTokenizer("en")`.
+
+Measured against `spacy` on 628 prose-like files (4.8 MB: packages' METADATA and licenses, the
+stdlib's .txt and .rst), the four heuristics, each on every file: 4.8x the throughput (1.09 vs
+0.23 MB/s on one core); the same keep/drop for 99.2% (Gopher quality), 96.3% (repetition), 99.7%
+(C4), 99.8% (FineWeb) of the files, 99.8% through the four in a row (the same reason: 96.3%).
+The plain regex (runs of word characters, runs of other non-space characters) with datatrove's
+sentence regex as is agreed less: 96.3%, 88.9%, 97.0%, 99.8%.
+
+One instance per kind per process: datatrove caches tokenizers (`load_word_tokenizer`, unbounded)
+and splits (`split_into_parts`) by tokenizer instance, so a new one per chain would only grow them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from functools import cache
+
+import regex
+from datatrove.utils.word_tokenizers import SpaCyTokenizer, WhitespaceTokenizer, WordTokenizer
+
+from pipeline.errors import UserError
+
+# Tried in order at each position: the whole-token forms spaCy keeps (its URL and e-mail matches,
+# numbers with inner separators, contractions), then word runs, then one punctuation character.
+_URL = r"(?:https?://|www\.)[^\s<>\"'()\[\]{}`]*[^\s<>\"'()\[\]{}`.,;:!?]"
+_EMAIL = r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
+_NUMBER = r"\d+(?:[.,:]\d+)+"
+_CONTRACTION = r"\w+(?=(?i:n['’]t)\b)|(?i:n['’]t)\b|['’](?i:s|d|m|re|ve|ll)\b"
+_WORDS = re.compile(rf"{_URL}|{_EMAIL}|{_NUMBER}|{_CONTRACTION}|\w+|-{{2,}}|~{{2,}}|\.{{2,}}|[^\w\s]")
+
+
+class FastWordTokenizer(WhitespaceTokenizer):
+    """Every non-space character is in exactly one word; whitespace is in none."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # datatrove's sentence regex, its terminal punctuation then followed by a space or the end
+        # (a newline ends a sentence as before).
+        self._sent_regex = regex.compile(self._sent_regex.pattern + r"(?:(?<=\n)|(?=\s|$))", regex.UNICODE)
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return _WORDS.findall(text)
+
+
+@cache
+def word_tokenizer(kind: str) -> WordTokenizer:
+    """The shared tokenizer of `data.word_tokenizer` ("fast" or "spacy")."""
+    if kind == "fast":
+        return FastWordTokenizer()
+    if kind == "spacy":
+        if importlib.util.find_spec("spacy") is None:
+            raise UserError(
+                "data.word_tokenizer is 'spacy' but spaCy is not installed: pip install spacy "
+                "(or set data.word_tokenizer: fast)"
+            )
+        return SpaCyTokenizer("en")
+    raise UserError(f"data.word_tokenizer must be 'fast' or 'spacy', not {kind!r}")
+
+
+__all__ = ["FastWordTokenizer", "word_tokenizer"]
