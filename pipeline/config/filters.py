@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .base import Section
 
@@ -34,6 +34,11 @@ class _Filter(Section):
         description="Sources (by their `content`) this filter applies to; default per type "
         "(see each type). A source can also opt out by name (`skip_filters`).",
     )
+    dry_run: bool = Field(
+        default=False,
+        description="Run and count, change nothing: what it would drop is counted as `<filter>/would/<reason>` "
+        "and the documents stay (texts unchanged), to see a rule's effect before turning it on.",
+    )
 
     def default_content(self) -> list[Content]:
         return list(ALL_CONTENT)
@@ -47,6 +52,8 @@ class _Filter(Section):
 
 
 _WEB_TEXT: list[Content] = ["web", "prose"]
+# Settings every filter has (Sora's, not the rule's): left out when a rule is built from its entry.
+COMMON_FIELDS = frozenset(_Filter.model_fields) | {"type"}
 
 
 class LengthFilter(_Filter):
@@ -189,9 +196,24 @@ class DecontaminateFilter(_Filter):
     action: Literal["drop", "flag"] = Field(
         default="drop", description="drop: remove matching documents; flag: keep them, listed in the rejects file."
     )
+    heldout_max_docs: int | None = Field(
+        default=10,
+        ge=1,
+        description="A held-out n-gram found in more checked documents than this is boilerplate (a licence "
+        "header, a navigation line), not a leaked passage: it is ignored (counted as `common_ngrams`). "
+        "Task n-grams are always enforced. null: no limit.",
+    )
+
+    @model_validator(mode="after")
+    def _dry_run_flags(self) -> DecontaminateFilter:
+        if self.dry_run and self.action == "drop":
+            self.action = "flag"  # its dry run: matches are listed (rejects file, counters), none dropped
+        return self
+
     max_index_ngrams: int = Field(
         default=20_000_000,
         ge=1000,
+        le=1 << 31,
         description="Most n-gram hashes indexed (8 bytes each, sent to every task): above it the held-out "
         "n-grams are subsampled by hash (the same subsample on both sides).",
     )

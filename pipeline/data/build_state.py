@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ..storage.heartbeat import Heartbeat
     from .blocks import Blocks
     from .dedup_stage import DedupStats
+    from .eval_tasks import EvalTask
     from .read_stage import ReadStats, RecordBlocks
     from .sources import SourceUnit
     from .summary import Reporter
@@ -48,11 +49,12 @@ class BuildState:
     cpus: int
 
     # read
+    eval_tasks: list[EvalTask] | None = None  # decontamination's task files, checked before reading
     layout: Future | None = None  # the LSH band layout, computed by a thread during the reads
     records: RecordBlocks | None = None
     read_stats: ReadStats | None = None
-    # dedup
-    removed: Blocks | None = None  # per record block, its removed documents
+    # dedup, decontaminate
+    removed: Blocks | None = None  # per record block, its removed (and flagged) documents
     dedup_stats: DedupStats | None = None
     kept: Blocks | None = None  # the kept records, cut for tokenizing
     # tokenizer
@@ -85,4 +87,5 @@ class BuildState:
 
     @property
     def docs_kept(self) -> int:
+        """Live documents (decontamination's drops are rejects: no longer live) less duplicates."""
         return self.read_stats.live - self.dedup_stats.removed

@@ -207,8 +207,11 @@ def _removed_of_block(rows: pa.Table | None) -> pa.Table:
 
 
 def kept_records(batch: pa.Table, removed: pa.Table) -> pa.Table:
-    """The records of a block that are kept: not rejected, and not among its `removed` documents."""
+    """The records of a block that are kept: not rejected, and not among its `removed` documents
+    (those decontamination only flagged, `kept` true, are kept: `decontaminate.py`)."""
     live = pc.is_null(batch["reject"])
+    if "kept" in removed.column_names:
+        removed = removed.filter(pc.invert(removed["kept"]))
     if removed.num_rows:
         live = pc.and_(live, pc.invert(pc.is_in(batch["order"], value_set=removed["order"])))
     return batch.filter(live)

@@ -1,4 +1,5 @@
-"""The phases of one data-stage build, in order: read, dedup, tokenizer, tokenize + pack, publish.
+"""The phases of one data-stage build, in order: read, dedup, decontaminate, cut, tokenizer,
+tokenize + pack, publish.
 
 Each phase is one function `phase(state) -> None` over the build's `BuildState`: it reads what
 earlier phases left there and adds its own outputs (datatrove's one-step contract; the work itself
@@ -22,6 +23,7 @@ from ..records import BuildStats, Manifest, ManifestStats, ShardEntry, next_vers
 from ..records import publish as publish_manifest
 from ..records.dataset import SCHEMA_VERSION
 from .build_state import BuildState
+from .decontaminate import decontaminate, eval_tasks_of
 from .dedup import bands
 from .dedup_stage import deduplicate, kept_records, write_index
 from .minhash import SCHEME
@@ -38,6 +40,8 @@ _SHARD_FIELDS = ("uri", "key", "rows", "tokens", "bytes", "sha256", "docs")
 def read(state: BuildState) -> None:
     """Read + clean + fingerprint this run's units; fail on a file over `max_error_rate`."""
     data = state.data
+    # Decontamination's task files are checked first: a missing one fails before anything is read.
+    state.eval_tasks = eval_tasks_of(data, state.settings)
     # The LSH band layout costs the driver ~0.4 s (scipy): computed while the workers read.
     executor = ThreadPoolExecutor(1, thread_name_prefix="lsh-layout")
     state.layout = executor.submit(bands, data.dedup.threshold, data.dedup.num_perm)
@@ -52,7 +56,7 @@ def read(state: BuildState) -> None:
 
 
 def dedup(state: BuildState) -> None:
-    """Global dedup (against the published versions too), then the kept records cut for tokenizing."""
+    """Global dedup (against the published versions too): per record block, its removed documents."""
     data, records = state.data, state.records
     state.removed, state.dedup_stats = deduplicate(
         records,
@@ -66,6 +70,12 @@ def dedup(state: BuildState) -> None:
         int(data.shuffle_partition_bytes),
     )
     state.reporter.phase("dedup")
+
+
+def cut(state: BuildState) -> None:
+    """The kept records (not rejected, duplicate or decontaminated) cut for tokenizing; fail when
+    a first build keeps nothing."""
+    data, records = state.data, state.records
     # Tokenizing is the longest step: kept blocks are cut (by text bytes) into about 4 per core so
     # that the last tasks finish together.
     pieces = max(1, -(-4 * state.cpus // len(records)))
@@ -73,7 +83,7 @@ def dedup(state: BuildState) -> None:
     if not state.docs_kept and state.parent is None:
         write_rejects(records, state.removed, state.new_units, state.store, state.rejects_prefix, state.settings)
         raise UserError(
-            f"dataset {data.name!r}: no documents survived filtering and dedup; nothing to publish "
+            f"dataset {data.name!r}: no documents survived filtering, dedup and decontamination; nothing to publish "
             f"(every record is under {state.store.uri(state.rejects_prefix)})"
         )
 
@@ -147,7 +157,7 @@ def publish(state: BuildState) -> None:
     state.reporter.finish(state.manifest)
 
 
-PHASES: tuple[Phase, ...] = (read, dedup, tokenizer, tokenize_pack, publish)
+PHASES: tuple[Phase, ...] = (read, dedup, decontaminate, cut, tokenizer, tokenize_pack, publish)
 
 
 def _kept_rows(batch: pa.Table, removed: pa.Table, pieces: int) -> list[pa.Table]:

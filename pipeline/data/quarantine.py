@@ -5,7 +5,10 @@ duplicate) is written with its reason and original bytes under `<dataset>/reject
 Arrow file per record block (`part-<content hash>.arrow`, rows sorted by doc_key), so nothing is
 lost silently and no task or request ever holds every reject; they are counted in the manifest
 stats. A duplicate's record names the kept document of its duplicate cluster (`match_doc_key`)
-and the estimated Jaccard similarity (`dedup_stage._decide`).
+and the estimated Jaccard similarity (`dedup_stage._decide`). A document that shares an n-gram
+with an evaluation set (`decontaminate.py`) names the matched task (`match_task`): removed with
+reason `<filter>/<task>`, or, when the filter only flags, listed with reason `<filter>/flagged`
+and `kept` true: it is in the training data too. Every other row has `kept` false.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -33,6 +37,8 @@ REJECTS_SCHEMA = pa.schema(
         ("text", pa.string()),
         ("match_doc_key", pa.string()),
         ("jaccard", pa.float32()),
+        ("match_task", pa.string()),
+        ("kept", pa.bool_()),
     ]
 )
 DUPLICATE_REASONS = {"exact": "exact_duplicate", "near": "near_duplicate"}
@@ -95,12 +101,15 @@ def _malformed():
 
 
 def reject_rows(batch: pa.Table, removed: pa.Table, uris: pa.Array) -> pa.Table:
-    """The records of a block that are not kept, as rejects rows."""
+    """The records of a block that are not kept, and those decontamination flagged, as rejects rows."""
     dup_index = pc.index_in(batch["order"], value_set=removed["order"])
     keep = pc.or_(pc.is_valid(batch["reject"]), pc.is_valid(dup_index))
     batch, dup_index = batch.filter(keep), dup_index.filter(keep)
     dup_reason = pc.take(removed["reason"], dup_index)
     reason = pc.coalesce(batch["reject"], pc.replace_substring_regex(dup_reason, "^(exact|near)$", r"\1_duplicate"))
+    # Decontamination's columns, when it marked documents of this block (`decontaminate.MARKED_SCHEMA`).
+    marked = "match_task" in removed.column_names
+    n = batch.num_rows
     return pa.table(
         {
             "doc_key": batch["doc_key"],
@@ -110,6 +119,8 @@ def reject_rows(batch: pa.Table, removed: pa.Table, uris: pa.Array) -> pa.Table:
             "text": batch["text"],
             "match_doc_key": pc.take(removed["match_doc_key"], dup_index),
             "jaccard": pc.take(removed["jaccard"], dup_index),
+            "match_task": pc.take(removed["match_task"], dup_index) if marked else pa.nulls(n, pa.string()),
+            "kept": pc.fill_null(pc.take(removed["kept"], dup_index), False) if marked else pa.array(np.zeros(n, bool)),
         },
         schema=REJECTS_SCHEMA,
     )
@@ -145,5 +156,6 @@ def read_rejects(store, prefix: str) -> pa.Table:
     rejects reads the part files one by one)."""
     keys = [k for k in store.list(prefix) if k.endswith(".arrow")]
     tables = [pa.ipc.open_file(pa.py_buffer(store.read(k))).read_all() for k in keys]
-    table = pa.concat_tables([REJECTS_SCHEMA.empty_table(), *tables])
+    # Files of runs before decontamination lack its columns: read as null.
+    table = pa.concat_tables([REJECTS_SCHEMA.empty_table(), *tables], promote_options="default")
     return table.take(pc.sort_indices(table["doc_key"]))

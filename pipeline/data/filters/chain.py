@@ -5,7 +5,8 @@ order sees the live rows of the sources it applies to (`content`, `skip_filters`
 gets `reject = "<filter>/<reason>"` and keeps its text as it was when dropped (the rejects file
 shows what the filter saw); rewritten texts replace the live rows' text. Counters are summed into
 `counts` as `<filter>/<counter>`, with `<filter>/checked` (documents it saw); what it dropped is
-counted from the `reject` column, like every other reject reason.
+counted from the `reject` column, like every other reject reason. A filter in `dry_run` changes
+nothing: its would-be drops are counters `<filter>/would/<reason>`.
 `decontaminate` is not applied here: it runs after dedup (`decontaminate.py`).
 """
 
@@ -80,6 +81,11 @@ class FilterChain:
                 values = column.to_pylist() if isinstance(column, pa.Array) else list(column)
                 for i, value in zip(rows, values, strict=True):
                     extra[name][i] = value
+            if doc_filter.spec.dry_run:
+                for reason in verdict.reasons:
+                    if reason is not None:
+                        counts[f"{doc_filter.label}/would/{reason}"] += 1
+                continue
             for j, i in enumerate(rows):
                 reason = verdict.reasons[j]
                 if reason is not None:

@@ -25,11 +25,12 @@ from datatrove.pipeline.filters import (
 )
 from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
 
+from ...config.filters import COMMON_FIELDS
 from .base import DocFilter, Verdict
 from .words import word_tokenizer
 
 # Settings of every config entry that are ours, not the datatrove filter's.
-_OWN_FIELDS = {"type", "name", "content"}
+_OWN_FIELDS = COMMON_FIELDS
 
 
 class _DatatroveDocFilter(DocFilter):

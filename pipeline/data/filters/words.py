@@ -38,6 +38,7 @@ _URL = r"(?:https?://|www\.)[^\s<>\"'()\[\]{}`]*[^\s<>\"'()\[\]{}`.,;:!?]"
 _EMAIL = r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
 _NUMBER = r"\d+(?:[.,:]\d+)+"
 _CONTRACTION = r"\w+(?=(?i:n['’]t)\b)|(?i:n['’]t)\b|['’](?i:s|d|m|re|ve|ll)\b"
+MEMO_CHARS = 4 << 20  # a read chunk's text (plan.chunk_bytes: at most 4 MB)
 _WORDS = re.compile(rf"{_URL}|{_EMAIL}|{_NUMBER}|{_CONTRACTION}|\w+|-{{2,}}|~{{2,}}|\.{{2,}}|[^\w\s]")
 
 
@@ -49,9 +50,22 @@ class FastWordTokenizer(WhitespaceTokenizer):
         # datatrove's sentence regex, its terminal punctuation then followed by a space or the end
         # (a newline ends a sentence as before).
         self._sent_regex = regex.compile(self._sent_regex.pattern + r"(?:(?<=\n)|(?=\s|$))", regex.UNICODE)
+        self._memo: dict[str, list[str]] = {}
+        self._memo_chars = 0
 
     def word_tokenize(self, text: str) -> list[str]:
-        return _WORDS.findall(text)
+        # The chain runs each filter over a whole batch, so the filters that split words (Gopher
+        # quality and repetition, FineWeb) meet a text once each, a batch apart: a memo of the last
+        # few MB of texts splits it once (datatrove's own cache holds 5 texts). Bounded by text
+        # size (about 10x that in word strings), cleared whole when full.
+        words = self._memo.get(text)
+        if words is None:
+            if self._memo_chars + len(text) > MEMO_CHARS:
+                self._memo.clear()
+                self._memo_chars = 0
+            words = self._memo[text] = _WORDS.findall(text)
+            self._memo_chars += len(text)
+        return words
 
 
 @cache
