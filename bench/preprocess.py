@@ -283,6 +283,7 @@ def filters_cost(label: str, sources: list[dict], repeats: int) -> dict:
                     "docs_read": stats.docs_read,
                     "wall_s": wall,
                     "filters": dict(stats.filters),
+                    "phases": {name: round(t, 2) for name, t in times.times.items()},
                     "rejected": dict(stats.rejected),
                 }
             )
@@ -305,6 +306,8 @@ def filters_cost(label: str, sources: list[dict], repeats: int) -> dict:
         "read_clean_s_off": [round(r["read_clean_s"], 2) for r in runs["off"]],
         "read_clean_s_on": [round(r["read_clean_s"], 2) for r in runs["on"]],
         "ratio_read_clean_on_vs_off": f"{clean_mean:.3f} ± {clean_err:.3f}",
+        "phases_s_off": off["phases"],
+        "phases_s_on": on["phases"],
         "docs_read": on["docs_read"],
         "docs_kept_off": off["docs_kept"],
         "docs_kept_on": on["docs_kept"],

@@ -178,7 +178,7 @@ class DataConfig(Section):
         "settings. Default: length, then PII redaction (web sources). A name instead of a list picks a "
         "preset: `default`, or `fineweb` (FineWeb's chain: language en >= 0.65, Gopher repetition and "
         "quality, C4 without its line-punctuation rule, FineWeb's rules, PII, decontamination). The earlier "
-        "mapping form ({min_chars, max_chars, max_doc_bytes}) is read as a length filter.",
+        "mapping form ({min_chars, max_chars, max_doc_bytes}) is read as a length filter alone.",
     )
     word_tokenizer: Literal["fast", "spacy"] = Field(
         default="fast",
@@ -249,7 +249,7 @@ class DataConfig(Section):
             legacy = dict(raw.pop("filters"))
             if "max_doc_bytes" in legacy:
                 raw.setdefault("max_doc_bytes", legacy.pop("max_doc_bytes"))
-            raw["filters"] = [{"type": "length", **legacy}, {"type": "pii"}]
+            raw["filters"] = [{"type": "length", **legacy}]
         if isinstance(raw, dict) and isinstance(raw.get("filters"), str):
             if raw["filters"] not in PRESETS:
                 raise ValueError(f"data.filters: no preset {raw['filters']!r} (presets: {', '.join(PRESETS)})")

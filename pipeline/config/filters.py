@@ -197,13 +197,12 @@ class DecontaminateFilter(_Filter):
         default="drop", description="drop: remove matching documents; flag: keep them, listed in the rejects file."
     )
     heldout_max_docs: int | None = Field(
-        default=10,
+        default=5,
         ge=1,
-        description="A held-out n-gram found in more checked documents than this is boilerplate (a licence "
+        description="A held-out n-gram held by more held-out documents than this is boilerplate (a licence "
         "header, a navigation line), not a leaked passage: it is ignored (counted as `common_ngrams`). "
         "Task n-grams are always enforced. null: no limit.",
     )
-
     @model_validator(mode="after")
     def _dry_run_flags(self) -> DecontaminateFilter:
         if self.dry_run and self.action == "drop":
@@ -213,7 +212,7 @@ class DecontaminateFilter(_Filter):
     max_index_ngrams: int = Field(
         default=20_000_000,
         ge=1000,
-        le=1 << 31,
+        le=200_000_000,
         description="Most n-gram hashes indexed (8 bytes each, sent to every task): above it the held-out "
         "n-grams are subsampled by hash (the same subsample on both sides).",
     )

@@ -94,7 +94,7 @@ def run(
             for ref in finished:
                 index = pending.pop(ref)
                 slots.release()
-                results[index] = ray.get(ref)
+                results[index] = _get(ref)
                 done += 1
             if track is not None and finished:
                 track(done, len(calls))
@@ -103,6 +103,21 @@ def run(
             ray.cancel(ref)
             slots.release()
     return results
+
+
+def _get(ref) -> Any:
+    """`ray.get(ref)`; a `UserError` raised in the task (bad input, a missing optional package)
+    re-raised as itself, so the user reads its one line, not a Ray traceback."""
+    import ray
+
+    from ..errors import UserError
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as error:
+        if isinstance(error.cause, UserError):
+            raise error.cause from None
+        raise
 
 
 _WINDOW: dict[str, Any] = {"size": 0, "slots": None}

@@ -32,18 +32,23 @@ rejects file account for it: dropped with reason `<filter>/<task>`, or flagged w
 `<filter>/flagged` and `kept` true (it stays in training and in the rejects file). Both name the
 task in `match_task`.
 
-Boilerplate: a held-out n-gram that many training documents share (a licence header, a cookie
-banner) is not a leaked evaluation passage, and dropping every document that holds it would gut a
-code corpus. With `heldout_max_docs` (10), a first round of lookups counts, per held-out n-gram,
-the checked documents holding it (each block returns its matched positions and counts: bounded by
-its matches), and those above the limit leave the index before the marking round. The configured
-tasks' n-grams are always enforced: a benchmark question copied to many pages is contamination.
+Boilerplate: an n-gram that many held-out documents share (a licence header, a cookie banner) is
+not a leaked passage of one evaluation document, and dropping every training document that holds
+it would gut a code corpus. The held-out documents are a uniform sample, so what is common in
+training is common among them too: each block and shard stores its held-out n-grams with the
+number of its documents holding each, the sampled ones are summed across blocks in the driver, and
+those held by more than `heldout_max_docs` (5) held-out documents leave the index. The count is
+exact whatever the block layout (a sum of per-block counts); the sample rate comes from a bottom-k
+sketch of the held-out n-grams (`SKETCH` smallest hashes per block: the union's k smallest are the
+same whatever the layout), so the index, and each document's fate, do not depend on the cluster's
+size. The configured tasks' n-grams are always enforced: a benchmark question copied to many
+pages is contamination.
 
 Counters (`BuildStats.filters`, `<filter>/<counter>`): `checked` (documents looked up),
-`common_ngrams` (held-out n-grams ignored as boilerplate),
+`common_ngrams` (sampled held-out n-grams ignored as boilerplate),
 `flagged` and `flagged/<task>`, `index_ngrams` (hashes indexed), `task_ngrams` (distinct n-grams
-of the task files), `heldout_ngrams` and `heldout_sampled` (held-out n-grams, distinct per block
-or shard, and those under the sampling threshold: their ratio is the sampling rate). Drops are
+of the task files), `heldout_ngrams` and `heldout_sampled` (distinct held-out n-grams, estimated
+by the sketch, and those under the sampling threshold: their ratio is the sampling rate). Drops are
 rejects (`BuildStats.rejected`, `<filter>/<task>`), like every filter's.
 """
 
@@ -63,7 +68,7 @@ from ..records import SPLITS
 from .blocks import Blocks, run, write_table
 from .dedup_stage import REMOVED_SCHEMA, kept_records
 from .eval_tasks import EvalTask, resolve_tasks, task_texts
-from .ngrams import NgramIndex, below, distinct_ngrams, sample_threshold, sorted_distinct
+from .ngrams import NgramIndex, below, distinct_ngrams, iter_ngrams, sample_threshold, sorted_distinct
 from .shards import read_shard, to_ipc_bytes
 from .tokenize_pack import split_codes
 
@@ -76,7 +81,8 @@ if TYPE_CHECKING:
 HELDOUT_TASK = "sora_heldout"
 HELDOUT_CODE = SPLITS.index("heldout")
 MARKED_SCHEMA = pa.schema([*REMOVED_SCHEMA, ("match_task", pa.string()), ("kept", pa.bool_())])
-_HASHES = pa.schema([("hash", pa.uint64())])
+_HASHES = pa.schema([("hash", pa.uint64()), ("docs", pa.int64())])
+SKETCH = 4096  # bottom-k sketch of the held-out n-grams: the distinct count within ~1.6%
 
 
 def spec_of(data: DataConfig) -> DecontaminateFilter | None:
@@ -121,15 +127,45 @@ def build_index(state: BuildState, spec: DecontaminateFilter, tasks: list[EvalTa
     if spec.heldout:
         stored = _heldout_stored(state, n)
         budget = limit - sum(len(h) for _, h in parts)
-        counts["heldout_ngrams"] = sum(count for _, count in stored)
-        threshold = sample_threshold(counts["heldout_ngrams"], budget)
-        sampled = Blocks([key for key, _ in stored], state.scratch).collect(_stored_below, threshold)
-        counts["heldout_sampled"] = sum(len(h) for h in sampled)
-        parts += [(len(names), h) for h in sampled]
+        distinct = distinct_estimate([smallest for _, _, smallest in stored])
+        counts["heldout_ngrams"] = distinct
+        threshold = sample_threshold(distinct, budget)
+        keys = [key for key, _, _ in stored]
+        sampled = Blocks(keys, state.scratch).collect(_stored_below, threshold)
+        hashes, docs = heldout_frequencies(sampled)
+        counts["heldout_sampled"] = len(hashes)
+        if spec.heldout_max_docs is not None:
+            common = docs > spec.heldout_max_docs
+            counts["common_ngrams"] = int(common.sum())
+            hashes = hashes[~common]
+        parts.append((len(names), hashes))
         names += (HELDOUT_TASK,)
     index = NgramIndex.build(parts, names, n)
     counts["index_ngrams"] = len(index)
     return index
+
+
+def distinct_estimate(smallest: list[np.ndarray]) -> int:
+    """The number of distinct held-out n-grams, from each block's `SKETCH` smallest distinct hashes
+    (a bottom-k sketch): the union's k smallest are the same whatever the block layout, so the
+    sample rate drawn from them is too. Exact when the union has fewer than k."""
+    union = sorted_distinct(np.concatenate([np.zeros(0, np.uint64), *smallest]))
+    if len(union) < SKETCH:
+        return len(union)
+    return int((SKETCH - 1) * 2.0**64 / (float(union[SKETCH - 1]) + 1.0))
+
+
+def heldout_frequencies(sampled: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct hashes, held-out documents holding each) from the blocks' and shards' own
+    (hashes, documents) under the sampling threshold: their per-block counts summed."""
+    hashes = np.concatenate([np.zeros(0, np.uint64), *(h for h, _ in sampled)])
+    docs = np.concatenate([np.zeros(0, np.int64), *(d for _, d in sampled)])
+    if not len(hashes):
+        return hashes, docs
+    order = np.argsort(hashes, kind="stable")
+    hashes, docs = hashes[order], docs[order]
+    starts = np.flatnonzero(np.r_[True, hashes[1:] != hashes[:-1]])
+    return hashes[starts], np.add.reduceat(docs, starts)
 
 
 def _task_hashes(task: EvalTask, settings: StorageSettings, normalize: str, n: int) -> np.ndarray:
@@ -138,16 +174,17 @@ def _task_hashes(task: EvalTask, settings: StorageSettings, normalize: str, n: i
     return sorted_distinct(np.concatenate(parts), runs=True) if parts else np.zeros(0, np.uint64)
 
 
-def _heldout_stored(state: BuildState, n: int) -> list[tuple[str, int]]:
-    """(key, count) of the stored distinct hashes of every record block's kept held-out documents
-    and of every held-out shard of the earlier versions (None keys and zero counts left out)."""
+def _heldout_stored(state: BuildState, n: int) -> list[tuple[str, int, np.ndarray]]:
+    """(key, distinct count, smallest hashes) of the stored (hash, documents) tables of every record
+    block's kept held-out documents and of every held-out shard of the earlier versions (blocks
+    without held-out documents left out)."""
     root, settings = state.store.root_uri, state.settings
     prefix = f"{state.scratch.prefix}/decontaminate/heldout"
     results = state.records.collect(_block_heldout, state.data, n, root, settings, prefix, each=state.removed)
     if state.parent is not None:
         calls = [(entry,) for entry in state.parent.split("heldout")]
         results += run(_shard_heldout, "heldout_shard", calls, (n, root, settings, prefix))
-    return [(key, count) for key, count in results if key is not None]
+    return [result for result in results if result[0] is not None]
 
 
 def heldout_texts(batch: pa.Table, removed: pa.Table, data: DataConfig) -> list[str]:
@@ -159,30 +196,48 @@ def heldout_texts(batch: pa.Table, removed: pa.Table, data: DataConfig) -> list[
 
 def _block_heldout(
     batch: pa.Table, removed: pa.Table, data: DataConfig, n: int, root: str, settings, prefix: str
-) -> tuple[str | None, int]:
-    return _store_hashes(distinct_ngrams(heldout_texts(batch, removed, data), n), root, settings, prefix)
+) -> tuple[str | None, int, np.ndarray]:
+    return _store_hashes(heldout_texts(batch, removed, data), n, root, settings, prefix)
 
 
-def _shard_heldout(entry: ShardEntry, n: int, root: str, settings, prefix: str) -> tuple[str | None, int]:
+def _shard_heldout(entry: ShardEntry, n: int, root: str, settings, prefix: str) -> tuple[str | None, int, np.ndarray]:
     """An earlier version's held-out shard (`doc_key`, `label`, `text`), checked against its sha256."""
     from .readers import _store
 
     shard = read_shard(_store(root, settings), entry)
-    return _store_hashes(distinct_ngrams(shard["text"].to_pylist(), n), root, settings, prefix)
+    return _store_hashes(shard["text"].to_pylist(), n, root, settings, prefix)
 
 
-def _store_hashes(hashes: np.ndarray, root: str, settings, prefix: str) -> tuple[str | None, int]:
-    """Sorted distinct hashes stored as one file, named by content (a retried task rewrites the
-    same key); (key, count), (None, 0) for none."""
+def document_frequencies(texts: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct n-gram hashes of `texts`, the number of texts holding each)."""
+    hashes = [np.zeros(0, np.uint64)]
+    for group, doc in iter_ngrams(texts, n):
+        # Distinct (text, hash) pairs: a text counts once per n-gram however often it repeats it.
+        order = np.lexsort((group, doc))
+        group, doc = group[order], doc[order]
+        hashes.append(group[np.r_[True, (group[1:] != group[:-1]) | (doc[1:] != doc[:-1])]])
+    every = np.sort(np.concatenate(hashes))
+    if not len(every):
+        return every, np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, every[1:] != every[:-1]])
+    return every[starts], np.diff(np.r_[starts, len(every)]).astype(np.int64)
+
+
+def _store_hashes(texts: list[str], n: int, root: str, settings, prefix: str) -> tuple[str | None, int, np.ndarray]:
+    """The (hash, documents) table of `texts` stored as one file, named by content (a retried task
+    rewrites the same key); (key, distinct count, its SKETCH smallest hashes), (None, 0, ...) for none."""
+    hashes, docs = document_frequencies(texts, n)
     if not len(hashes):
-        return None, 0
-    table = pa.table({"hash": hashes}, schema=_HASHES)
-    digest = hashlib.sha256(hashes.tobytes()).hexdigest()[:16]
-    return write_table(root, settings, f"{prefix}/part-{digest}.arrow", table), len(hashes)
+        return None, 0, hashes
+    table = pa.table({"hash": hashes, "docs": docs}, schema=_HASHES)
+    digest = hashlib.sha256(hashes.tobytes() + docs.tobytes()).hexdigest()[:16]
+    return write_table(root, settings, f"{prefix}/part-{digest}.arrow", table), len(hashes), hashes[:SKETCH]
 
 
-def _stored_below(table: pa.Table, threshold: int) -> np.ndarray:
-    return below(table["hash"].to_numpy(), threshold)
+def _stored_below(table: pa.Table, threshold: int) -> tuple[np.ndarray, np.ndarray]:
+    hashes = table["hash"].to_numpy()
+    kept = below(hashes, threshold)
+    return kept, table["docs"].to_numpy()[: len(kept)]
 
 
 # -- marking -----------------------------------------------------------------------------------
@@ -213,62 +268,16 @@ def _mark(state: BuildState, spec: DecontaminateFilter, index: NgramIndex, count
     import ray
 
     plan = plan_of(spec, state.data)
-    blocks, checked = list(range(len(state.records))), None
-    if spec.heldout and spec.heldout_max_docs is not None and HELDOUT_TASK in index.names:
-        common, blocks, checked = _common_heldout(state, index, plan, spec.heldout_max_docs)
-        counts["common_ngrams"] = len(common)
-        index = index.without(common)
     index_ref = ray.put(index)  # once: every task reads it from the object store in place
     root, settings = state.store.root_uri, state.settings
     prefix = f"{state.scratch.prefix}/decontaminate/removed"
-    records = Blocks([state.records.keys[i] for i in blocks], state.scratch)
-    removed = Blocks([state.removed.keys[i] for i in blocks], state.removed.scratch)
-    marked = records.collect(_mark_block, index_ref, plan, state.data, root, settings, prefix, each=removed)
-    results = [(None, Counter())] * len(state.records)
-    for i, result in zip(blocks, marked, strict=True):
-        results[i] = result
+    results = state.records.collect(
+        _mark_block, index_ref, plan, state.data, root, settings, prefix, each=state.removed
+    )
     for _, block_counts in results:
         counts.update(block_counts)
-    if checked is not None:  # the first round looked up every block; the second only some
-        counts["checked"] = checked
     keys = [new or old for (new, _), old in zip(results, state.removed.keys, strict=True)]
     return Blocks(keys, state.removed.scratch)
-
-
-def _common_heldout(
-    state: BuildState, index: NgramIndex, plan: MarkPlan, max_docs: int
-) -> tuple[np.ndarray, list[int], int]:
-    """(index positions of the held-out n-grams found in more than `max_docs` checked documents of
-    this build (boilerplate), the blocks with a match that is not one of them, the documents looked
-    up). A first round of
-    lookups returns, per block, each matched position with its document count (bounded by the
-    block's matches), summed here; only blocks with another match need the marking round."""
-    import ray
-
-    heldout = index.names.index(HELDOUT_TASK)
-    results = state.records.collect(_block_matches, ray.put(index), plan, state.data, each=state.removed)
-    positions = np.concatenate([np.zeros(0, np.int64), *(p for p, _, _ in results)])
-    docs = np.concatenate([np.zeros(0, np.int64), *(c for _, c, _ in results)])
-    common = np.zeros(0, np.int64)
-    if len(positions):
-        order = np.argsort(positions, kind="stable")
-        positions, docs = positions[order], docs[order]
-        starts = np.flatnonzero(np.r_[True, positions[1:] != positions[:-1]])
-        totals = np.add.reduceat(docs, starts)
-        first = positions[starts]
-        common = first[(totals > max_docs) & (index.tasks[first] == heldout)]
-    blocks = [i for i, (p, _, _) in enumerate(results) if len(np.setdiff1d(p, common, assume_unique=True))]
-    return common, blocks, sum(n for _, _, n in results)
-
-
-def _block_matches(
-    batch: pa.Table, removed: pa.Table, index: NgramIndex, plan: MarkPlan, data: DataConfig
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """(index positions matched in a block, documents matching each, documents looked up)."""
-    docs = checked_docs(batch, removed, plan, data)
-    _, position = index.hits(docs["text"].to_pylist()) if docs.num_rows else (None, np.zeros(0, np.int64))
-    unique, count = np.unique(position, return_counts=True)
-    return unique.astype(np.int64), count.astype(np.int64), docs.num_rows
 
 
 def _mark_block(

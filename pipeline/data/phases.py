@@ -26,6 +26,7 @@ from .build_state import BuildState
 from .decontaminate import decontaminate, eval_tasks_of
 from .dedup import bands
 from .dedup_stage import deduplicate, kept_records, write_index
+from .filters.chain import chain_for
 from .minhash import SCHEME
 from .quarantine import check_error_rates, write_rejects
 from .read_stage import read_records, split_bytes_and_sample
@@ -42,6 +43,9 @@ def read(state: BuildState) -> None:
     data = state.data
     # Decontamination's task files are checked first: a missing one fails before anything is read.
     state.eval_tasks = eval_tasks_of(data, state.settings)
+    # So is the filter chain: a filter that cannot be built here (spaCy or the language model
+    # missing) is one clear error, not the same failure in every read task.
+    chain_for(data)
     # The LSH band layout costs the driver ~0.4 s (scipy): computed while the workers read.
     executor = ThreadPoolExecutor(1, thread_name_prefix="lsh-layout")
     state.layout = executor.submit(bands, data.dedup.threshold, data.dedup.num_perm)

@@ -74,17 +74,21 @@ def _parts(unit: SourceUnit, target: int, settings: StorageSettings) -> list[tup
 
 @dataclass
 class UnitCounts:
-    """Records of one file read in a run: all, malformed, and per reject reason."""
+    """Records of one file (or part) read in a run: all, malformed, per reader reject reason and
+    (`filtered`) per filter-chain reason. The driver keeps only the first three per file: the chain's
+    reasons (up to ~200 per file with the languages) are summed per read task (`PieceMeta.rejected`)."""
 
     records: int = 0
     malformed: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    filtered: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: UnitCounts) -> None:
         self.records += other.records
         self.malformed += other.malformed
-        for reason, count in other.reasons.items():
-            self.reasons[reason] = self.reasons.get(reason, 0) + count
+        for mine, theirs in ((self.reasons, other.reasons), (self.filtered, other.filtered)):
+            for reason, count in theirs.items():
+                mine[reason] = mine.get(reason, 0) + count
 
 
 @dataclass
@@ -101,6 +105,7 @@ class PieceMeta:
     segments: list[tuple[int, int, int]] = field(default_factory=list)
     dropped: list[tuple[int, int, int]] = field(default_factory=list)
     filter_counts: Counter = field(default_factory=Counter)  # `<filter>/<counter>` of the filter chain
+    rejected: Counter = field(default_factory=Counter)  # the filter chain's reject reasons
 
 
 def chunk_bytes(block_bytes: int) -> int:
@@ -152,6 +157,7 @@ class _BlockBuilder:
         self.part_counts: dict[int, UnitCounts] = {}
         self.part_live: dict[int, int] = {}
         self.part_lines: dict[int, tuple[int, int]] = {}  # pid -> (first, last) line handed out
+        self.part_filters: dict[int, Counter] = {}  # pid -> the filter chain's counters
 
     def add(self, chunk: pa.Table) -> Iterator[pa.Table]:
         """Take a chunk of raw records (one part's); yields the block it does not fit in. Chunks are
@@ -163,14 +169,19 @@ class _BlockBuilder:
             # Arrow's allocator (mimalloc) keeps freed pages: without this a task's RSS is about
             # twice its live memory.
             pa.default_memory_pool().release_unused()
-        self.chunks.append(clean(chunk, self.config, self.meta.filter_counts))
+        pid = chunk["pid"][0].as_py() if chunk.num_rows else -1
+        self.chunks.append(clean(chunk, self.config, self.part_filters.setdefault(pid, Counter())))
         self.size += size
 
     def finish(self) -> Iterator[pa.Table | PieceMeta]:
         if self.chunks or not self.blocks:
             yield self._emit()
         for pid, counts in self.part_counts.items():
+            self.meta.rejected.update(counts.filtered)
+            counts.filtered = {}
             self.meta.units.setdefault(self.part_units[pid], UnitCounts()).add(counts)
+        for counters in self.part_filters.values():
+            self.meta.filter_counts.update(counters)
         self.meta.live_bytes = sum(self.part_live.values())
         yield self.meta
 
@@ -179,6 +190,7 @@ class _BlockBuilder:
         those that were are listed for the driver to drop (and no longer counted)."""
         self.chunks = [c for c in self.chunks if not (c.num_rows and c["pid"][0].as_py() == part.pid)]
         self.size = sum(c.select(READ_SCHEMA.names).nbytes for c in self.chunks)
+        self.part_filters.pop(part.pid, None)  # none of the part's records is kept or counted
         position = first_line
         if part.pid in self.part_lines:
             first, last = self.part_lines.pop(part.pid)
@@ -216,7 +228,8 @@ def unit_counts(table: pa.Table, key: str = "unit_index") -> dict[int, UnitCount
         entry = out.setdefault(unit, UnitCounts())
         entry.records += count
         if reason is not None:
-            entry.reasons[reason] = entry.reasons.get(reason, 0) + count
+            reasons = entry.filtered if "/" in reason else entry.reasons  # `<filter>/<reason>`: the chain's
+            reasons[reason] = reasons.get(reason, 0) + count
             entry.malformed += count if reason in MALFORMED_REASONS else 0
     return out
 

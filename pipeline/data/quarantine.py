@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import UserError
+from .filters.chain import EXTRA_COLUMNS
 from .shards import to_ipc_bytes
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ REJECTS_SCHEMA = pa.schema(
         ("jaccard", pa.float32()),
         ("match_task", pa.string()),
         ("kept", pa.bool_()),
+        ("language", pa.string()),  # the language filter's label, when it saw the document
+        ("language_score", pa.float32()),
     ]
 )
 DUPLICATE_REASONS = {"exact": "exact_duplicate", "near": "near_duplicate"}
@@ -121,9 +124,14 @@ def reject_rows(batch: pa.Table, removed: pa.Table, uris: pa.Array) -> pa.Table:
             "jaccard": pc.take(removed["jaccard"], dup_index),
             "match_task": pc.take(removed["match_task"], dup_index) if marked else pa.nulls(n, pa.string()),
             "kept": pc.fill_null(pc.take(removed["kept"], dup_index), False) if marked else pa.array(np.zeros(n, bool)),
+            **{name: _column(batch, name, kind) for name, kind in EXTRA_COLUMNS.items()},
         },
         schema=REJECTS_SCHEMA,
     )
+
+
+def _column(batch: pa.Table, name: str, kind: pa.DataType):
+    return batch[name] if name in batch.column_names else pa.nulls(batch.num_rows, kind)
 
 
 def _write_block(batch: pa.Table, removed: pa.Table, uris: pa.Array, root: str, settings, prefix: str) -> int:

@@ -163,13 +163,16 @@ def _read_stats(metas: list) -> ReadStats:
     for meta in metas:
         for unit, entry in meta.units.items():
             per_unit.setdefault(unit, UnitCounts()).add(entry)
-    rejected: dict[str, int] = {}
+    rejected: Counter = Counter()
     for entry in per_unit.values():
-        for reason, count in entry.reasons.items():
-            rejected[reason] = rejected.get(reason, 0) + count
+        rejected.update(entry.reasons)
+    for meta in metas:
+        rejected.update(meta.rejected)
     docs_read = sum(e.records for e in per_unit.values())
     live_bytes = sum(meta.live_bytes for meta in metas)
-    filter_counts = sum((Counter(meta.filter_counts) for meta in metas), Counter())
+    filter_counts: Counter = Counter()
+    for meta in metas:
+        filter_counts.update(meta.filter_counts)
     return ReadStats(
         per_unit,
         rejected,

@@ -18,6 +18,8 @@ import uuid
 from concurrent.futures import wait
 from datetime import datetime, timezone
 
+from ..config.data import SourceConfig
+from ..config.filters import ALL_CONTENT
 from ..config.run import RunConfig
 from ..errors import UserError
 from ..keys import DatasetKeys
@@ -33,28 +35,56 @@ from .sources import list_all_units
 from .summary import Reporter
 from .tokenizer_step import given_tokenizer
 
+# Filter types that split words (`data.word_tokenizer` matters only with one of them).
+_WORD_FILTERS = {"gopher_quality", "gopher_repetition", "c4", "fineweb"}
 # Fields whose change makes new shards incompatible with a published version's shards.
 _COMPATIBILITY_FIELDS = ("seq_len", "normalize", "filters", "dedup", "tokenizer", "split")
 
 
 def processing_sha256(config: RunConfig) -> str:
-    data = config.data.model_dump(include=set(_COMPATIBILITY_FIELDS) | {"word_tokenizer", "max_doc_bytes"})
-    applied = [f for f in config.data.filters if _applies_somewhere(f, config.data)]
-    if len(applied) == 1 and applied[0].type == "length":
-        # The chain of a dataset built before there was one (a length filter; PII redaction does
-        # not touch its code/prose sources): hashed in the earlier form, so that dataset refreshes.
-        length = applied[0]
-        data.pop("word_tokenizer")
-        filters = {"min_chars": length.min_chars, "max_chars": length.max_chars}
-        data["filters"] = {**filters, "max_doc_bytes": data.pop("max_doc_bytes")}
-    else:
-        data["filters"] = [f.model_dump(mode="json") for f in applied]
+    """What a refresh must share with the published versions: the settings that decide which
+    documents are kept and how they become tokens. The filter chain enters as the chain each kind
+    of content gets (entries in order, without names or dry runs, which decide nothing), so that
+    adding a source of a new kind does not change it, and moving a filter to another kind does."""
+    data = config.data.model_dump(include=set(_COMPATIBILITY_FIELDS) | {"max_doc_bytes"})
+    data["filters"] = {
+        kind: [
+            f.model_dump(mode="json", exclude={"name", "content", "dry_run"})
+            for f in config.data.filters
+            if kind in f.applies_to() and not f.dry_run
+        ]
+        for kind in ALL_CONTENT
+    }
+    if any(f.type in _WORD_FILTERS for f in config.data.filters if not f.dry_run):
+        data["word_tokenizer"] = config.data.word_tokenizer
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def _applies_somewhere(spec, data) -> bool:
-    """Whether a filter of the chain applies to at least one of the configured sources."""
-    return any(s.content_kind in spec.applies_to() and spec.label not in s.skip_filters for s in data.sources)
+def legacy_sha256(config: RunConfig) -> str | None:
+    """The processing hash of the same settings as a build before the filter chain computed it
+    (`filters: {min_chars, max_chars, max_doc_bytes}`), None without a length filter."""
+    length = config.data.length_filter()
+    if length is None:
+        return None
+    data = config.data.model_dump(include=set(_COMPATIBILITY_FIELDS))
+    data["filters"] = {"min_chars": length.min_chars, "max_chars": length.max_chars}
+    data["filters"]["max_doc_bytes"] = config.data.max_doc_bytes
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def same_processing(parent: Manifest, config: RunConfig, config_sha: str) -> bool:
+    """Whether `config` may refresh `parent`: the same processing hash, or `parent` was built before
+    the filter chain with the same settings and nothing but the length filter applies to the
+    content of its sources or of the configured ones (PII redaction of web text would make new
+    documents differ from the published ones)."""
+    if parent.config_sha256 == config_sha:
+        return True
+    if not isinstance(parent.config.get("filters"), dict) or parent.config_sha256 != legacy_sha256(config):
+        return False
+    kinds = {s.content_kind for s in config.data.sources}
+    kinds |= {SourceConfig.model_validate(s).content_kind for s in parent.config.get("sources") or []}
+    applied = [f for f in config.data.filters if not f.dry_run and kinds & set(f.applies_to())]
+    return all(f.type == "length" for f in applied)
 
 
 def preprocess(config: RunConfig, reporter: Reporter | None = None) -> Manifest:
@@ -79,10 +109,11 @@ def _refresh(config, store, units, given, heartbeat, reporter) -> Manifest:
     data = config.data
     parent, parent_etag = read_latest(store, data.name)
     config_sha = processing_sha256(config)
-    if parent is not None and parent.config_sha256 != config_sha:
+    if parent is not None and not same_processing(parent, config, config_sha):
         raise UserError(
             f"dataset {data.name!r} v{parent.version} was built with different processing settings "
-            f"({', '.join(_COMPATIBILITY_FIELDS)}); use a new dataset name to rebuild"
+            f"({', '.join(_COMPATIBILITY_FIELDS)}, max_doc_bytes, or the filter chain a kind of content gets); "
+            "use a new dataset name to rebuild"
         )
     # The parent's source files as one Arrow table (its index file, or the JSON list of a schema 1
     # manifest), diffed by (uri, size, version) with a join: no object per published file.

@@ -56,5 +56,5 @@ def mixed_web_documents(seed: int = 0) -> dict[str, list[tuple[str, str | None]]
         "french": [(FRENCH, "language/lang_fr")],
         "spam": [(spam, "gopher_repetition/dup_line_frac")],
         "boilerplate": [(boilerplate, "c4/lorem_ipsum")],
-        "code": [(code, "language/low_score")]  # fastText is unsure of code,
+        "code": [(code, "language/low_score")],  # fastText is unsure of code,
     }

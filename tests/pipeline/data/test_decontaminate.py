@@ -276,13 +276,22 @@ def test_a_build_drops_or_flags_contaminated_documents_and_keeps_the_heldout_spl
     near_miss = [f"{filler[k]} {' '.join(words[11:23])}" for k in range(3, 6)]
     quoting = next(t for t in quoting if assign_split(content_hash(t), probe) == "train")
     near_miss = next(t for t in near_miss if assign_split(content_hash(t), probe) == "train")
-    # Boilerplate: 11 training documents share 13 other words of the held-out one (over
-    # heldout_max_docs 10): a licence header, not a leak; they are kept.
-    header = " ".join(docs[held].split(" ")[60:73])
-    candidates = [f"{t} {header}" for t in make_documents(seed=12, n=40, prefix="boiler ")]
-    boilerplate = [t for t in candidates if assign_split(content_hash(t), probe) == "train"][:11]
-    assert len(boilerplate) == 11
-    write_jsonl(tmp_path / "src" / "a.jsonl", docs + [quoting, near_miss, *boilerplate])
+    # Boilerplate: 13 words every held-out document also holds (6 > heldout_max_docs 5), quoted by a
+    # training document: a licence header, not a leak; it is kept.
+    header = "this file is distributed under the same licence terms as the rest of the package"
+    for i, doc in enumerate(docs):
+        # The same words after other separators: whichever variant the split puts in held-out.
+        variants = [f"{doc}{sep}{header}" for sep in (" ", "\n", ". ", "\n\n")]
+        held_variant = next((v for v in variants if assign_split(content_hash(v), probe) == "heldout"), None)
+        if i not in (train, held) and held_variant is not None:
+            docs[i] = held_variant
+    assert sum(header in d for d in docs) >= 6
+    boilerplate = next(
+        t
+        for t in (f"{f} {header}" for f in make_documents(seed=12, n=20, prefix="boiler "))
+        if assign_split(content_hash(t), probe) == "train"
+    )
+    write_jsonl(tmp_path / "src" / "a.jsonl", docs + [quoting, near_miss, boilerplate])
 
     config, dropped = _build(tmp_path / "drop", tmp_path / "src", tmp_path)
     label = lambda text: text.split(":")[0]  # noqa: E731
@@ -300,7 +309,7 @@ def test_a_build_drops_or_flags_contaminated_documents_and_keeps_the_heldout_spl
     # Every kept document but the held-out ones was looked up, and the two dropped ones.
     assert stats.filters["decontaminate/checked"] == stats.docs_kept - len(heldout) + 2
     assert stats.filters["decontaminate/index_ngrams"] > 0 and stats.filters["decontaminate/task_ngrams"] == 1
-    assert stats.filters["decontaminate/common_ngrams"] == 1  # the header's one 13-gram
+    assert stats.filters["decontaminate/common_ngrams"] == 3  # the 15-word header's 13-grams
 
     # Flagging, with another block layout: the same documents, named the same, kept in training.
     config, flagged = _build(tmp_path / "flag", tmp_path / "src", tmp_path, action="flag", read_blocks=1)
@@ -331,3 +340,27 @@ def test_a_missing_task_file_fails_the_build_before_anything_is_read(tmp_path):
     with pytest.raises(UserError, match=r"gone\.jsonl does not exist"):
         preprocess(config, Reporter(quiet=True))
     assert not [k for k in open_store(config.storage.root).list("datasets") if "/read/" in k]
+
+
+def test_heldout_counts_and_sample_rate_do_not_depend_on_the_block_layout():
+    from pipeline.data.decontaminate import SKETCH, distinct_estimate, document_frequencies, heldout_frequencies
+    from pipeline.data.ngrams import below, sample_threshold
+
+    rng = np.random.default_rng(3)
+    vocabulary = [f"w{i}" for i in range(400)]
+    texts = [" ".join(rng.choice(vocabulary, 120)) for _ in range(60)]
+    texts += [f"{t} same thirteen words shared by many documents of the split for sure ok" for t in texts[:8]]
+
+    def layout(blocks):
+        parts = [document_frequencies(texts[i::blocks], 13) for i in range(blocks)]
+        distinct = distinct_estimate([h[:SKETCH] for h, _ in parts])
+        threshold = sample_threshold(distinct, 2000)
+        sampled = [(below(h, threshold), d[: len(below(h, threshold))]) for h, d in parts]
+        return distinct, heldout_frequencies(sampled)
+
+    (d1, (h1, c1)), (d5, (h5, c5)) = layout(1), layout(5)
+    assert d1 == d5 and np.array_equal(h1, h5) and np.array_equal(c1, c5)
+    assert 0.9 * 2000 < len(h1) < 1.1 * 2000  # the sample is the budget, within the sketch's error
+    whole, counts = document_frequencies(texts, 13)
+    assert abs(distinct_estimate([whole[:SKETCH]]) - len(whole)) < 0.05 * len(whole)
+    assert counts.max() == 8  # the shared phrase's 13-grams: in 8 documents, counted once each

@@ -49,7 +49,13 @@ def test_every_bad_input_kind_is_quarantined_and_counted(tmp_path):
     config = data_config(f"file://{tmp_path}/root", str(tmp_path / "src"), max_error_rate=0.5)
     manifest = run(config)
     stats = manifest.stats.run
-    assert stats.rejected == {"length/empty": 1, "invalid_utf8": 1, "malformed_json": 1, "missing_text": 1, "oversized": 1}
+    assert stats.rejected == {
+        "length/empty": 1,
+        "invalid_utf8": 1,
+        "malformed_json": 1,
+        "missing_text": 1,
+        "oversized": 1,
+    }
     assert stats.docs_kept == 40  # all good lines survive, including the neighbours of bad ones
 
     store = open_store(config.storage.root)
@@ -191,4 +197,9 @@ def test_nothing_surviving_is_one_clear_error_and_every_record_is_in_the_rejects
     store = open_store(config.storage.root)
     assert read_latest(store, "test")[0] is None  # nothing published
     rows = read_rejects(store, "datasets/test/rejects").to_pylist()
-    assert sorted(r["reason"] for r in rows) == ["length/empty", "length/too_short", "length/too_short", "length/too_short"]
+    assert sorted(r["reason"] for r in rows) == [
+        "length/empty",
+        "length/too_short",
+        "length/too_short",
+        "length/too_short",
+    ]

@@ -32,17 +32,23 @@ def _build(root, corpus, read_blocks):
     config = data_config(
         root,
         str(corpus / "web"),
-        sources=[{"kind": "jsonl", "uri": str(corpus / "web")}, {"kind": "text", "uri": str(corpus / "code"), "content": "code"}],
+        sources=[
+            {"kind": "jsonl", "uri": str(corpus / "web")},
+            {"kind": "text", "uri": str(corpus / "code"), "content": "code"},
+        ],
         filters="fineweb",
         read_blocks=read_blocks,
     )
     return preprocess(config, Reporter(quiet=True)), open_store(config.storage.root)
 
 
+def _rejects(manifest, store):
+    return read_rejects(store, f"datasets/{manifest.dataset}/rejects/{manifest.run_id}").to_pylist()
+
+
 def _fates(manifest, store):
     """text -> reject reason of the chain's rejects of one build."""
-    rows = read_rejects(store, f"datasets/{manifest.dataset}/rejects/{manifest.run_id}").to_pylist()
-    return {row["text"]: row["reason"] for row in rows}
+    return {row["text"]: row["reason"] for row in _rejects(manifest, store)}
 
 
 def test_mixed_corpus_fates_stats_and_the_same_decisions_on_refresh(tmp_path):
@@ -53,6 +59,8 @@ def test_mixed_corpus_fates_stats_and_the_same_decisions_on_refresh(tmp_path):
     for text, expected in docs:
         assert fates.get(text) == expected, text[:60]
     assert CODE not in fates  # code: only length and decontamination apply (prose rules would drop it)
+    french = next(row for row in _rejects(manifest, store) if row["reason"] == "language/lang_fr")
+    assert french["language"] == "fr" and french["language_score"] > 0.9
 
     stats = manifest.stats.run
     dropped = sum(1 for _, expected in docs if expected)

@@ -1,9 +1,10 @@
 """The filter chain's contract: typed config (unknown keys rejected, the earlier mapping form read as
 a length filter), per-source application (content, skip_filters), rejects named `<filter>/<reason>`,
 counters, decisions independent of how rows are cut into batches, the per-filter stats rows and the
-processing hash of a dataset built before the chain."""
+processing hash (and the refresh of a dataset built before the chain)."""
 
 from collections import Counter
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pytest
@@ -14,7 +15,7 @@ from pipeline.config.run import RunConfig
 from pipeline.data.filters.chain import FilterChain
 from pipeline.data.filters.stats import chain_names, filter_rows
 from pipeline.data.readers import READ_SCHEMA
-from pipeline.data.stage import processing_sha256
+from pipeline.data.stage import legacy_sha256, processing_sha256, same_processing
 
 
 def _table(texts, sources=None, rejects=None):
@@ -45,15 +46,45 @@ def test_config_rejects_unknown_keys_types_and_names():
         DataConfig.model_validate({"sources": [{"kind": "python-stdlib", "skip_filters": ["c4"]}]})
 
 
-def test_earlier_mapping_form_is_a_length_filter_and_keeps_its_processing_hash():
+def test_earlier_mapping_form_is_a_length_filter_and_its_datasets_still_refresh():
     data = DataConfig.model_validate({"filters": {"min_chars": 8, "max_doc_bytes": 20000}})
-    assert [f.type for f in data.filters] == ["length", "pii"] and data.filters[0].min_chars == 8
+    assert [f.type for f in data.filters] == ["length"] and data.filters[0].min_chars == 8
     assert data.max_doc_bytes == 20000
-    # The hash of the default stdlib config before the chain (a dataset built then still refreshes):
-    # PII redaction applies to web sources only, so for code it changes nothing.
-    assert processing_sha256(RunConfig()) == "fd7f49533975a317562f76ffa3b0a889a476778eb863d18ca526dcbe6659f74d"
-    web = RunConfig.model_validate({"data": {"sources": [{"kind": "jsonl", "uri": "x"}]}})
-    assert processing_sha256(web) != processing_sha256(RunConfig())
+    # A dataset built before the chain with the default settings (stdlib code): its stored hash,
+    # as that code computed it, and its stored config's mapping form.
+    before = SimpleNamespace(
+        config_sha256="fd7f49533975a317562f76ffa3b0a889a476778eb863d18ca526dcbe6659f74d",
+        config={"filters": {"min_chars": 16}, "sources": [{"kind": "python-stdlib"}]},
+    )
+    default = RunConfig()
+    assert legacy_sha256(default) == before.config_sha256
+    # Today's default chain adds PII redaction, for web text only: code refreshes as before...
+    assert same_processing(before, default, processing_sha256(default))
+    # ...but not once a web source is added (its documents would be redacted, the published ones not),
+    web = RunConfig.model_validate({"data": {"sources": [{"kind": "python-stdlib"}, {"kind": "jsonl", "uri": "x"}]}})
+    assert not same_processing(before, web, processing_sha256(web))
+    # unless the chain is the length filter alone (the mapping form), whatever the sources.
+    legacy_web = RunConfig.model_validate({"data": {"sources": web.data.sources, "filters": {"min_chars": 16}}})
+    assert same_processing(before, legacy_web, processing_sha256(legacy_web))
+
+
+def test_processing_hash_is_the_chain_each_kind_of_content_gets():
+    def sha(**data):
+        return processing_sha256(RunConfig.model_validate({"data": data}))
+
+    web = [{"kind": "jsonl", "uri": "x"}]
+    both = [*web, {"kind": "python-stdlib"}]
+    # Adding a source of another kind, naming a filter, a dry-run entry: the same processing.
+    assert sha(sources=web) == sha(sources=both)
+    assert sha(sources=web, filters=[{"type": "length"}, {"type": "pii", "name": "redact"}]) == sha(sources=web)
+    dry = [{"type": "length"}, {"type": "pii"}, {"type": "gopher_quality", "dry_run": True}]
+    assert sha(sources=web, filters=dry) == sha(sources=web)
+    # Moving a filter to another kind of content, or changing a threshold: another processing.
+    assert sha(filters=[{"type": "length"}, {"type": "pii", "content": ["code"]}]) != sha()
+    assert sha(filters=[{"type": "length", "min_chars": 17}, {"type": "pii"}]) != sha()
+    # The word splitter matters only to filters that split words.
+    assert sha(word_tokenizer="spacy") == sha()
+    assert sha(filters="fineweb", word_tokenizer="spacy") != sha(filters="fineweb")
 
 
 def test_filters_apply_per_source_content_and_opt_outs():
