@@ -114,7 +114,8 @@ _TaskLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 def _data_files(spec: dict) -> list[str]:
     """The data file names of a task YAML, in a stable order (split by split as written)."""
-    files = (spec.get("dataset_kwargs") or {}).get("data_files")
+    kwargs = spec.get("dataset_kwargs") or {}
+    files = kwargs.get("data_files") if isinstance(kwargs, dict) else None
     values = files.values() if isinstance(files, dict) else [files]
     names: list[str] = []
     for value in values:

@@ -164,6 +164,7 @@ def read_rejects(store, prefix: str) -> pa.Table:
     rejects reads the part files one by one)."""
     keys = [k for k in store.list(prefix) if k.endswith(".arrow")]
     tables = [pa.ipc.open_file(pa.py_buffer(store.read(k))).read_all() for k in keys]
-    # Files of runs before decontamination lack its columns: read as null.
+    # Files of runs before decontamination lack its columns: read as null (and not kept).
     table = pa.concat_tables([REJECTS_SCHEMA.empty_table(), *tables], promote_options="default")
+    table = table.set_column(table.schema.get_field_index("kept"), "kept", pc.fill_null(table["kept"], False))
     return table.take(pc.sort_indices(table["doc_key"]))

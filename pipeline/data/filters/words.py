@@ -37,9 +37,35 @@ from pipeline.errors import UserError
 _URL = r"(?:https?://|www\.)[^\s<>\"'()\[\]{}`]*[^\s<>\"'()\[\]{}`.,;:!?]"
 _EMAIL = r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
 _NUMBER = r"\d+(?:[.,:]\d+)+"
-_CONTRACTION = r"\w+(?=(?i:n['’]t)\b)|(?i:n['’]t)\b|['’](?i:s|d|m|re|ve|ll)\b"
+_NEGATION = r"\w+(?=(?i:n['’]t)\b)|(?i:n['’]t)\b"
+_CLITIC = r"['’](?i:s|d|m|re|ve|ll)\b"
+_REST = r"\w+|-{2,}|~{2,}|\.{2,}|[^\w\s]"
 MEMO_CHARS = 4 << 20  # a read chunk's text (plan.chunk_bytes: at most 4 MB)
-_WORDS = re.compile(rf"{_URL}|{_EMAIL}|{_NUMBER}|{_CONTRACTION}|\w+|-{{2,}}|~{{2,}}|\.{{2,}}|[^\w\s]")
+_WORDS = re.compile(rf"{_URL}|{_EMAIL}|{_NUMBER}|{_NEGATION}|{_CLITIC}|{_REST}")
+_HAS_NEGATION = re.compile(r"(?i)n['’]t")
+
+
+@cache
+def _pattern(url: bool, email: bool, negation: bool, clitic: bool) -> re.Pattern:
+    """`_WORDS` without the alternatives that cannot match in a text (an alternative that matches
+    nowhere changes no match of the others): the e-mail and negation forms rescan every word run
+    (the negation one backtracking through it), which made the full pattern 2.4x slower than the
+    word-run pattern alone on the stdlib."""
+    parts = [p for p, wanted in ((_URL, url), (_EMAIL, email)) if wanted] + [_NUMBER]
+    parts += [p for p, wanted in ((_NEGATION, negation), (_CLITIC, clitic)) if wanted] + [_REST]
+    return re.compile("|".join(parts))
+
+
+def split_words(text: str) -> list[str]:
+    """`_WORDS.findall(text)`, with the pattern cut to the forms the text can hold."""
+    quote = "'" in text or "’" in text
+    pattern = _pattern(
+        "://" in text or "www." in text,
+        "@" in text,
+        quote and _HAS_NEGATION.search(text) is not None,
+        quote,
+    )
+    return pattern.findall(text)
 
 
 class FastWordTokenizer(WhitespaceTokenizer):
@@ -63,7 +89,7 @@ class FastWordTokenizer(WhitespaceTokenizer):
             if self._memo_chars + len(text) > MEMO_CHARS:
                 self._memo.clear()
                 self._memo_chars = 0
-            words = self._memo[text] = _WORDS.findall(text)
+            words = self._memo[text] = split_words(text)
             self._memo_chars += len(text)
         return words
 
