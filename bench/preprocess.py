@@ -318,6 +318,55 @@ def filters_cost(label: str, sources: list[dict], repeats: int) -> dict:
     return result
 
 
+def filter_speeds(label: str, sources: list[dict]) -> dict:
+    """Each filter's own throughput inside the chain (one core, this process), on the corpus's
+    documents in batches of 64, every filter seeing every document (dry runs): where the time goes."""
+    from collections import Counter
+
+    import pyarrow as pa
+
+    from pipeline.config.run import RunConfig
+    from pipeline.data.filters.chain import FilterChain
+    from pipeline.data.readers import READ_SCHEMA
+
+    config = RunConfig.model_validate(
+        {"data": {"sources": [{**s, "content": "web"} for s in sources], "filters": ALL_FILTERS}}
+    )
+    texts = _texts(config)
+    megabytes = sum(len(t.encode()) for t in texts) / 1e6
+    chain, seconds = FilterChain(config.data), Counter()
+
+    class Timed:
+        def __init__(self, inner) -> None:
+            self.inner, self.label, self.spec = inner, inner.label, inner.spec
+
+        def __call__(self, batch):
+            start = time.perf_counter()
+            verdict = self.inner(batch)
+            seconds[self.label] += time.perf_counter() - start
+            return verdict
+
+    chain.filters = [Timed(f) for f in chain.filters]
+    start = time.perf_counter()
+    for i in range(0, len(texts), 64):
+        batch = texts[i : i + 64]
+        n = len(batch)
+        columns = {"unit_index": [0] * n, "pid": [0] * n, "line": list(range(n)), "source_index": [0] * n}
+        columns |= {"label": [None] * n, "text": batch, "reject": [None] * n, "raw": [b""] * n}
+        chain.apply(pa.table(columns, schema=READ_SCHEMA), Counter())
+    total = time.perf_counter() - start
+    result = {
+        "bench": "preprocess-filter-speeds",
+        "corpus": label,
+        "mb": round(megabytes, 1),
+        "chain_mb_per_s_1core": round(megabytes / total, 2),
+        # The first filter that splits words pays for the split (memoised for the others).
+        "mb_per_s_1core": {name: round(megabytes / s, 1) for name, s in seconds.items()},
+    }
+    print(json.dumps(result), flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpora", default="stdlib", help="comma list of: stdlib, site-packages")
@@ -330,6 +379,9 @@ def main() -> None:
         help="comma list of document counts (e.g. 1790,17900,71600): driver peak RSS per count, same file count",
     )
     parser.add_argument("--memory-one", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory-all-filters", action="store_true", help="--memory-docs with every filter on (dry runs)"
+    )
     parser.add_argument("--filters", default="", help="comma list of corpora (stdlib, site-packages): filter cost")
     parser.add_argument("--repeats", type=int, default=3, help="alternated on/off runs per corpus for --filters")
     args = parser.parse_args()
@@ -350,19 +402,26 @@ def main() -> None:
             sys.exit(f"unknown corpus {corpus}")
 
     for corpus in filter(None, args.filters.split(",")):
-        sources = {
-            "stdlib": [{"kind": "python-stdlib"}],
-            "site-packages": [{"kind": "text", "uri": str(site_packages())}],
-        }
-        if corpus not in sources:
+        if corpus not in ("stdlib", "site-packages"):
             sys.exit(f"unknown corpus {corpus}")
-        filters_cost(corpus, sources[corpus], args.repeats)
+        with tempfile.TemporaryDirectory() as tmp:
+            # site-packages: its first `--unit-mb` x 3 of .py files as jsonl (the whole folder holds
+            # GBs of binaries); stdlib: this interpreter's .py files.
+            sources = [{"kind": "python-stdlib"}]
+            if corpus == "site-packages":
+                write_prefix_corpus(Path(tmp) / "corpus", int(3 * args.unit_mb * 1e6))
+                sources = [{"kind": "jsonl", "uri": f"{tmp}/corpus"}]
+            filters_cost(corpus, sources, args.repeats)
+            filter_speeds(corpus, sources)
 
     if args.memory_one:
         with tempfile.TemporaryDirectory() as tmp:
             written = write_chunk_corpus(Path(tmp) / "corpus", args.memory_one)
+            source = {"kind": "jsonl", "uri": f"{tmp}/corpus"}
+            # --memory-all-filters: every filter runs on every document (dry runs, content web).
+            data = {"filters": ALL_FILTERS} if args.memory_all_filters else None
             manifest, wall, _, (start, peak) = run_stage(
-                f"file://{tmp}/store", [{"kind": "jsonl", "uri": f"{tmp}/corpus"}], "chunks"
+                f"file://{tmp}/store", [{**source, "content": "web"} if data else source], "chunks", data=data
             )
         stats = manifest.stats.run.to_dict()
         print(
@@ -382,6 +441,7 @@ def main() -> None:
     for docs in [int(d) for d in args.memory_docs.split(",") if d]:
         # A fresh driver per count: RSS left over from an earlier run would hide (or fake) growth.
         command = [sys.executable, __file__, "--corpora", "", "--scales", "", "--memory-one", str(docs)]
+        command += ["--memory-all-filters"] if args.memory_all_filters else []
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         result = json.loads(out)
         print(json.dumps({"bench": "preprocess-driver-memory-point", **result}), flush=True)

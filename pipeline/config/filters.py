@@ -197,7 +197,7 @@ class DecontaminateFilter(_Filter):
         default="drop", description="drop: remove matching documents; flag: keep them, listed in the rejects file."
     )
     heldout_max_docs: int | None = Field(
-        default=5,
+        default=2,
         ge=1,
         description="A held-out n-gram held by more held-out documents than this is boilerplate (a licence "
         "header, a navigation line), not a leaked passage: it is ignored (counted as `common_ngrams`). "

@@ -11,7 +11,8 @@ The index: 64-bit hashes of the word n-grams (`ngrams.py`: lower-cased `\\w+` wo
   task; read and hashed by the driver (evaluation sets are megabytes);
 - with `heldout`, the held-out documents, named `sora_heldout` (Sora's evaluation suites are built
   from them): this run's kept held-out documents and the held-out shards of the versions before
-  it, hashed by tasks that store their distinct hashes on scratch and return counts.
+  it, hashed by tasks that store their distinct hashes, with the documents holding each, on
+  scratch and return only the file's key.
 A hash several tasks share is named by the first of them (configured order, then the held-out).
 
 The index is bounded by `max_index_ngrams` (it is stored once in the object store and read by
@@ -37,12 +38,15 @@ not a leaked passage of one evaluation document, and dropping every training doc
 it would gut a code corpus. The held-out documents are a uniform sample, so what is common in
 training is common among them too: each block and shard stores its held-out n-grams with the
 number of its documents holding each, the sampled ones are summed across blocks in the driver, and
-those held by more than `heldout_max_docs` (5) held-out documents leave the index. The count is
-exact whatever the block layout (a sum of per-block counts); the sample rate comes from a bottom-k
-sketch of the held-out n-grams (`SKETCH` smallest hashes per block: the union's k smallest are the
-same whatever the layout), so the index, and each document's fate, do not depend on the cluster's
-size. The configured tasks' n-grams are always enforced: a benchmark question copied to many
-pages is contamination.
+those held by more than `heldout_max_docs` (2) held-out documents leave the index (a passage leaked
+from one evaluation document is held by that one, after dedup). The count is exact whatever the
+block layout (a sum of per-block counts); the sample rate comes from a bottom-k sketch of the
+held-out n-grams (`SKETCH` smallest hashes: the union's k smallest are the same whatever the
+layout), and the sample is cut to the budget by hash, so the index, and each document's fate, do
+not depend on the cluster's size. The driver holds keys and small results only: sketches and
+counts are merged by tasks, `GROUP` stored tables at a time, and it reads the one merged sample
+(at most the budget: 16 bytes a row). The configured tasks' n-grams are always enforced: a
+benchmark question copied to many pages is contamination.
 
 Counters (`BuildStats.filters`, `<filter>/<counter>`): `checked` (documents looked up),
 `common_ngrams` (sampled held-out n-grams ignored as boilerplate),
@@ -65,7 +69,7 @@ import pyarrow.compute as pc
 
 from ..config.filters import DecontaminateFilter
 from ..records import SPLITS
-from .blocks import Blocks, run, write_table
+from .blocks import Blocks, read_table, run, write_table
 from .dedup_stage import REMOVED_SCHEMA, kept_records
 from .eval_tasks import EvalTask, resolve_tasks, task_texts
 from .ngrams import NgramIndex, below, distinct_ngrams, iter_ngrams, sample_threshold, sorted_distinct
@@ -83,6 +87,7 @@ HELDOUT_CODE = SPLITS.index("heldout")
 MARKED_SCHEMA = pa.schema([*REMOVED_SCHEMA, ("match_task", pa.string()), ("kept", pa.bool_())])
 _HASHES = pa.schema([("hash", pa.uint64()), ("docs", pa.int64())])
 SKETCH = 4096  # bottom-k sketch of the held-out n-grams: the distinct count within ~1.6%
+GROUP = 64  # stored tables one sketch or merge task reads: the driver gets blocks / 64 results
 
 
 def spec_of(data: DataConfig) -> DecontaminateFilter | None:
@@ -125,14 +130,15 @@ def build_index(state: BuildState, spec: DecontaminateFilter, tasks: list[EvalTa
     parts = [(i, below(h, threshold)) for i, h in task_parts]
     names = tuple(task.name for task in tasks)
     if spec.heldout:
-        stored = _heldout_stored(state, n)
+        keys = [key for key, _ in _heldout_stored(state, n)]
         budget = limit - sum(len(h) for _, h in parts)
-        distinct = distinct_estimate([smallest for _, _, smallest in stored])
+        distinct = distinct_estimate(_sketches(state, keys))
         counts["heldout_ngrams"] = distinct
         threshold = sample_threshold(distinct, budget)
-        keys = [key for key, _, _ in stored]
-        sampled = Blocks(keys, state.scratch).collect(_stored_below, threshold)
-        hashes, docs = heldout_frequencies(sampled)
+        hashes, docs = _sampled_frequencies(state, keys, threshold)
+        # The estimate is within ~2% either way: a prefix of the sorted sample is a lower threshold,
+        # so cutting it to the budget keeps it a layout-independent sample.
+        hashes, docs = hashes[:budget], docs[:budget]
         counts["heldout_sampled"] = len(hashes)
         if spec.heldout_max_docs is not None:
             common = docs > spec.heldout_max_docs
@@ -168,14 +174,52 @@ def heldout_frequencies(sampled: list[tuple[np.ndarray, np.ndarray]]) -> tuple[n
     return hashes[starts], np.add.reduceat(docs, starts)
 
 
+def _groups(keys: list[str]) -> list[tuple[list[str]]]:
+    return [(keys[i : i + GROUP],) for i in range(0, len(keys), GROUP)]
+
+
+def _sketches(state: BuildState, keys: list[str]) -> list[np.ndarray]:
+    """The bottom-k sketch of each group of `GROUP` stored tables (tasks): the driver receives one
+    per group, `SKETCH` hashes each, not one per block."""
+    shared = (state.store.root_uri, state.settings)
+    return run(_group_sketch, "heldout_sketch", _groups(keys), shared) if keys else []
+
+
+def _group_sketch(keys: list[str], root: str, settings) -> np.ndarray:
+    smallest = [read_table(root, settings, key)["hash"].to_numpy()[:SKETCH] for key in keys]
+    return sorted_distinct(np.concatenate(smallest))[:SKETCH]
+
+
+def _sampled_frequencies(state: BuildState, keys: list[str], threshold: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sampled held-out n-grams with their document counts summed over every table: merged by
+    tasks, `GROUP` tables at a time, into one table the driver reads (about the budget's size)."""
+    root, settings = state.store.root_uri, state.settings
+    prefix = f"{state.scratch.prefix}/decontaminate/merged"
+    while len(keys) > 1:
+        keys = run(_group_merge, "heldout_merge", _groups(keys), (threshold, root, settings, prefix))
+    if not keys:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    table = read_table(root, settings, keys[0])
+    hashes, docs = _stored_below(table, threshold)
+    return hashes, docs
+
+
+def _group_merge(keys: list[str], threshold: int, root: str, settings, prefix: str) -> str:
+    """One merge task: the sampled rows of `keys`' tables, counts summed per hash, stored."""
+    hashes, docs = heldout_frequencies([_stored_below(read_table(root, settings, key), threshold) for key in keys])
+    table = pa.table({"hash": hashes, "docs": docs}, schema=_HASHES)
+    digest = hashlib.sha256(hashes.tobytes() + docs.tobytes()).hexdigest()[:16]
+    return write_table(root, settings, f"{prefix}/part-{digest}.arrow", table)
+
+
 def _task_hashes(task: EvalTask, settings: StorageSettings, normalize: str, n: int) -> np.ndarray:
     """The distinct n-gram hashes of one task's texts (driver side: the task's files are small)."""
     parts = [distinct_ngrams(texts, n) for texts in task_texts(task, settings, normalize)]
     return sorted_distinct(np.concatenate(parts), runs=True) if parts else np.zeros(0, np.uint64)
 
 
-def _heldout_stored(state: BuildState, n: int) -> list[tuple[str, int, np.ndarray]]:
-    """(key, distinct count, smallest hashes) of the stored (hash, documents) tables of every record
+def _heldout_stored(state: BuildState, n: int) -> list[tuple[str, int]]:
+    """(key, distinct count) of the stored (hash, documents) tables, sorted by hash, of every record
     block's kept held-out documents and of every held-out shard of the earlier versions (blocks
     without held-out documents left out)."""
     root, settings = state.store.root_uri, state.settings
@@ -184,7 +228,7 @@ def _heldout_stored(state: BuildState, n: int) -> list[tuple[str, int, np.ndarra
     if state.parent is not None:
         calls = [(entry,) for entry in state.parent.split("heldout")]
         results += run(_shard_heldout, "heldout_shard", calls, (n, root, settings, prefix))
-    return [result for result in results if result[0] is not None]
+    return [(key, count) for key, count in results if key is not None]
 
 
 def heldout_texts(batch: pa.Table, removed: pa.Table, data: DataConfig) -> list[str]:
@@ -196,11 +240,11 @@ def heldout_texts(batch: pa.Table, removed: pa.Table, data: DataConfig) -> list[
 
 def _block_heldout(
     batch: pa.Table, removed: pa.Table, data: DataConfig, n: int, root: str, settings, prefix: str
-) -> tuple[str | None, int, np.ndarray]:
+) -> tuple[str | None, int]:
     return _store_hashes(heldout_texts(batch, removed, data), n, root, settings, prefix)
 
 
-def _shard_heldout(entry: ShardEntry, n: int, root: str, settings, prefix: str) -> tuple[str | None, int, np.ndarray]:
+def _shard_heldout(entry: ShardEntry, n: int, root: str, settings, prefix: str) -> tuple[str | None, int]:
     """An earlier version's held-out shard (`doc_key`, `label`, `text`), checked against its sha256."""
     from .readers import _store
 
@@ -223,15 +267,15 @@ def document_frequencies(texts: list[str], n: int) -> tuple[np.ndarray, np.ndarr
     return every[starts], np.diff(np.r_[starts, len(every)]).astype(np.int64)
 
 
-def _store_hashes(texts: list[str], n: int, root: str, settings, prefix: str) -> tuple[str | None, int, np.ndarray]:
-    """The (hash, documents) table of `texts` stored as one file, named by content (a retried task
-    rewrites the same key); (key, distinct count, its SKETCH smallest hashes), (None, 0, ...) for none."""
+def _store_hashes(texts: list[str], n: int, root: str, settings, prefix: str) -> tuple[str | None, int]:
+    """The (hash, documents) table of `texts`, sorted by hash, stored as one file named by content
+    (a retried task rewrites the same key); (key, distinct count), (None, 0) for none."""
     hashes, docs = document_frequencies(texts, n)
     if not len(hashes):
-        return None, 0, hashes
+        return None, 0
     table = pa.table({"hash": hashes, "docs": docs}, schema=_HASHES)
     digest = hashlib.sha256(hashes.tobytes() + docs.tobytes()).hexdigest()[:16]
-    return write_table(root, settings, f"{prefix}/part-{digest}.arrow", table), len(hashes), hashes[:SKETCH]
+    return write_table(root, settings, f"{prefix}/part-{digest}.arrow", table), len(hashes)
 
 
 def _stored_below(table: pa.Table, threshold: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..config.data import DataConfig
+from ..errors import UserError
 from ..storage import StorageSettings
+from .filters.chain import reason_filter
 from .readers import MALFORMED_REASONS, READ_ERRORS, READ_SCHEMA, UnitReader, _store, splittable, unreadable
 from .sources import SourceUnit, UnitPart
 from .steps import clean
@@ -134,6 +136,8 @@ def read_piece(
                 chunk = next(chunks)
             except StopIteration:
                 break
+            except UserError:  # access denied, expired credentials: the run's problem, not the file's
+                raise
             except READ_ERRORS as error:
                 yield from builder.add(builder.unreadable(part, reader.first_line, error))
                 break
@@ -228,7 +232,7 @@ def unit_counts(table: pa.Table, key: str = "unit_index") -> dict[int, UnitCount
         entry = out.setdefault(unit, UnitCounts())
         entry.records += count
         if reason is not None:
-            reasons = entry.filtered if "/" in reason else entry.reasons  # `<filter>/<reason>`: the chain's
+            reasons = entry.filtered if reason_filter(reason) else entry.reasons  # the chain's reasons
             reasons[reason] = reasons.get(reason, 0) + count
             entry.malformed += count if reason in MALFORMED_REASONS else 0
     return out

@@ -88,7 +88,7 @@ class FilterChain:
                 continue
             for j, i in enumerate(rows):
                 reason = verdict.reasons[j]
-                if reason is None and verdict.texts is not None:
+                if reason is None and verdict.texts is not None and verdict.texts[j] != texts[i]:
                     texts[i] = verdict.texts[j]
                     # A rewrite that leaves nothing (C4 removing every line) is a drop: an empty
                     # document must not reach dedup and tokenizing.

@@ -276,7 +276,7 @@ def test_a_build_drops_or_flags_contaminated_documents_and_keeps_the_heldout_spl
     near_miss = [f"{filler[k]} {' '.join(words[11:23])}" for k in range(3, 6)]
     quoting = next(t for t in quoting if assign_split(content_hash(t), probe) == "train")
     near_miss = next(t for t in near_miss if assign_split(content_hash(t), probe) == "train")
-    # Boilerplate: 13 words every held-out document also holds (6 > heldout_max_docs 5), quoted by a
+    # Boilerplate: 13 words every held-out document also holds (6 > heldout_max_docs 2), quoted by a
     # training document: a licence header, not a leak; it is kept.
     header = "this file is distributed under the same licence terms as the rest of the package"
     for i, doc in enumerate(docs):
@@ -364,3 +364,26 @@ def test_heldout_counts_and_sample_rate_do_not_depend_on_the_block_layout():
     whole, counts = document_frequencies(texts, 13)
     assert abs(distinct_estimate([whole[:SKETCH]]) - len(whole)) < 0.05 * len(whole)
     assert counts.max() == 8  # the shared phrase's 13-grams: in 8 documents, counted once each
+
+
+def test_merging_stored_tables_in_groups_sums_the_same_counts(tmp_path):
+    from pipeline.data import decontaminate as decon
+    from pipeline.data.ngrams import FULL
+
+    rng = np.random.default_rng(5)
+    vocabulary = [f"v{i}" for i in range(50)]
+    texts = [" ".join(rng.choice(vocabulary, 60)) for _ in range(40)]
+    root, prefix = f"file://{tmp_path}", "scratch/heldout"
+    keys = [decon._store_hashes(texts[i::7], 13, root, None, prefix)[0] for i in range(7)]
+    expected = decon.document_frequencies(texts, 13)
+    merged = keys
+    while len(merged) > 1:  # groups of two instead of GROUP: three levels
+        merged = [
+            decon._group_merge(merged[i : i + 2], FULL, root, None, f"{prefix}/m") for i in range(0, len(merged), 2)
+        ]
+    table = decon.read_table(root, None, merged[0])
+    assert np.array_equal(table["hash"].to_numpy(), expected[0]) and np.array_equal(
+        table["docs"].to_numpy(), expected[1]
+    )
+    sketch = decon._group_sketch(keys, root, None)
+    assert np.array_equal(sketch, expected[0][: decon.SKETCH])

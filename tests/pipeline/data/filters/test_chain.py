@@ -66,6 +66,14 @@ def test_earlier_mapping_form_is_a_length_filter_and_its_datasets_still_refresh(
     # unless the chain is the length filter alone (the mapping form), whatever the sources.
     legacy_web = RunConfig.model_validate({"data": {"sources": web.data.sources, "filters": {"min_chars": 16}}})
     assert same_processing(before, legacy_web, processing_sha256(legacy_web))
+    # Another length filter, one that misses the code, or a source skipping it: not the same.
+    for filters, sources in (
+        ([{"type": "length"}, {"type": "length", "name": "strict", "min_chars": 500}], [{"kind": "python-stdlib"}]),
+        ([{"type": "length", "content": ["web"]}], [{"kind": "python-stdlib"}]),
+        ([{"type": "length"}], [{"kind": "python-stdlib", "skip_filters": ["length"]}]),
+    ):
+        changed = RunConfig.model_validate({"data": {"sources": sources, "filters": filters}})
+        assert not same_processing(before, changed, processing_sha256(changed))
 
 
 def test_processing_hash_is_the_chain_each_kind_of_content_gets():
@@ -105,6 +113,14 @@ def test_filters_apply_per_source_content_and_opt_outs():
     assert out["reject"].to_pylist() == [None, None, None, "length/too_short"]
     assert counts == {"length/checked": 4, "pii/checked": 1, "pii/email": 1, "pii/docs_redacted": 1}
     assert {"language", "language_score"} <= set(out.schema.names)
+
+
+def test_an_emptied_document_is_dropped_whatever_shares_its_batch():
+    data = DataConfig.model_validate({"sources": [{"kind": "jsonl", "uri": "x"}], "filters": [{"type": "pii"}]})
+    chain = FilterChain(data)
+    alone = chain.apply(_table(["   \n"]))["reject"].to_pylist()
+    together = chain.apply(_table(["   \n", "write jane@example.com now"]))["reject"].to_pylist()
+    assert alone == together[:1] == [None]  # blank, but not emptied by the filter (length drops it)
 
 
 def test_rows_already_rejected_are_not_seen_and_decisions_do_not_depend_on_batching():
