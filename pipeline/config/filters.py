@@ -203,6 +203,7 @@ class DecontaminateFilter(_Filter):
         "header, a navigation line), not a leaked passage: it is ignored (counted as `common_ngrams`). "
         "Task n-grams are always enforced. null: no limit.",
     )
+
     @model_validator(mode="after")
     def _dry_run_flags(self) -> DecontaminateFilter:
         if self.dry_run and self.action == "drop":
