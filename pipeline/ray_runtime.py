@@ -47,6 +47,21 @@ def ensure_ray(config: RayConfig) -> None:
     context.verbose_stats_logs = False
 
 
+def get_result(ref):
+    """`ray.get(ref)`; a `UserError` raised in the task (bad input, a missing optional package)
+    re-raised as itself, so the user reads its one line, not a Ray traceback."""
+    import ray
+
+    from .errors import UserError
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as error:
+        if isinstance(error.cause, UserError):
+            raise error.cause from None
+        raise
+
+
 def _extensions_dir() -> Path:
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "torch_extensions" / f"venv-{hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]}"

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ..ray_runtime import get_result
 from . import placement, task_memory
 from .exchange import Exchange, Scratch, Source, map_task, reduce_task
 from .readers import _store
@@ -94,7 +95,7 @@ def run(
             for ref in finished:
                 index = pending.pop(ref)
                 slots.release()
-                results[index] = _get(ref)
+                results[index] = get_result(ref)
                 done += 1
             if track is not None and finished:
                 track(done, len(calls))
@@ -103,21 +104,6 @@ def run(
             ray.cancel(ref)
             slots.release()
     return results
-
-
-def _get(ref) -> Any:
-    """`ray.get(ref)`; a `UserError` raised in the task (bad input, a missing optional package)
-    re-raised as itself, so the user reads its one line, not a Ray traceback."""
-    import ray
-
-    from ..errors import UserError
-
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as error:
-        if isinstance(error.cause, UserError):
-            raise error.cause from None
-        raise
 
 
 _WINDOW: dict[str, Any] = {"size": 0, "slots": None}

@@ -86,9 +86,9 @@ def word_bytes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.frombuffer(b"".join(parts), np.uint8), offsets
 
 
-def shingle_hashes(data: np.ndarray, offsets: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(uint32 hash of every shingle, shingles per document >= 1) of the documents
-    `data[offsets[d]:offsets[d + 1]]` (as from `word_bytes`, offsets starting at 0)."""
+def word_hashes(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start byte, 64-bit hash) of every word (maximal run of word bytes of the lower-cased text,
+    never across two documents) of the documents `data[offsets[d]:offsets[d + 1]]`."""
     data = _LOWER[data]
     word = _WORD_BYTE[data]
     before = np.zeros(len(data), bool)  # byte j-1 is a word byte of the same document
@@ -99,8 +99,13 @@ def shingle_hashes(data: np.ndarray, offsets: np.ndarray, size: int) -> tuple[np
     after[offsets[1:][offsets[1:] > 0] - 1] = False
     starts = np.flatnonzero(word & ~before)
     ends = np.flatnonzero(word & ~after) + 1
-    words = _fmix64(_poly_spans(data.astype(np.uint64) + np.uint64(1), starts, ends, _P, _P_INV))
+    return starts, _fmix64(_poly_spans(data.astype(np.uint64) + np.uint64(1), starts, ends, _P, _P_INV))
 
+
+def shingle_hashes(data: np.ndarray, offsets: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uint32 hash of every shingle, shingles per document >= 1) of the documents
+    `data[offsets[d]:offsets[d + 1]]` (as from `word_bytes`, offsets starting at 0)."""
+    starts, words = word_hashes(data, offsets)
     first_word = np.searchsorted(starts, offsets[:-1])  # each document's first word
     n_words = np.diff(np.searchsorted(starts, offsets))
     counts = np.maximum(n_words - size + 1, 1)

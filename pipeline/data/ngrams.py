@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .minhash import _LOWER, _P, _P_INV, _Q, _Q_INV, _WORD_BYTE, _fmix64, _poly_spans, word_bytes
+from .minhash import _Q, _Q_INV, _fmix64, _poly_spans, word_bytes, word_hashes
 
 GROUP_BYTES = 1 << 21  # text bytes hashed at once: a few uint64 arrays of this many entries
 FULL = 1 << 64  # a sampling threshold that keeps every hash
@@ -28,17 +28,7 @@ FULL = 1 << 64  # a sampling threshold that keeps every hash
 def _group_ngrams(data: np.ndarray, offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(uint64 hash of every n-gram, n-grams per text) of the texts `data[offsets[d]:offsets[d+1]]`
     (as from `minhash.word_bytes`, offsets starting at 0)."""
-    data = _LOWER[data]
-    word = _WORD_BYTE[data]
-    before = np.zeros(len(data), bool)  # byte j-1 is a word byte of the same text
-    before[1:] = word[:-1]
-    after = np.zeros(len(data), bool)  # byte j+1 is a word byte of the same text
-    after[:-1] = word[1:]
-    before[offsets[:-1][offsets[:-1] < len(data)]] = False
-    after[offsets[1:][offsets[1:] > 0] - 1] = False
-    starts = np.flatnonzero(word & ~before)
-    ends = np.flatnonzero(word & ~after) + 1
-    words = _fmix64(_poly_spans(data.astype(np.uint64) + np.uint64(1), starts, ends, _P, _P_INV))
+    starts, words = word_hashes(data, offsets)
     first_word = np.searchsorted(starts, offsets[:-1])
     counts = np.maximum(np.diff(np.searchsorted(starts, offsets)) - n + 1, 0)
     doc = np.repeat(np.arange(len(counts)), counts)

@@ -38,7 +38,7 @@ from ..config.evaluate import EvalConfig
 from ..config.run import RunConfig
 from ..errors import UserError
 from ..keys import RunKeys
-from ..ray_runtime import ensure_ray
+from ..ray_runtime import ensure_ray, get_result
 from ..records import DatasetVersion, EvalResults, ExportInfo
 from ..storage import ObjectStore, open_store
 from ..suites.build import read_index
@@ -92,7 +92,7 @@ def evaluate_on_workers(
     ensure_ray(config.ray)
     gpu = use_gpu(config.eval)
     if read_index(store, manifest, config.eval) is None:
-        _result(_remote(_build_suites, "sora-eval-suites", num_cpus=1).remote(config, manifest))
+        get_result(_remote(_build_suites, "sora-eval-suites", num_cpus=1).remote(config, manifest))
     options: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1, "max_calls": 1} if gpu else {"num_cpus": 1}
     device, window = ("cuda", len(jobs)) if gpu else ("cpu", 1)
     queue, pending = list(jobs), {}
@@ -107,7 +107,7 @@ def evaluate_on_workers(
         for ref in done:
             name = pending.pop(ref)
             try:
-                results[name] = _result(ref)
+                results[name] = get_result(ref)
             except Exception as error:  # raised below, after the tasks in flight finished
                 failures[name] = error
     for job in jobs:
@@ -125,18 +125,6 @@ def _remote(body: Callable, name: str, **options: Any):
     if body not in _REMOTES:
         _REMOTES[body] = ray.remote(body)
     return _REMOTES[body].options(name=name, **options)
-
-
-def _result(ref) -> Any:
-    """`ray.get(ref)`, a `UserError` raised in the task re-raised as itself (its own message)."""
-    import ray
-
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as error:
-        if isinstance(error.cause, UserError):
-            raise error.cause from None
-        raise
 
 
 def _build_suites(config: RunConfig, manifest: DatasetVersion) -> None:
