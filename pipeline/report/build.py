@@ -1,7 +1,8 @@
 """Build `runs/<run>/report.md` + `report.html` from what the stages stored, nothing else.
 
-Sections: config, data (manifest stats), pretraining curves, fine-tuning curves, the eval table
-(pretrained vs scratch vs chance, with stderr), lineage, and wall time per stage. A stage that has
+Sections, what the run learned first: the eval table (pretrained vs scratch vs chance, with
+stderr), pretraining curves, fine-tuning curves, then data (manifest stats, the filter table),
+lineage, wall time per stage, and the full config last (collapsed in the HTML). A stage that has
 not run yet is reported as such, so the report is useful at any point of a run.
 """
 
@@ -43,14 +44,10 @@ def build_report(store: ObjectStore, run: str) -> dict[str, str]:
     images: dict[str, bytes] = {}
     parts = [f"# Sora run report: {run}\n"]
 
-    parts.append("## Config\n")
-    parts.append("```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```\n" if config else "_no stored config_\n")
-
-    parts.append("## Data\n")
-    parts.append(data_table(manifest) if manifest else "_the run has not pinned a dataset yet_\n")
-    if manifest and (filters := filters_markdown(manifest)):
-        parts.append("### Filters\n")
-        parts.append(filters)
+    # What the run learned first (the eval table, then the curves), then where it came from; the
+    # full config last, collapsed in the HTML (a browser renders <details> folded).
+    parts.append("## Evaluation\n")
+    parts.append(eval_markdown(store, run, finetune))
 
     parts.append("## Pretraining\n")
     parts.append(_pretraining(store, run, images, pin))
@@ -58,14 +55,24 @@ def build_report(store: ObjectStore, run: str) -> dict[str, str]:
     ft_runs = finetune.run_names(run)
     parts.append(_finetuning(store, ft_runs, images))
 
-    parts.append("## Evaluation\n")
-    parts.append(eval_markdown(store, run, finetune))
+    parts.append("## Data\n")
+    parts.append(data_table(manifest) if manifest else "_the run has not pinned a dataset yet_\n")
+    if manifest and (filters := filters_markdown(manifest)):
+        parts.append("### Filters\n")
+        parts.append(filters)
 
     parts.append("## Lineage\n")
     parts.append(lineage_table(store, run, ft_runs, manifest))
 
     parts.append("## Wall time per stage\n")
     parts.append(timing_table(store, run))
+
+    parts.append("## Config\n")
+    if config:
+        dump = yaml.safe_dump(config, sort_keys=False)
+        parts.append(f"<details><summary>the run's full config</summary>\n\n```yaml\n{dump}```\n\n</details>\n")
+    else:
+        parts.append("_no stored config_\n")
 
     markdown = "\n".join(parts)
     for name, png in images.items():
