@@ -1,7 +1,7 @@
 """The filter chain: `data.filters` built once per process and applied to a record table.
 
-Rows are grouped by source (a read chunk is one file's, so usually one group); each filter in list
-order sees the live rows of the sources it applies to (`content`, `skip_filters`). A dropped row
+Each filter in list order sees the live rows of the sources it applies to (`content`,
+`skip_filters`; a read chunk is one file's, so usually all rows or none). A dropped row
 gets `reject = "<filter>/<reason>"` and keeps its text as it was when dropped (the rejects file
 shows what the filter saw); rewritten texts replace the live rows' text. Counters are summed into
 `counts` as `<filter>/<counter>`, with `<filter>/checked` (documents it saw); what it dropped is
@@ -112,17 +112,9 @@ def chain_for(data) -> FilterChain:
     return chain
 
 
-def null_extra_columns(table: pa.Table) -> pa.Table:
-    """`table` with the chain's extra columns, all null (blocks that skipped the chain)."""
-    for name, kind in EXTRA_COLUMNS.items():
-        if name not in table.schema.names:
-            table = table.append_column(name, pa.nulls(table.num_rows, kind))
-    return table
-
-
 def reason_filter(reason: str) -> str | None:
     """The filter name of a chain reject reason (`<filter>/<reason>`), None for other reasons."""
     return reason.split("/", 1)[0] if "/" in reason else None
 
 
-__all__ = ["FilterChain", "chain_for", "filter_class", "null_extra_columns", "reason_filter"]
+__all__ = ["FilterChain", "chain_for", "filter_class", "reason_filter"]
