@@ -50,6 +50,12 @@ class _Filter(Section):
     def applies_to(self) -> list[Content]:
         return list(self.content) if self.content is not None else self.default_content()
 
+    def sources(self, data) -> set[int]:
+        """Indices of `data.sources` this filter runs on: their content is in its list and they do
+        not skip it by name."""
+        applies = self.applies_to()
+        return {i for i, s in enumerate(data.sources) if s.content_kind in applies and self.label not in s.skip_filters}
+
 
 _WEB_TEXT: list[Content] = ["web", "prose"]
 # Settings every filter has (Sora's, not the rule's): left out when a rule is built from its entry.

@@ -297,13 +297,7 @@ class MarkPlan:
 
 
 def plan_of(spec: DecontaminateFilter, data: DataConfig) -> MarkPlan:
-    applies = spec.applies_to()
-    sources = tuple(
-        i
-        for i, source in enumerate(data.sources)
-        if source.content_kind in applies and spec.label not in source.skip_filters
-    )
-    return MarkPlan(spec.label, spec.action == "flag", sources)
+    return MarkPlan(spec.label, spec.action == "flag", tuple(sorted(spec.sources(data))))
 
 
 def _mark(state: BuildState, spec: DecontaminateFilter, index: NgramIndex, counts: Counter) -> Blocks:

@@ -50,15 +50,8 @@ class FilterChain:
         for spec in data.filters:
             if spec.type == "decontaminate":
                 continue
-            applies = spec.applies_to()
             self.filters.append(filter_class(spec.type)(spec, data))
-            self.sources.append(
-                {
-                    i
-                    for i, source in enumerate(data.sources)
-                    if source.content_kind in applies and spec.label not in source.skip_filters
-                }
-            )
+            self.sources.append(spec.sources(data))
 
     def apply(self, table: pa.Table, counts: Counter | None = None) -> pa.Table:
         """`table` (READ_SCHEMA rows, `reject` set for malformed ones) with the chain's rejects set,
