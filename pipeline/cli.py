@@ -58,8 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .ops.job_env import install as install_job_credentials
 
     install_job_credentials()  # inside a submitted job: its AWS credentials file, if it carries one
+    from .console_log import library_output_to_log
+
     try:
-        status = resolve(handler)(args)
+        with library_output_to_log(args.command):  # the terminal shows Sora's lines and errors
+            status = resolve(handler)(args)
     except UserError as error:
         print(f"sora {args.command}: error: {error}", file=sys.stderr)
         return 2

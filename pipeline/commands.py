@@ -277,6 +277,26 @@ COMMANDS: tuple[Command, ...] = (
         submittable=True,
     ),
     Command(
+        "distill",
+        "distill stage: a smaller student with KL to the frozen teacher, vs the same student without it",
+        "pipeline.distill.command:cmd_distill",
+        (
+            Argument(
+                ("--restart",),
+                {"action": "store_true", "help": "restart runs whose checkpoints cannot be resumed"},
+            ),
+        ),
+        takes_config=True,
+        submittable=True,
+    ),
+    Command(
+        "quantize",
+        "weight-only int8/int4 copies of the run's export (torchao): size and tokens/s before and after",
+        "pipeline.quantize.command:cmd_quantize",
+        takes_config=True,
+        submittable=True,
+    ),
+    Command(
         "evaluate",
         "evaluate the run's checkpoints with lm-eval",
         f"{_STAGE_HANDLERS}:cmd_evaluate",

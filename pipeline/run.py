@@ -1,6 +1,7 @@
 """`sora run`: the main job, every stage in order on one config, each resuming where it stopped.
 
-data (build or refresh) -> pretrain -> finetune (pretrained and scratch) -> evaluate -> report.
+data (build or refresh) -> pretrain -> finetune (pretrained and scratch) -> [distill] -> [quantize]
+-> evaluate -> report. Distillation and quantization run when their sections are enabled.
 Every stage skips work that is already done (a finished run, an existing export, stored eval
 results), so a second `sora run` on the same config redoes nothing and ends with the same report.
 """
@@ -36,6 +37,7 @@ def run_all(config: RunConfig, console: Console | None = None) -> dict:
     store.check()
     run = config.train.run
     record_config(store, config)
+    check_enabled_stages(config)
     with timed(store, run, "data"):
         manifest = preprocess(config)
     with timed(store, run, "pretrain") as outcome:
@@ -44,24 +46,81 @@ def run_all(config: RunConfig, console: Console | None = None) -> dict:
     with timed(store, run, "finetune") as outcome:
         tuned = finetune(config)
         outcome["skipped"] = all(r.get("skipped") for r in tuned.values())
+    extras = {}
+    if config.distill.enabled:  # a smaller student, with and without the teacher, on the same tokens
+        from .distill.launch import distill
+
+        with timed(store, run, "distill") as outcome:
+            extras["distill"] = distill(config)
+            outcome["skipped"] = all(r.get("skipped") for r in extras["distill"].values())
+    if config.quantize.enabled:  # int8/int4 copies of the pretrained export, measured
+        from .quantize.launch import quantize
+
+        with timed(store, run, "quantize"):
+            extras["quantize"] = {method: record.checkpoint_uri for method, record in quantize(config).items()}
     with timed(store, run, "evaluate"):
         evaluated = evaluate_run(config)
     report = build_report(store, run)  # not timed: the report shows the timings it was built from
     print_eval_table(store, config, console)
     console.print(f"report: {report['md']} ({report['html']})", soft_wrap=True)
-    return {"dataset": manifest, "pretrain": pretrained, "finetune": tuned, "evaluate": evaluated, "report": report}
+    return {
+        "dataset": manifest,
+        "pretrain": pretrained,
+        "finetune": tuned,
+        **extras,
+        "evaluate": evaluated,
+        "report": report,
+    }
+
+
+def check_enabled_stages(config: RunConfig) -> None:
+    """What the optional stages can be told before any training: a one-line UserError now instead
+    of one after the pretraining they follow (the finetune task's suite is a config check)."""
+    if config.distill.enabled:
+        from .distill.launch import check_distill
+
+        check_distill(config)
+    if config.quantize.enabled:
+        from .quantize.launch import check_quantize
+
+        check_quantize(config)
 
 
 def print_eval_table(store: ObjectStore, config: RunConfig, console: Console) -> None:
+    from rich import box
+
     from .report.tables import eval_rows_for_console
 
     rows = eval_rows_for_console(store, config.finetune.source_run(config.train), config.finetune)
     if not rows:
         console.print("no evaluation results yet")
         return
-    table = Table(title="evaluation (pretrained vs scratch vs chance)")
-    for column in rows[0]:
-        table.add_column(column)
-    for row in rows[1:]:
+    # Lines under the header only, scores as 37.7±2.0, gains without " pts" and the two chance columns
+    # in one, so the table fits an 80-column terminal. Every column asks for its widest cell; on a
+    # narrower terminal a long task or metric name wraps, a number never does (nor parts from its ±).
+    table = Table(
+        title="evaluation (pretrained vs scratch vs chance)", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0)
+    )
+    header, *body = rows
+    cells = [
+        [*row[:2], *(cell.replace(" ± ", "±").removesuffix(" pts") for cell in row[2:5]), _chance(row[5:])]
+        for row in body
+    ]
+    for index, column in enumerate([*header[:5], "chance"]):
+        widest = max([len(column), *(len(row[index]) for row in cells)])
+        if index < 2:
+            table.add_column(column, overflow="fold", min_width=widest)
+        else:
+            table.add_column(column, no_wrap=True, justify="right", min_width=widest)
+    for row in cells:
         table.add_row(*row)
     console.print(table)
+    console.print(
+        "0-1 scores in %, ± one standard error, gain = pretrained − scratch, ↑/↓ the better direction; "
+        "chance: uniform / majority guess. Every metric is in each evaluation's results.json."
+    )
+
+
+def _chance(cells: list[str]) -> str:
+    """The uniform and majority chance columns as one cell."""
+    return " / ".join(cells) if any(cell != "-" for cell in cells) else "-"

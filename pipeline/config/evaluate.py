@@ -1,8 +1,9 @@
 """Configuration of the evaluation stage (`eval:`): downstream suites and lm-eval settings.
 
-The suites (`heldout-ppl`, `cloze`, `classify`) are built from a dataset version's held-out
-documents (pipeline/suites/build.py); every size below is a cap, and the builder fails with a
-clear message when the held-out split cannot give `min_test_examples`. Evaluation runs in Ray tasks
+The suites (`heldout-ppl`, `cloze`, `classify`, and the generative `code_body`, `docstring`,
+`continuation`) are built from a dataset version's held-out documents (pipeline/suites/build.py);
+every size below is a cap, and the builder fails with a clear message when the held-out split
+cannot give `min_test_examples`. Evaluation runs in Ray tasks
 on the cluster's workers (a GPU each when there are GPUs: `device`), never in the driver.
 """
 
@@ -14,14 +15,22 @@ from pydantic import Field, model_validator
 
 from .base import Section
 
-SuiteName = Literal["heldout_ppl", "cloze", "classify"]
+SuiteName = Literal["heldout_ppl", "cloze", "classify", "code_body", "docstring", "continuation"]
+GENERATIVE_SUITES = ("code_body", "docstring", "continuation")  # lm-eval generate_until tasks
+CODE_SUITES = ("code_body", "docstring")  # need Python functions with docstrings in the held-out split
+
+
+SCORING_SUITES = ["heldout_ppl", "cloze", "classify"]  # the default for a corpus without code
 
 
 class SuiteConfig(Section):
     enabled: list[SuiteName] = Field(
-        default_factory=lambda: ["heldout_ppl", "cloze", "classify"],
+        default_factory=lambda: list(SCORING_SUITES),
         min_length=1,
-        description="Built-in suites to build and evaluate (drop classify for a corpus without labels).",
+        description="Built-in suites to build and evaluate (drop classify for a corpus without labels). Default: "
+        "heldout_ppl, cloze, classify, plus the generative code_body, docstring, continuation when a data "
+        "source holds code (the default stdlib corpus; about 30 s per checkpoint for the tiny model on CPU). "
+        "code_body and docstring need a code source (data.sources[].content: code).",
     )
     salt: str = Field(
         default="sora-suites",
@@ -75,10 +84,56 @@ class SuiteConfig(Section):
         default=64, ge=1, description="Skip windows with fewer non-blank characters than this."
     )
 
+    gen_test_examples: int = Field(
+        default=200,
+        ge=1,
+        description="Cap on test examples of each generative suite (code_body, docstring, continuation), chosen "
+        "by hash; greedy generation is the evaluation's dearest part. Building fails below "
+        "min(min_test_examples, gen_test_examples).",
+    )
+    gen_validation_examples: int = Field(
+        default=100, ge=1, description="Cap on validation examples of each generative suite."
+    )
+    gen_train_examples: int = Field(
+        default=2000, ge=1, description="Cap on train examples of each generative suite (for generative fine-tuning)."
+    )
+    gen_validation_fraction: float = Field(
+        default=0.1, gt=0, lt=1, description="Held-out documents (by hash) whose examples form generative validation."
+    )
+    gen_test_fraction: float = Field(
+        default=0.4, gt=0, lt=1, description="Held-out documents (by hash) whose examples form generative test."
+    )
+    gen_per_doc: int = Field(
+        default=8, ge=1, description="Most generative examples of one suite taken from one document (by hash)."
+    )
+    code_body_max_lines: int = Field(
+        default=6, ge=1, description="code_body answers: at most this many first lines of the function body."
+    )
+    code_body_max_chars: int = Field(
+        default=300, ge=16, description="code_body answers: at most this many characters (whole lines)."
+    )
+    code_body_max_tokens: int = Field(default=64, ge=1, description="Tokens generated per code_body example.")
+    docstring_code_chars: int = Field(
+        default=600, ge=32, description="docstring prompts: at most this many characters of the function (whole lines)."
+    )
+    docstring_max_chars: int = Field(
+        default=120, ge=8, description="docstring answers: the docstring's first line, cut to this many characters."
+    )
+    docstring_max_tokens: int = Field(default=32, ge=1, description="Tokens generated per docstring example.")
+    continuation_context_chars: int = Field(
+        default=400, ge=16, description="continuation prompts: about this many characters of whole lines."
+    )
+    continuation_chars: int = Field(
+        default=120, ge=8, description="continuation answers: the next this many characters, cut at a line or word end."
+    )
+    continuation_max_tokens: int = Field(default=48, ge=1, description="Tokens generated per continuation example.")
+
     @model_validator(mode="after")
     def _fractions(self) -> SuiteConfig:
         if self.classify_validation_fraction + self.classify_test_fraction >= 1:
             raise ValueError("classify_validation_fraction + classify_test_fraction must be below 1")
+        if self.gen_validation_fraction + self.gen_test_fraction >= 1:
+            raise ValueError("gen_validation_fraction + gen_test_fraction must be below 1")
         if self.cloze_max_examples < self.min_test_examples:
             raise ValueError(
                 f"cloze_max_examples ({self.cloze_max_examples}) is below min_test_examples ({self.min_test_examples})"
@@ -112,3 +167,19 @@ class EvalConfig(Section):
         "GPU when the Ray cluster has one, else on CPUs; cuda: on a GPU (an error when the cluster has none); "
         "cpu: on CPUs. bfloat16 on a GPU that supports it, float32 otherwise.",
     )
+
+
+def fit_suites_to_sources(suites: SuiteConfig, content_kinds: list[str]) -> None:
+    """Fit `suites.enabled` to the corpus (a run config's check, before any work): left unset on a corpus
+    with code, it gains the generative suites; code suites on a corpus without code are a ValueError."""
+    has_code = "code" in content_kinds
+    if "enabled" not in suites.model_fields_set:
+        if has_code:
+            suites.enabled = [*SCORING_SUITES, *GENERATIVE_SUITES]
+        return
+    code = [suite for suite in suites.enabled if suite in CODE_SUITES]
+    if code and not has_code:
+        raise ValueError(
+            f"eval.suites.enabled has {' and '.join(code)}, which need Python functions with docstrings, but no "
+            "data source holds code: drop them, or mark the code source with data.sources[].content: code"
+        )

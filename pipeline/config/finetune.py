@@ -1,9 +1,10 @@
 """Configuration of the fine-tune stage (`sora finetune`), validated before any worker starts.
 
-A fine-tune is a training run like pretraining (same loop, engine, checkpoints and lease), on the
-`classify` suite of the dataset version the pretrained run was trained on. It always runs twice
-with the same budget: from the pretrained export and from random initialization, so the report
-can show what pretraining bought.
+A fine-tune is a training run like pretraining (same loop, engine, checkpoints and lease), on a
+suite of the dataset version the pretrained run was trained on: `task: classify` trains a
+classifier on the `classify` suite, `task: generate` a causal LM on the answers of a generative
+suite (`generate_suite`). It always runs twice with the same budget: from the pretrained export
+and from random initialization, so the report can show what pretraining bought.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from .evaluate import GENERATIVE_SUITES
 from .loop import (
     CheckpointInterval,
     EvalInterval,
@@ -27,6 +29,7 @@ from .train import TrainConfig
 
 INITS = ("pretrained", "scratch")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+DEFAULT_GENERATE_SUITE = "code_body"
 
 
 class FinetuneConfig(LoopConfig):
@@ -35,6 +38,16 @@ class FinetuneConfig(LoopConfig):
     prefix: ClassVar[str] = "finetune."
     parallel_name: ClassVar[str] = "workers"
 
+    task: Literal["classify", "generate"] = Field(
+        default="classify",
+        description="classify: a classifier on the classify suite; generate: a causal LM trained on the answers "
+        "of a generative suite (loss on the answer tokens only).",
+    )
+    generate_suite: Literal[GENERATIVE_SUITES] | None = Field(  # code_body | docstring | continuation
+        default=None,
+        description=f"The generative suite `task: generate` trains on (default {DEFAULT_GENERATE_SUITE}); "
+        "it must be in eval.suites.enabled. Only with task: generate.",
+    )
     method: Literal["full", "lora"] = Field(
         default="full", description="full: every weight trains; lora: low-rank adapters on attention/MLP projections."
     )
@@ -44,7 +57,12 @@ class FinetuneConfig(LoopConfig):
     strategy: Literal["zero1", "zero2", "zero3"] = Field(default="zero2", description="DeepSpeed ZeRO strategy.")
     global_batch: GlobalBatch = 32
     micro_batch: MicroBatch = 8
-    max_length: int = Field(default=128, ge=8, description="Tokens per example (longer snippets are truncated).")
+    max_length: int = Field(
+        default=128,
+        ge=8,
+        description="Tokens per example (longer snippets are truncated; generate: prompt + answer, keeping the "
+        "prompt's end and the answer's start).",
+    )
     warmup_steps: WarmupSteps = 10
     weight_decay: WeightDecay = 0.01
     max_steps: MaxSteps = 120
@@ -66,19 +84,29 @@ class FinetuneConfig(LoopConfig):
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:
         self.check_loop()
+        if self.task == "classify" and self.generate_suite is not None:
+            raise ValueError("finetune.generate_suite is only used with finetune.task: generate (task is classify)")
         return self
+
+    @property
+    def suite(self) -> str:
+        """The suite fine-tuned on: classify, or the generative suite of `task: generate`."""
+        return "classify" if self.task == "classify" else self.generate_suite or DEFAULT_GENERATE_SUITE
 
     def source_run(self, train: TrainConfig | str) -> str:
         """The pretrain run fine-tuned from: `from_run`, else the config's (or the given) run."""
         return self.from_run or (train if isinstance(train, str) else train.run)
 
     def run_name(self, train: TrainConfig | str, init: str) -> str:
-        """`<pretrain run>-ft-<method>-<init>`: each fine-tune is a run of its own (lease, checkpoints)."""
+        """`<pretrain run>-<eval name>`: each fine-tune is a run of its own (lease, checkpoints)."""
         return f"{self.source_run(train)}-{self.eval_name(init)}"
 
     def eval_name(self, init: str) -> str:
-        """`ft-<method>-<init>`: the name its classifier is evaluated under (runs/<run>/eval/<name>/)."""
-        return f"ft-{self.method}-{init}"
+        """The name its export is evaluated under (runs/<run>/eval/<name>/): `ft-<method>-<init>` for a
+        classifier (the names before generative fine-tuning existed), `ft-generate-<method>-<init>` for
+        a generator, so the two tasks never share a run or results."""
+        task = "" if self.task == "classify" else f"{self.task}-"
+        return f"ft-{task}{self.method}-{init}"
 
     def run_names(self, train: TrainConfig | str) -> dict[str, str]:
         """init -> fine-tune run name, for every init."""

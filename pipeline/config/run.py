@@ -9,8 +9,10 @@ from pydantic import Field, field_validator, model_validator
 from ..storage import StorageSettings
 from .base import Section
 from .data import DataConfig
+from .distill import DistillConfig
 from .evaluate import EvalConfig
 from .finetune import FinetuneConfig
+from .quantize import QuantizeConfig
 from .train import TrainConfig
 
 
@@ -49,7 +51,9 @@ class RunConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
 
     @model_validator(mode="after")
     def _pipeline_fits_model(self) -> RunConfig:
@@ -58,4 +62,16 @@ class RunConfig(Section):
         layers = SoraConfig.from_preset(self.train.model, **self.train.model_overrides).num_hidden_layers
         if self.train.pipeline_stages > layers:
             raise ValueError(f"pipeline_stages ({self.train.pipeline_stages}) exceeds the model's {layers} layers")
+        return self
+
+    @model_validator(mode="after")
+    def _suites_fit_corpus(self) -> RunConfig:
+        from .evaluate import fit_suites_to_sources  # the generative suites' default and code check
+
+        fit_suites_to_sources(self.eval.suites, [source.content_kind for source in self.data.sources])
+        ft = self.finetune
+        if ft.task == "generate" and ft.suite not in self.eval.suites.enabled:  # refused before any training
+            raise ValueError(
+                f"finetune.task generate trains on the {ft.suite} suite: add {ft.suite} to eval.suites.enabled"
+            )
         return self

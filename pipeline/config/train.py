@@ -94,6 +94,11 @@ class TrainConfig(LoopConfig):
         default=False, description="Write the global sample ids of every step (audit of exact resume)."
     )
     export: bool = Field(default=True, description="Export a HF checkpoint to runs/<run>/hf at the end.")
+    export_format: Literal["auto", "sora", "both"] = Field(
+        default="auto",
+        description="sora: runs/<run>/hf only (Sora classes, with their code for trust_remote_code). both: also a "
+        "standard Llama checkpoint in runs/<run>/hf-llama (norm: rmsnorm only). auto: both for rmsnorm, else sora.",
+    )
     lease_seconds: float = Field(
         default=120.0,
         ge=5,
@@ -137,6 +142,15 @@ class TrainConfig(LoopConfig):
                 raise ValueError(f"train.data must name each dataset once, got {names}")
         if self.offload and self.strategy != "zero3":
             raise ValueError("offload is supported with strategy zero3 only")
+        if self.export_format == "both":
+            from sora import SoraConfig
+
+            norm = SoraConfig.from_preset(self.model, **self.model_overrides).norm
+            if norm != "rmsnorm":
+                raise ValueError(
+                    f"export_format: both needs norm: rmsnorm (Llama's architecture); norm {norm} has no Llama "
+                    "equivalent: use export_format: sora (that export carries its modeling code)"
+                )
         return self
 
     @property

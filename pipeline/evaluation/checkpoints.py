@@ -3,6 +3,7 @@
     pretrained            the pretrain run's HF export (causal LM)           all LM suites + eval.tasks
     scratch               the same architecture, random init, same seed      all LM suites + eval.tasks
     ft-<method>-<init>    the fine-tuned classifiers (init: pretrained, scratch)   sora_classify
+    ft-generate-<method>-<init>   the generative fine-tunes (`finetune.task: generate`)   the generative suites
 
 Results land in `runs/<pretrain run>/eval/<name>/`. An evaluation whose results exist is not
 repeated: the driver reads them and starts nothing (re-running does no work); a checkpoint that
@@ -40,9 +41,16 @@ def evaluate_run(config: RunConfig) -> dict[str, Any]:
         "pretrained": (store.uri(export_key), "causal_lm", None),
         "scratch": (scratch_uri(store, run), "causal_lm", scratch),  # built by its task when missing
     }
+    finetuned_kind = "generator" if config.finetune.task == "generate" else "classifier"
     for init in INITS:
         name = config.finetune.run_name(config.train, init)
-        checkpoints[config.finetune.eval_name(init)] = (store.uri(RunKeys(name).export), "classifier", None)
+        checkpoints[config.finetune.eval_name(init)] = (store.uri(RunKeys(name).export), finetuned_kind, None)
+    from ..distill.evaluation import distill_checkpoints  # the student and its baseline, beside the teacher
+
+    checkpoints |= distill_checkpoints(config, store)
+    from ..quantize.checkpoints import quantized_checkpoints  # int8/int4 copies, on the same suites
+
+    checkpoints |= quantized_checkpoints(config, store)
     outcome: dict[str, Any] = {}
     jobs = []
     for name, (uri, kind, build) in checkpoints.items():

@@ -28,6 +28,7 @@ from lm_eval.tasks import TaskManager
 
 import sora  # noqa: F401  (registers SoraConfig / SoraForCausalLM with the Auto classes)
 
+from ..suites import lm_eval_metrics  # noqa: F401  (registers the generative suites' metrics)
 from . import classifier_lm  # noqa: F401  (registers the lm-eval model `sora-classifier`)
 
 

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config.evaluate import EvalConfig
+from ..config.evaluate import GENERATIVE_SUITES, EvalConfig
 from ..config.run import RunConfig
 from ..errors import UserError
 from ..keys import RunKeys, safe_relative
@@ -29,8 +29,11 @@ from ..records import DatasetVersion, EvalResults, SuiteIndex, read_dataset
 from ..storage import ObjectStore
 from ..suites.build import TASK_NAMES, build_suites, materialize_suites
 
-Kind = Literal["causal_lm", "classifier"]
-MODELS = {"causal_lm": "sora", "classifier": "sora-classifier"}
+# causal_lm: a pretrained (or scratch) LM, scored on every enabled suite; classifier: a fine-tuned
+# SoraForSequenceClassification, on sora_classify; generator: a causal LM fine-tuned on generation,
+# on the enabled generative suites (code_body, docstring, continuation).
+Kind = Literal["causal_lm", "classifier", "generator"]
+MODELS = {"causal_lm": "sora", "classifier": "sora-classifier", "generator": "sora"}
 
 
 def results_key(run: str, name: str) -> str:
@@ -41,7 +44,7 @@ def stored_results(store: ObjectStore, run: str, name: str, checkpoint_uri: str,
     """The results already stored under `name` (None when there are none): cheap, no model. Results of
     another checkpoint under the same name are an error."""
     if kind not in MODELS:
-        raise UserError(f"unknown checkpoint kind {kind!r}: use causal_lm or classifier")
+        raise UserError(f"unknown checkpoint kind {kind!r}: use causal_lm, classifier or generator")
     existing = EvalResults.load(store, run, name)
     if existing is not None:
         stored = existing.lineage
@@ -69,17 +72,17 @@ def evaluate_checkpoint_to_store(
 
     `lineage` must name `dataset` and `dataset_version` (the version the suites come from); it is
     stored with the results together with the checkpoint URI, run, kind and tokenizer sha256.
-    A `classifier` (SoraForSequenceClassification) runs `sora_classify` only. `device` (cpu, cuda)
-    overrides `config.eval.device`.
+    A `classifier` (SoraForSequenceClassification) runs `sora_classify` only, a `generator` the enabled
+    generative suites only. `device` (cpu, cuda) overrides `config.eval.device`.
     """
     existing = stored_results(store, run, name, checkpoint_uri, kind)
     if existing is not None:
         return existing  # evaluated before: no work
     if "dataset" not in lineage:
         raise ValueError("lineage must name the dataset (and dataset_version) whose suites to evaluate on")
+    tasks = _tasks(kind, config.eval)
     manifest = read_dataset(store, lineage["dataset"], lineage.get("dataset_version", "LATEST"))
     index = build_suites(store, manifest, config.eval)
-    tasks = _tasks(kind, config.eval)
     results = _run(store, manifest, checkpoint_uri, kind, tasks, config.eval, device or config.eval.device)
     return _store_results(store, run, name, results, index, manifest, checkpoint_uri, kind, lineage)
 
@@ -96,6 +99,14 @@ def _tasks(kind: Kind, eval_cfg: EvalConfig) -> list[str]:
         if eval_cfg.num_fewshot:
             raise UserError("a classifier is evaluated zero-shot: set eval.num_fewshot to 0 or null")
         return ["sora_classify"]
+    if kind == "generator":
+        generative = [TASK_NAMES[s] for s in GENERATIVE_SUITES if s in eval_cfg.suites.enabled]
+        if not generative:
+            raise UserError(
+                "a generator is evaluated on the generative suites: add code_body, docstring or continuation "
+                "to eval.suites.enabled"
+            )
+        return generative
     if not eval_cfg.lm_classify:
         builtin = [t for t in builtin if t != "sora_classify"]
     return builtin + [t for t in eval_cfg.tasks if t not in builtin]

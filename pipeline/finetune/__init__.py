@@ -1,1 +1,1 @@
-"""Fine-tune stage: classify-suite fine-tuning on the pretrain stage's training loop."""
+"""Fine-tune stage: classify-suite classifiers or generative-suite causal LMs on the pretrain stage's training loop."""

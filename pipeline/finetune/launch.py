@@ -1,4 +1,5 @@
-"""Driver side of `sora finetune`: the classify suite, then two fine-tune runs with one budget.
+"""Driver side of `sora finetune`: the suite (classify, or a generative one for `task: generate`),
+then two fine-tune runs with one budget.
 
 Both runs use the training job's `run_training` (lease, Ray Train, DeepSpeed, checkpoints,
 resume); they differ only in where the weights start: the pretrain run's HF export, or random
@@ -12,32 +13,60 @@ from typing import Any
 
 from sora import SoraConfig
 
-from ..config.finetune import INITS
+from ..config.evaluate import EvalConfig
+from ..config.finetune import INITS, FinetuneConfig
 from ..config.run import RunConfig
 from ..errors import UserError
 from ..keys import RunKeys
 from ..records import read_dataset
 from ..records.export import load_export
-from ..storage import open_store
-from ..suites.build import build_suites
+from ..storage import ObjectStore, open_store
+from ..suites.build import TASK_NAMES, build_suites
 from ..train.launch import finished_export, pin_dataset, run_training
+from .generation import Generation
 from .objective import Classification
 from .task import FinetuneTask
+
+OBJECTIVES = {"classify": Classification, "generate": Generation}
+
+
+def check_suite_enabled(ft: FinetuneConfig, eval_config: EvalConfig) -> None:
+    """The suite the fine-tune trains on must be built: a one-line UserError before any work."""
+    if ft.suite not in eval_config.suites.enabled:
+        raise UserError(
+            f"fine-tuning (finetune.task: {ft.task}) needs the {ft.suite} suite: add {ft.suite} to eval.suites.enabled"
+        )
 
 
 def finetune(config: RunConfig, quiet: bool = False, restart: bool = False) -> dict[str, Any]:
     """Fine-tune from the pretrained export and from scratch; returns per-init outcome and export URI."""
+    ft = config.finetune
+    check_suite_enabled(ft, config.eval)
     store = open_store(config.storage.root, config.storage.settings())
     store.check()
+    _, info, _ = load_export(store, ft.source_run(config.train))
+    manifest = read_dataset(store, info.dataset, info.dataset_version)
+    suites = build_suites(store, manifest, config.eval)
+    suite = suites.tasks.get(TASK_NAMES[ft.suite])
+    if suite is None:
+        raise UserError(f"the suites at {suites.uri} have no {ft.suite} suite; fine-tuning needs it")
+    classes = list(suite.classes or ())
+    return finetune_on_suite(config, store, f"{suites.prefix}/{ft.suite}", classes, quiet=quiet, restart=restart)
+
+
+def finetune_on_suite(
+    config: RunConfig,
+    store: ObjectStore,
+    suite_prefix: str,
+    classes: list[str],
+    quiet: bool = False,
+    restart: bool = False,
+) -> dict[str, Any]:
+    """The two fine-tune runs (pretrained, scratch) of `config.finetune` on the suite files under
+    `suite_prefix` (`train.jsonl`, `validation.jsonl`; `classes`: the classify suite's class names)."""
     ft = config.finetune
     export_key, info, hf_config = load_export(store, ft.source_run(config.train))
     model_config = SoraConfig.from_dict(hf_config)
-    manifest = read_dataset(store, info.dataset, info.dataset_version)
-    suites = build_suites(store, manifest, config.eval)
-    classify = suites.tasks.get("sora_classify")
-    if classify is None:
-        raise UserError("fine-tuning needs the classify suite: add classify to eval.suites.enabled")
-    suite_prefix = f"{suites.prefix}/classify"
     outcome: dict[str, Any] = {}
     for init in INITS:
         train = ft.train_config(config.train, init, info.dataset, info.dataset_version)
@@ -47,7 +76,8 @@ def finetune(config: RunConfig, quiet: bool = False, restart: bool = False) -> d
         if done and (done.suite_prefix or suite_prefix) != suite_prefix:
             raise UserError(
                 f"fine-tune run {train.run!r} was trained on {store.uri(done.suite_prefix)}, but eval.suites now "
-                f"builds {store.uri(suite_prefix)}: restore the eval.suites settings it was trained with, or "
+                f"builds {store.uri(suite_prefix)}: restore the eval.suites (and finetune.generate_suite) settings "
+                "it was trained with, or "
                 f"delete {store.uri(keys.prefix)} (and its eval results) to fine-tune again on the new suite"
             )
         if done:
@@ -57,7 +87,7 @@ def finetune(config: RunConfig, quiet: bool = False, restart: bool = False) -> d
             method=ft.method,
             init=init,
             init_from=export_key if init == "pretrained" else None,
-            classes=classify.classes,
+            classes=classes,
             suite_prefix=suite_prefix,
             max_length=ft.max_length,
             patience=ft.patience,
@@ -65,7 +95,7 @@ def finetune(config: RunConfig, quiet: bool = False, restart: bool = False) -> d
             lora={"rank": ft.lora_rank, "alpha": ft.lora_alpha, "dropout": ft.lora_dropout, "targets": ft.lora_targets},
         )
         pinned = pin_dataset(store, run_config)
-        objective = Classification(task)
+        objective = OBJECTIVES[ft.task](task)
         outcome[init] = run_training(
             run_config, store, pinned, model_config, "finetune", objective, quiet=quiet, restart=restart
         )

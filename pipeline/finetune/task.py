@@ -10,8 +10,8 @@ class FinetuneTask:
     method: str  # full | lora
     init: str  # pretrained | scratch
     init_from: str | None  # store key of the pretrained HF export (None for scratch)
-    classes: list[str]  # class names; label_id indexes this list
-    suite_prefix: str  # store prefix of the classify suite (train/validation/test jsonl)
+    classes: list[str]  # classify: class names, label_id indexes this list (generate: empty)
+    suite_prefix: str  # store prefix of the suite fine-tuned on (train/validation/test jsonl)
     max_length: int
     patience: int | None
     seed: int

@@ -21,8 +21,13 @@ INDEX = "suites.json"
 
 
 class Chance(Record):
+    """What guessing scores: uniform and majority accuracy (cloze, classify), or, for the generative
+    suites, `baselines` {metric: {baseline: score}} of trivial answers (copy the prompt's last line,
+    the most frequent train answer line, the function name as words) scored like a model."""
+
     uniform: float | None = None
     majority: float | None = None
+    baselines: dict[str, dict[str, float]] | None = None
 
 
 class SuiteTask(Record):
@@ -33,6 +38,7 @@ class SuiteTask(Record):
     doc_hashes: dict[str, list[str]] = Field(default_factory=dict)
     chance: Chance | None = None
     classes: list[str] | None = None  # classify only
+    # generative suites also record `docs` (documents per split) and `generation` (until, max_gen_toks)
 
 
 class SuiteFile(Record):

@@ -33,6 +33,8 @@ class ExportInfo(Record):
     method: str | None = None
     init: str | None = None
     suite_prefix: str | None = None  # the classify suite build it learned from
+    # quantized checkpoints (pipeline/quantize): method, torchao config, source export URI
+    quantization: dict | None = None
 
     def finished(self, max_steps: int) -> bool:
         return self.step >= max_steps or self.early_stopped or self.data_exhausted

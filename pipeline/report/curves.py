@@ -32,15 +32,34 @@ def pretrain_curves(rows: list[MetricsRow]) -> bytes:
     loss_axis.set_ylabel("loss (nats/token)")
     loss_axis.legend()
     loss_axis.grid(alpha=0.3)
-    steps = [r.step for r in rows]
-    rate_axis.plot(steps, [r.tokens_per_s for r in rows], color="tab:green", linewidth=1)
-    rate_axis.set_xlabel("step")
-    rate_axis.set_ylabel("tokens/s", color="tab:green")
-    mfu_axis = rate_axis.twinx()
-    mfu_axis.plot(steps, [100 * r.mfu for r in rows], color="tab:red", linewidth=1)
-    mfu_axis.set_ylabel("MFU (%)", color="tab:red")
-    rate_axis.grid(alpha=0.3)
+    _throughput(rate_axis, rows)
     return _png(figure)
+
+
+def _throughput(axis, rows: list[MetricsRow]) -> None:
+    """Tokens/s vs step, with MFU on the right. MFU is tokens/s times a constant of the run (FLOPs
+    per token over peak FLOP/s), so it is the same curve: drawn as a second scale of one line, not as
+    a second line hiding the first; a run whose ratio changed (a resume on other hardware) gets both."""
+    rated = [r for r in rows if r.tokens_per_s is not None]
+    steps = [r.step for r in rated]
+    axis.plot(steps, [r.tokens_per_s for r in rated], color="tab:green", linewidth=1)
+    axis.set_xlabel("step")
+    axis.set_ylabel("tokens/s", color="tab:green")
+    axis.grid(alpha=0.3)
+    ratios = [r.mfu / r.tokens_per_s for r in rated if r.mfu is not None and r.tokens_per_s > 0]
+    if not ratios:
+        return
+    low, high = min(ratios), max(ratios)
+    if high <= low * 1.01:
+        percent_per_token = 100 * sorted(ratios)[len(ratios) // 2]
+        mfu_axis = axis.secondary_yaxis(
+            "right", functions=(lambda t: t * percent_per_token, lambda m: m / percent_per_token)
+        )
+    else:
+        mfu_axis = axis.twinx()
+        mfu = [(r.step, 100 * r.mfu) for r in rated if r.mfu is not None]
+        mfu_axis.plot(*zip(*mfu, strict=True), color="tab:red", linewidth=1, linestyle="--")
+    mfu_axis.set_ylabel("MFU (%)", color="tab:red")
 
 
 def finetune_curves(runs: dict[str, list[MetricsRow]]) -> bytes:

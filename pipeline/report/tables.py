@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 from ..config.finetune import FinetuneConfig
 from ..data.filters.stats import chain_names, filter_rows
 from ..evaluation.table import eval_table
 from ..keys import RunKeys
 from ..records import DatasetVersion, ExportInfo
 from ..storage import ObjectStore
+from .metrics import MetricView, direction, shown, view
 from .timings import read_timings
 
 
@@ -17,8 +20,17 @@ def _columns(finetune: FinetuneConfig) -> tuple[tuple[str, ...], tuple[str, ...]
     return ("pretrained", finetune.eval_name("pretrained")), ("scratch", finetune.eval_name("scratch"))
 
 
+# A cell that reads as a number: "1,790", "37.7 ± 2.0", "-12.9 pts", "29 (1.6%)", or "-" for none.
+_NUMBER = re.compile(r"[-+]?\d[\d.,]*(\s.*)?|-")
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    """A markdown table; a column whose cells all read as numbers is right-aligned (`---:`)."""
+    numeric = [
+        any(row[i] != "-" for row in rows) and all(_NUMBER.fullmatch(row[i]) for row in rows)
+        for i in range(len(header))
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "".join("---:|" if n else "---|" for n in numeric)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
@@ -26,7 +38,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def data_table(manifest: DatasetVersion) -> str:
     tokenizer = manifest.tokenizer
     rows = [
-        ["dataset", f"{manifest.dataset} v{manifest.version} (parent {manifest.parent_version})"],
+        ["dataset", f"{manifest.dataset} v{manifest.version}" + _parent(manifest)],
         ["tokenizer", f"vocab {tokenizer.vocab_size}, sha256 {tokenizer.sha256[:12]}"],
         ["sequence length", str(manifest.seq_len)],
     ]
@@ -40,6 +52,10 @@ def data_table(manifest: DatasetVersion) -> str:
             ["source bytes", f"{stats.source_bytes:,}"],
         ]
     return _table(["", ""], rows)
+
+
+def _parent(manifest: DatasetVersion) -> str:
+    return f" (parent v{manifest.parent_version})" if manifest.parent_version is not None else ""
 
 
 def filters_markdown(manifest: DatasetVersion) -> str:
@@ -63,47 +79,55 @@ def filters_markdown(manifest: DatasetVersion) -> str:
     return _table(["filter", "checked", "dropped", "reasons", "counters"], body)
 
 
-def _score(cell: dict | None) -> str:
+def _score(cell: dict | None, shown_as: MetricView) -> str:
     if not cell:
         return "-"
-    value, stderr = cell["value"], cell.get("stderr")
-    scale, unit = (100, "") if abs(value) <= 1 else (1, "")
-    text = f"{value * scale:.1f}{unit}" if scale == 100 else f"{value:.3f}"
-    if stderr is not None:
-        text += f" ± {stderr * scale:.1f}" if scale == 100 else f" ± {stderr:.3f}"
+    text = shown_as.number(cell["value"])
+    if cell.get("stderr") is not None:
+        text += f" ± {shown_as.number(cell['stderr'])}"
     return text
 
 
+def _percent(value: float | None) -> str:
+    return f"{value * 100:.1f}" if value is not None else "-"
+
+
 def eval_markdown(store: ObjectStore, run: str, finetune: FinetuneConfig) -> str:
+    """The eval table: per task, the metrics a reader can use (pipeline/report/metrics.py), each
+    for the pretrained and scratch columns with stderr, their gain, and chance where it is known."""
     rows = eval_table(store, run)
     if not rows:
         return "_not run yet_\n"
+    reported: dict[str, set[str]] = {}
+    for row in rows:
+        reported.setdefault(row["task"], set()).add(row["metric"])
     body = []
     pretrained_names, scratch_names = _columns(finetune)
     for row in rows:
+        if not shown(row["metric"], reported[row["task"]]):
+            continue
+        shown_as = view(row["metric"])
         pretrained = next((row["scores"][n] for n in pretrained_names if n in row["scores"]), None)
         scratch = next((row["scores"][n] for n in scratch_names if n in row["scores"]), None)
         chance = row.get("chance") or {}
-        gain = (
-            f"{(pretrained['value'] - scratch['value']) * 100:+.1f} pts"
-            if pretrained and scratch and row["metric"] in ("acc", "acc_norm")
-            else "-"
-        )
+        gain = shown_as.gain(pretrained["value"] - scratch["value"]) if pretrained and scratch else "-"
         body.append(
             [
                 row["task"],
-                row["metric"],
-                _score(pretrained),
-                _score(scratch),
+                row["metric"] + direction(row.get("higher_is_better")),
+                _score(pretrained, shown_as),
+                _score(scratch, shown_as),
                 gain,
-                f"{chance['uniform'] * 100:.1f}" if chance.get("uniform") is not None else "-",
-                f"{chance['majority'] * 100:.1f}" if chance.get("majority") is not None else "-",
+                _percent(chance.get("uniform")),
+                _percent(chance.get("majority")),
             ]
         )
     note = (
-        "\nAccuracies in %, ± one standard error (lm-eval). For `sora_classify` the columns are the "
+        "\nAccuracies and other 0-1 scores in %, ± one standard error (lm-eval); ↑ higher is better, "
+        "↓ lower; gain = pretrained − scratch. For `sora_classify` the columns are the "
         "classifiers fine-tuned from the pretrained model and from random initialization with the same "
-        "budget; for the other suites, the pretrained language model and a randomly initialized one.\n"
+        "budget; for the other suites, the pretrained language model and a randomly initialized one. "
+        "Every metric lm-eval reported (perplexities too) is in each evaluation's `results.json`.\n"
     )
     header = ["task", "metric", "pretrained", "scratch", "gain", "chance (uniform)", "chance (majority)"]
     return _table(header, body) + note

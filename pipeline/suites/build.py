@@ -5,8 +5,12 @@
     heldout_ppl/test.jsonl           {"text", "doc_hash"}                    lm-eval loglikelihood_rolling
     cloze/test.jsonl                 {"context", "endings", "label", "doc_hash", "offset"}   4-way choice
     classify/{train,validation,test}.jsonl   {"text", "label", "label_id", "doc_hash", "offset"}
+    code_body/{train,validation,test}.jsonl  {"prompt", "answer", "name", "doc_hash", "offset"}  generate_until
+    docstring/{train,validation,test}.jsonl  {"prompt", "answer", "name", "doc_hash", "offset"}  generate_until
+    continuation/{train,validation,test}.jsonl  {"prompt", "answer", "doc_hash", "offset"}     generate_until
     <task>/<lm-eval task>.yaml       one lm-eval task per suite, tag `sora_suites`
-    suites.json                      the index: counts, classes, chance levels, doc hashes, files + sha256
+    suites.json                      the index: counts, classes, chance levels (generative suites: trivial
+                                     baselines per metric), doc hashes, files + sha256
 
 The held-out documents are streamed twice (`rows.py`: pass 1 picks, pass 2 cuts the picked
 pieces), one shard at a time: the builder holds the capped suites and a hash per document (and a
@@ -31,18 +35,26 @@ from typing import Any
 
 import yaml
 
-from ..config.evaluate import EvalConfig, SuiteConfig
+from ..config.evaluate import GENERATIVE_SUITES, EvalConfig, SuiteConfig
 from ..errors import UserError
 from ..keys import DatasetKeys
-from ..records import DatasetVersion, SuiteIndex, SuiteTask
+from ..records import Chance, DatasetVersion, SuiteIndex, SuiteTask
 from ..records.evaluation import INDEX
 from ..storage import ObjectStore
+from .generative import METRICS_OF, STOP, GenerativeRows
 from .heldout import HeldoutSplit
 from .rows import ClassifyRows, ClozeRows, PplRows, check_cloze
 
-SUITES_FORMAT = 2
+SUITES_FORMAT = 3  # 3: the generative suites code_body, docstring, continuation
 TAG = "sora_suites"
-TASK_NAMES = {"heldout_ppl": "sora_heldout_ppl", "cloze": "sora_cloze", "classify": "sora_classify"}
+TASK_NAMES = {
+    "heldout_ppl": "sora_heldout_ppl",
+    "cloze": "sora_cloze",
+    "classify": "sora_classify",
+    "code_body": "sora_code_body",
+    "docstring": "sora_docstring",
+    "continuation": "sora_continuation",
+}
 CLASSIFY_DELIMITER = "\nLabel: "  # between a snippet and its class name (sora-classifier strips it)
 
 
@@ -81,6 +93,9 @@ def build_suites(store: ObjectStore, manifest: DatasetVersion, eval_config: Eval
         builders["cloze"] = ClozeRows(cfg)
     if "classify" in cfg.enabled:
         builders["classify"] = ClassifyRows(cfg, fraction)
+    for suite in GENERATIVE_SUITES:
+        if suite in cfg.enabled:
+            builders[suite] = GenerativeRows(suite, cfg, fraction)
     heldout = HeldoutSplit(store, manifest)
     for doc in heldout.documents():
         for builder in builders.values():
@@ -111,6 +126,14 @@ def build_suites(store: ObjectStore, manifest: DatasetVersion, eval_config: Eval
             files[f"classify/{split}.jsonl"] = _jsonl(rows)
         entry = _task_entry("classify", splits, chance=info.pop("chance"))
         tasks["sora_classify"] = SuiteTask(**entry.to_dict(), **info)
+    for suite in GENERATIVE_SUITES:
+        if suite in builders:
+            splits, info = builders[suite].rows()
+            for split, rows in splits.items():
+                files[f"{suite}/{split}.jsonl"] = _jsonl(rows)
+            entry = _task_entry(suite, splits, chance=Chance(baselines=info.pop("baselines")))
+            info["generation"] = {"until": STOP[suite], "max_gen_toks": getattr(cfg, f"{suite}_max_tokens")}
+            tasks[TASK_NAMES[suite]] = SuiteTask(**entry.to_dict(), **info)
     for suite, name in TASK_NAMES.items():
         if suite in cfg.enabled:
             files[f"{suite}/{name}.yaml"] = task_yaml(suite, tasks[name]).encode()
@@ -142,7 +165,7 @@ def _majority(rows: list[dict]) -> float:
     return max(counts) / len(rows) if rows else 0.0
 
 
-def _task_entry(suite: str, splits: dict[str, list[dict]], chance: dict | None) -> SuiteTask:
+def _task_entry(suite: str, splits: dict[str, list[dict]], chance: dict | Chance | None) -> SuiteTask:
     return SuiteTask(
         suite=suite,
         counts={split: len(rows) for split, rows in splits.items()},
@@ -159,7 +182,9 @@ def _create(store: ObjectStore, key: str, data: bytes) -> None:
 
 def task_yaml(suite: str, task: SuiteTask) -> str:
     """lm-eval task YAML of one suite, its data files named relative to the suites folder."""
-    splits = list(task.counts)
+    # The datasets library cannot load an empty jsonl file: a split without rows is left out (its
+    # file is still written, for the fine-tuning readers).
+    splits = [split for split, count in task.counts.items() if count or split == "test"]
     spec: dict[str, Any] = {
         "task": TASK_NAMES[suite],
         "tag": [TAG],
@@ -179,6 +204,22 @@ def task_yaml(suite: str, task: SuiteTask) -> str:
                     ("byte_perplexity", "weighted_perplexity"),
                     ("bits_per_byte", "bits_per_byte"),
                 )
+            ],
+        }
+    elif suite in GENERATIVE_SUITES:
+        if "train" in splits:
+            spec |= {"training_split": "train", "fewshot_split": "train"}
+        if "validation" in splits:
+            spec["validation_split"] = "validation"
+        spec |= {
+            "output_type": "generate_until",
+            "doc_to_text": "prompt",  # column names: the texts go to the model as they are, no template
+            "doc_to_target": "answer",
+            "target_delimiter": "",
+            "generation_kwargs": {**task.model_extra["generation"], "do_sample": False},
+            # registered by pipeline.suites.lm_eval_metrics (imported with pipeline.evaluation.harness)
+            "metric_list": [
+                {"metric": metric, "aggregation": "mean", "higher_is_better": True} for metric in METRICS_OF[suite]
             ],
         }
     else:

@@ -17,6 +17,9 @@ Memory: one tensor; local disk: the shard files being filled (one at a time, plu
 larger than a shard, which `save_pretrained` also puts alone in a file). Then the dataset's
 tokenizer, the lineage (`Objective.export_info`) and `config.json` last: its presence marks the
 export complete, so an earlier export's `config.json` is deleted before the first shard goes up.
+A run's exports (export_formats.py) are this one with the Sora modeling code attached
+(`finish(remote_code=True)`, export_remote_code.py) and a second `HFExport` of the Llama
+equivalent into `runs/<run>/hf-llama/` (export_llama.py).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from ..data.tokenizer_step import load_stored_tokenizer
 from ..keys import RunKeys
 from ..records import DatasetVersion, ExportInfo
 from ..storage import ObjectStore
+from .export_remote_code import attach_remote_code
 
 EXPORT_SHARD_SIZE = "2GB"
 WEIGHTS = "model{suffix}.safetensors"  # transformers' SAFE_WEIGHTS_NAME with its shard suffix slot
@@ -144,8 +148,11 @@ def export_plan(model: PreTrainedModel, max_shard_size: int | str = EXPORT_SHARD
 class HFExport:
     """Global rank 0's streamed export into `runs/<run>/hf/` (see the module docstring)."""
 
-    def __init__(self, store: ObjectStore, run: str, plan: ExportPlan, scratch: Path) -> None:
-        self.store, self.plan, self.prefix = store, plan, RunKeys(run).export
+    def __init__(
+        self, store: ObjectStore, run: str, plan: ExportPlan, scratch: Path, prefix: str | None = None
+    ) -> None:
+        """`prefix`: the export's folder in the store (default `runs/<run>/hf`)."""
+        self.store, self.plan, self.prefix = store, plan, prefix or RunKeys(run).export
         self.scratch = Path(scratch)
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.open: dict[str, IO[bytes]] = {}
@@ -183,8 +190,12 @@ class HFExport:
         self.store.upload_file(f"{self.prefix}/{file}", path)
         path.unlink()
 
-    def finish(self, skeleton: PreTrainedModel, manifest: DatasetVersion, info: ExportInfo) -> str:
-        """After every tensor: the index, tokenizer, lineage and configs (config.json last); returns the URI."""
+    def finish(
+        self, skeleton: PreTrainedModel, manifest: DatasetVersion, info: ExportInfo, remote_code: bool = False
+    ) -> str:
+        """After every tensor: the index, tokenizer, lineage and configs (config.json last); returns the URI.
+        `remote_code`: also the Sora modeling code and config.json's `auto_map` (export_remote_code.py),
+        so the export loads with `trust_remote_code=True` where Sora is not installed."""
         missing = [name for name in self.plan.entries if name not in self.written]
         if missing:
             raise RuntimeError(f"export: {len(missing)} tensors never written, e.g. {missing[:3]}")
@@ -196,6 +207,8 @@ class HFExport:
                 (folder / INDEX).write_text(json.dumps(self.plan.index, indent=2, sort_keys=True) + "\n")
             tokenizer.save_pretrained(folder)
             info.write_local(folder)
+            if remote_code:
+                attach_remote_code(skeleton.config, folder)
             save_configs(skeleton, folder)
             for path in sorted(folder.iterdir(), key=lambda p: (p.name == "config.json", p.name)):
                 self.store.upload_file(f"{self.prefix}/{path.name}", path)

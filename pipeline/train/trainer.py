@@ -44,7 +44,8 @@ from . import checkpoint as ckpt
 from .checkpoint_manager import CheckpointManager, ResumePoint, prepare_resume, share
 from .ds_config import deepspeed_config
 from .engine import Engine
-from .export import HFExport, export_plan
+from .export import export_plan
+from .export_formats import RunExports
 from .loader import TrainLoader, cache_directory, validation_batches
 from .metrics import MetricsLog, mfu, node_peak_flops
 from .spec import WorkerSpec
@@ -352,10 +353,14 @@ class Trainer:
         if self.train.export and finished:
             skeleton = self.objective.export_skeleton(self.model_config)
             plan = export_plan(skeleton)  # every rank: which tensors, in which order
-            export = HFExport(self.store, self.train.run, plan, self.local / "export") if self.rank == 0 else None
+            export = (
+                RunExports(self.store, self.train.run, skeleton, plan, self.local / "export", self.train.export_format)
+                if self.rank == 0
+                else None
+            )  # the Sora export, plus the Llama one by train.export_format (export_formats.py)
             self.engine.export_weights(plan, export.write if export else None)
             if export is not None:
-                export.finish(skeleton, self.manifest, self.objective.export_info(self.export_info()))
+                export.finish(self.manifest, self.objective.export_info(self.export_info()))
         if self.rank == 0:
             self._publish_metrics()
         # Ray Train's barrier, no timeout: in a pipeline export the other ranks are done long before

@@ -46,13 +46,13 @@ def test_every_command_is_in_the_parser_and_its_help():
         assert callable(resolve(command.handler)), command.handler
     subcommands = {c.name for c in COMMANDS}
     assert subcommands == {"info", "preprocess", "refresh", "pretrain", "run", "plan", "submit", "jobs",
-                           "finetune", "evaluate", "report"}  # fmt: skip
+                           "finetune", "evaluate", "report", "distill", "quantize"}  # fmt: skip
 
 
 def test_submit_stage_accepts_exactly_the_submittable_commands(capsys):
     parser = build_parser()
     submittable = {c.name for c in COMMANDS if c.submittable}
-    assert submittable == {"run", "preprocess", "refresh", "pretrain", "finetune", "evaluate"}
+    assert submittable == {"run", "preprocess", "refresh", "pretrain", "finetune", "evaluate", "distill", "quantize"}
     assert stage_names()[0] == DEFAULT_STAGE and set(stage_names()) == submittable
     assert submit.STAGES == stage_names() and set(training_names()) == {"run", "pretrain"}
     assert parser.parse_args(["submit", "default"]).stage == DEFAULT_STAGE
@@ -66,7 +66,7 @@ def test_submit_stage_accepts_exactly_the_submittable_commands(capsys):
                 parser.parse_args(["submit", "default", "--stage", name])
             with pytest.raises(UserError, match="choose one of run, preprocess"):
                 submit._check_stage(name)
-    assert "{run,preprocess,refresh,pretrain,finetune,evaluate}" in capsys.readouterr().err
+    assert "{run,preprocess,refresh,pretrain,finetune,distill,quantize,evaluate}" in capsys.readouterr().err
 
 
 def imported_modules(tree: ast.Module, package: str) -> set[str]:
