@@ -87,40 +87,35 @@ def check_enabled_stages(config: RunConfig) -> None:
 
 
 def print_eval_table(store: ObjectStore, config: RunConfig, console: Console) -> None:
-    from rich import box
+    """The report's eval tables (pipeline/report/comparisons.py), one rich table per comparison."""
+    from .report.tables import eval_sections
 
-    from .report.tables import eval_rows_for_console
-
-    rows = eval_rows_for_console(store, config.finetune.source_run(config.train), config.finetune)
-    if not rows:
+    sections = eval_sections(store, config.finetune.source_run(config.train), config.finetune)
+    if not sections:
         console.print("no evaluation results yet")
         return
-    # Lines under the header only, scores as 37.7±2.0, gains without " pts" and the two chance columns
-    # in one, so the table fits an 80-column terminal. Every column asks for its widest cell; on a
-    # narrower terminal a long task or metric name wraps, a number never does (nor parts from its ±).
-    table = Table(
-        title="evaluation (pretrained vs scratch vs chance)", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0)
+    for comparison, header, body in sections:
+        console.print(_console_table(comparison.title or "evaluation", header, body))
+    console.print(
+        "0-1 scores in %, ± one standard error (of the difference, for a gain), ↑/↓ the better direction; "
+        "chance: uniform / majority guess, or trivial answers. Every metric is in each evaluation's results.json."
     )
-    header, *body = rows
-    cells = [
-        [*row[:2], *(cell.replace(" ± ", "±").removesuffix(" pts") for cell in row[2:5]), _chance(row[5:])]
-        for row in body
-    ]
-    for index, column in enumerate([*header[:5], "chance"]):
+
+
+def _console_table(title: str, header: list[str], body: list[list[str]]) -> Table:
+    """Lines under the header only and scores as 37.7±2.0, gains without " pts", so a table fits an
+    80-column terminal. Every column asks for its widest cell; on a narrower terminal a long task or
+    metric name wraps, a number never does (nor parts from its ±)."""
+    from rich import box
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+    cells = [[*row[:2], *(cell.replace(" ± ", "±").removesuffix(" pts") for cell in row[2:])] for row in body]
+    for index, column in enumerate(header):
         widest = max([len(column), *(len(row[index]) for row in cells)])
-        if index < 2:
-            table.add_column(column, overflow="fold", min_width=widest)
+        if index < 2 or index == len(header) - 1:  # names, and the chance text
+            table.add_column(column, overflow="fold", min_width=min(widest, 24))
         else:
             table.add_column(column, no_wrap=True, justify="right", min_width=widest)
     for row in cells:
         table.add_row(*row)
-    console.print(table)
-    console.print(
-        "0-1 scores in %, ± one standard error, gain = pretrained − scratch, ↑/↓ the better direction; "
-        "chance: uniform / majority guess. Every metric is in each evaluation's results.json."
-    )
-
-
-def _chance(cells: list[str]) -> str:
-    """The uniform and majority chance columns as one cell."""
-    return " / ".join(cells) if any(cell != "-" for cell in cells) else "-"
+    return table

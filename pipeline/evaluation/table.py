@@ -8,7 +8,8 @@ One row per (task, metric):
 
 `scores` has one entry per evaluated name that reported the metric (the folder name under eval/);
 `chance` comes from the suites index recorded in results.json (None for perplexity metrics and for
-tasks that are not built-in suites). Built from stored files alone.
+tasks that are not built-in suites); a generative suite's metric also has `baselines`
+{baseline: score}, what trivial answers score. Built from stored files alone.
 """
 
 from __future__ import annotations
@@ -52,4 +53,6 @@ def eval_table(store: ObjectStore, run: str) -> list[dict[str, Any]]:
                 chance = document.chance.get(task)
                 if chance and metric in CHANCE_METRICS:
                     row["chance"] = {"uniform": chance.uniform, "majority": chance.majority}
+                if chance and chance.baselines and metric in chance.baselines:  # trivial answers, scored
+                    row["baselines"] = chance.baselines[metric]
     return [rows[key] for key in sorted(rows)]

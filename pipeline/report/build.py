@@ -15,7 +15,9 @@ from markdown_it import MarkdownIt
 from pydantic import ValidationError
 
 from ..config.finetune import FinetuneConfig
+from ..distill.report import distill_markdown
 from ..keys import RunKeys
+from ..quantize.report import quantize_markdown
 from ..records import RunPin, StoredConfig, read_dataset, read_rows
 from ..storage import ObjectStore
 from .curves import finetune_curves, pretrain_curves
@@ -54,6 +56,12 @@ def build_report(store: ObjectStore, run: str) -> dict[str, str]:
     parts.append("## Fine-tuning\n")
     ft_runs = finetune.run_names(run)
     parts.append(_finetuning(store, ft_runs, images))
+
+    if distill := distill_markdown(store, run):  # "" when the run has no distillation
+        parts.append(distill)
+    if quantized := quantize_markdown(store, run):  # "" when the run has no quantized copies
+        parts.append("## Quantization\n")
+        parts.append(quantized)
 
     parts.append("## Data\n")
     parts.append(data_table(manifest) if manifest else "_the run has not pinned a dataset yet_\n")

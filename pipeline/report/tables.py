@@ -10,15 +10,8 @@ from ..evaluation.table import eval_table
 from ..keys import RunKeys
 from ..records import DatasetVersion, ExportInfo
 from ..storage import ObjectStore
-from .metrics import MetricView, direction, shown, view
+from .comparisons import Comparison, comparison_rows, comparisons
 from .timings import read_timings
-
-
-def _columns(finetune: FinetuneConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Evaluated names that fill the "pretrained" and "scratch" columns: the language models for
-    the LM suites, the fine-tuned classifiers for classify (names: pipeline/evaluation/checkpoints.py)."""
-    return ("pretrained", finetune.eval_name("pretrained")), ("scratch", finetune.eval_name("scratch"))
-
 
 # A cell that reads as a number: "1,790", "37.7 ± 2.0", "-12.9 pts", "29 (1.6%)", or "-" for none.
 _NUMBER = re.compile(r"[-+]?\d[\d.,]*(\s.*)?|-")
@@ -79,68 +72,44 @@ def filters_markdown(manifest: DatasetVersion) -> str:
     return _table(["filter", "checked", "dropped", "reasons", "counters"], body)
 
 
-def _score(cell: dict | None, shown_as: MetricView) -> str:
-    if not cell:
-        return "-"
-    text = shown_as.number(cell["value"])
-    if cell.get("stderr") is not None:
-        text += f" ± {shown_as.number(cell['stderr'])}"
-    return text
+Section = tuple[Comparison, list[str], list[list[str]]]
 
 
-def _percent(value: float | None) -> str:
-    return f"{value * 100:.1f}" if value is not None else "-"
+def eval_sections(store: ObjectStore, run: str, finetune: FinetuneConfig) -> list[Section]:
+    """(comparison, header, body) of every comparison with rows (pipeline/report/comparisons.py)."""
+    rows = eval_table(store, run)
+    names = {name for row in rows for name in row["scores"]}
+    sections = []
+    for comparison in comparisons(finetune, names):
+        header, body = comparison_rows(comparison, rows)
+        if body:
+            sections.append((comparison, header, body))
+    return sections
 
 
 def eval_markdown(store: ObjectStore, run: str, finetune: FinetuneConfig) -> str:
-    """The eval table: per task, the metrics a reader can use (pipeline/report/metrics.py), each
-    for the pretrained and scratch columns with stderr, their gain, and chance where it is known."""
-    rows = eval_table(store, run)
-    if not rows:
+    """The eval tables: per task, the metrics a reader can use (pipeline/report/metrics.py), each
+    checkpoint's score with stderr, the gain with its stderr, and chance or trivial baselines."""
+    sections = eval_sections(store, run, finetune)
+    if not sections:
         return "_not run yet_\n"
-    reported: dict[str, set[str]] = {}
-    for row in rows:
-        reported.setdefault(row["task"], set()).add(row["metric"])
-    body = []
-    pretrained_names, scratch_names = _columns(finetune)
-    for row in rows:
-        if not shown(row["metric"], reported[row["task"]]):
-            continue
-        shown_as = view(row["metric"])
-        pretrained = next((row["scores"][n] for n in pretrained_names if n in row["scores"]), None)
-        scratch = next((row["scores"][n] for n in scratch_names if n in row["scores"]), None)
-        chance = row.get("chance") or {}
-        gain = shown_as.gain(pretrained["value"] - scratch["value"]) if pretrained and scratch else "-"
-        body.append(
-            [
-                row["task"],
-                row["metric"] + direction(row.get("higher_is_better")),
-                _score(pretrained, shown_as),
-                _score(scratch, shown_as),
-                gain,
-                _percent(chance.get("uniform")),
-                _percent(chance.get("majority")),
-            ]
-        )
-    note = (
-        "\nAccuracies and other 0-1 scores in %, ± one standard error (lm-eval); ↑ higher is better, "
-        "↓ lower; gain = pretrained − scratch. For `sora_classify` the columns are the "
-        "classifiers fine-tuned from the pretrained model and from random initialization with the same "
-        "budget; for the other suites, the pretrained language model and a randomly initialized one. "
-        "Every metric lm-eval reported (perplexities too) is in each evaluation's `results.json`.\n"
+    parts = []
+    for comparison, header, body in sections:
+        title = f"### {comparison.title}\n\n" if comparison.title else ""
+        parts.append(title + _table(header, body) + f"\n{comparison.note}\n")
+    parts.append(
+        "Accuracies and other 0-1 scores in %, ± one standard error (lm-eval; for a gain, of the "
+        "difference); ↑ higher is better, ↓ lower. Chance: uniform / majority guess for the choice "
+        "tasks, trivial answers scored like a model for the generative ones. Every metric lm-eval "
+        "reported (perplexities too) is in each evaluation's `results.json`.\n"
     )
-    header = ["task", "metric", "pretrained", "scratch", "gain", "chance (uniform)", "chance (majority)"]
-    return _table(header, body) + note
+    return "\n".join(parts)
 
 
 def eval_rows_for_console(store: ObjectStore, run: str, finetune: FinetuneConfig) -> list[list[str]]:
-    """The same table as lists of strings (for the end of `sora run`)."""
-    text = eval_markdown(store, run, finetune)
-    return [
-        [cell.strip() for cell in line.strip("|").split("|")]
-        for line in text.splitlines()
-        if line.startswith("|") and not line.startswith("|---")
-    ]
+    """The main comparison as lists of strings, header first (for the end of `sora run`)."""
+    sections = eval_sections(store, run, finetune)
+    return [sections[0][1], *sections[0][2]] if sections else []
 
 
 def lineage_table(store: ObjectStore, run: str, finetune_runs: dict[str, str], manifest: DatasetVersion | None) -> str:

@@ -9,7 +9,7 @@ from ..keys import RunKeys
 from ..records import StageTiming
 from ..storage import ObjectStore
 
-STAGES = ("data", "pretrain", "finetune", "evaluate")
+STAGES = ("data", "pretrain", "finetune", "distill", "quantize", "evaluate")
 
 
 @contextmanager

@@ -53,11 +53,16 @@ def _results(name: str, scale: float) -> dict:
             "sora_docstring": {"rouge_l": True, "sentence_chrf": True},
             "my_task": {"f1": True},
         },
+        "chance": {
+            "sora_cloze": {"uniform": 0.25, "majority": 0.26},
+            "sora_docstring": {"baselines": {"rouge_l": {"name_words": 0.12, "most_frequent_line": 0.05}}},
+        },
     }
 
 
-def synthetic_run(store, config_lines: int = 150) -> str:
-    """Store a run `r1` with a long config, 40 steps of metrics and two evaluations; returns its name."""
+def synthetic_run(store, config_lines: int = 150, extra: dict[str, float] | None = None) -> str:
+    """Store a run `r1` with a long config, 40 steps of metrics and two evaluations (plus `extra`
+    {name: scale}, e.g. a distilled student); returns its name."""
     config = {"train": {f"option_{i:03d}": i for i in range(config_lines)}}
     StoredConfig(config=config).write(store, RUN)
     rates = {s: 9000.0 + 50 * (s % 7) for s in range(1, 41)}
@@ -67,6 +72,6 @@ def synthetic_run(store, config_lines: int = 150) -> str:
         for s, rate in rates.items()
     ]
     store.write(f"{RunKeys(RUN).metrics}/00000.jsonl", encode_rows(rows))
-    for name, scale in (("pretrained", 1.0), ("scratch", 1.5)):
+    for name, scale in {"pretrained": 1.0, "scratch": 1.5, **(extra or {})}.items():
         store.write(EvalResults.key(RUN, name), json.dumps(_results(name, scale)).encode())
     return RUN

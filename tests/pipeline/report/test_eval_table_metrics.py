@@ -39,7 +39,7 @@ def test_table_rows_follow_the_rule_and_results_json_keeps_every_metric(tmp_path
         ("sora_docstring", "sentence_chrf\u00a0↑"),
         ("sora_heldout_ppl", "bits_per_byte\u00a0↓"),
     }
-    assert by_metric[("sora_cloze", "acc\u00a0↑")][2:5] == ["30.0 ± 2.3", "20.0 ± 2.3", "+10.0 pts"]
+    assert by_metric[("sora_cloze", "acc\u00a0↑")][2:5] == ["30.0 ± 2.3", "20.0 ± 2.3", "+10.0 ± 3.3 pts"]
     assert by_metric[("sora_heldout_ppl", "bits_per_byte\u00a0↓")][2:5] == ["2.300", "3.450", "-1.150"]
     assert by_metric[("sora_docstring", "sentence_chrf\u00a0↑")][2] == "31.4 ± 1.2"
     markdown = eval_markdown(store, run, FinetuneConfig())
@@ -62,7 +62,33 @@ def test_console_table_fits_80_columns_without_cutting_a_name_or_number(tmp_path
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
     for cells in (
         ["sora_heldout_ppl", "bits_per_byte\u00a0↓", "2.300", "3.450", "-1.150", "-"],
-        ["sora_docstring", "sentence_chrf\u00a0↑", "31.4±1.2", "20.9±1.2", "+10.5", "-"],
+        ["sora_docstring", "sentence_chrf\u00a0↑", "31.4±1.2", "20.9±1.2", "+10.5±1.7", "-"],
     ):
         assert any(line.split() == [c for cell in cells for c in cell.split()] for line in text.splitlines()), cells
     assert "perplexity" not in text
+
+
+def test_each_comparison_gets_its_table_with_gain_stderr_and_baselines(tmp_path):
+    """Distilled vs baseline, int8 vs original, generative fine-tunes: one table each, only when evaluated."""
+    store = open_store(f"file://{tmp_path}")
+    extra = {"distilled": 1.1, "distill-baseline": 1.2, "int8": 1.01}
+    extra |= {"ft-generate-full-pretrained": 0.8, "ft-generate-full-scratch": 1.3}
+    run = synthetic_run(store, extra=extra)
+    markdown = eval_markdown(store, run, FinetuneConfig())
+    for title in ("### Distillation", "### Quantization", "### Generative fine-tuning"):
+        assert title in markdown
+    distill = markdown.split("### Distillation")[1].split("###")[0]
+    # cloze acc: 0.30/1.1 - 0.30/1.2 = +2.3 pts, stderr hypot(2.3, 2.3) = 3.3
+    assert (
+        "| sora_cloze | acc\u00a0↑ | 27.3 ± 2.3 | 25.0 ± 2.3 | 30.0 ± 2.3 | +2.3 ± 3.3 pts | 25.0 / 26.0 |" in distill
+    )
+    docstring = next(line for line in distill.splitlines() if line.startswith("| sora_docstring | rouge_l"))
+    assert docstring.endswith("| most_frequent_line 5.0, name_words 12.0 |")  # trivial answers, scored
+    generative = markdown.split("### Generative fine-tuning")[1].split("###")[0]
+    assert "sora_heldout_ppl" in generative  # the synthetic generators were scored on it
+    main = markdown.split("###")[0]
+    assert "distilled" not in main and "int8" not in main
+    plain = eval_markdown(
+        open_store(f"file://{tmp_path}/plain"), synthetic_run(open_store(f"file://{tmp_path}/plain")), FinetuneConfig()
+    )
+    assert "###" not in plain  # nothing but pretrained and scratch evaluated: one table
