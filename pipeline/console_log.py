@@ -6,8 +6,9 @@ Every command runs inside `library_output_to_log(command)` (pipeline/cli.py). Wh
   Python's logging at the levels the libraries set (WARNING by default) and Python warnings
   (`logging.captureWarnings`); the log dir is `$SORA_LOG_DIR`, else `.sora-logs/` in the working
   directory (beside the default storage root `.sora/`; object storage is no place for a log that is
-  written line by line). The file is created at its first record and its path printed then, once;
-  the newest `KEEP_LOGS` files are kept;
+  written line by line; where it cannot be written, the temp folder). The file is created at its
+  first record and its path printed then, once; logs beyond the newest `KEEP_LOGS` are deleted
+  once older than `KEEP_DAYS`;
 - the terminal keeps Sora's own log records (loggers `pipeline.*` and `sora.*`, WARNING and up) and
   any library's errors;
 - a library that prints through its own terminal handler (Ray's `ray` logger, torch's, DeepSpeed's,
@@ -29,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -41,6 +43,7 @@ LOG_DIR_ENV = "SORA_LOG_DIR"
 DEFAULT_LOG_DIR = ".sora-logs"
 OWN_LOGGERS = ("pipeline", "sora")  # their warnings are Sora's to show
 KEEP_LOGS = 20
+KEEP_DAYS = 7
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Read by the libraries when they are imported (here and in the Ray workers started from here).
@@ -60,19 +63,37 @@ class _AnnouncedFileHandler(logging.FileHandler):
         self.setFormatter(logging.Formatter(FILE_FORMAT))
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self.stream is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            _prune(self.path.parent)
-            print(f"library warnings and logs: {self.path}", file=sys.stderr, flush=True)
+        if self.stream is None and not self._open_announced():
+            return
         super().emit(record)
 
+    def _open_announced(self) -> bool:
+        """Open the file (its folder made, old logs pruned) and print its path; where it cannot be
+        written (a read-only working directory), use the temp folder, and if that fails too drop
+        library records rather than raise into the library that logged."""
+        for path in (self.path, Path(tempfile.gettempdir()) / DEFAULT_LOG_DIR / self.path.name):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.baseFilename, self.path = os.fspath(path), path
+                self.stream = self._open()
+            except OSError:
+                continue
+            _prune(path.parent, keep=path)
+            print(f"library warnings and logs: {path}", file=sys.stderr, flush=True)
+            return True
+        return False
 
-def _prune(directory: Path) -> None:
-    """Keep the newest `KEEP_LOGS - 1` logs of earlier commands (one file per command adds up)."""
+
+def _prune(directory: Path, keep: Path) -> None:
+    """Delete logs older than `KEEP_DAYS` beyond the newest `KEEP_LOGS` (one file per command adds
+    up). By age, not count alone: a long command that rarely writes keeps its open file while many
+    short commands come and go."""
+    cutoff = time.time() - KEEP_DAYS * 86400
     try:
         logs = sorted(directory.glob("*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in logs[KEEP_LOGS - 1 :]:
-            old.unlink(missing_ok=True)
+        for old in logs[KEEP_LOGS:]:
+            if old != keep and old.stat().st_mtime < cutoff:
+                old.unlink(missing_ok=True)
     except OSError:  # another command pruning at the same time: its turn
         pass
 

@@ -89,3 +89,29 @@ def test_library_output_goes_to_the_log_file_and_errors_to_the_terminal(tmp_path
     assert "Running loglikelihood requests" in workers and "a worker-side library warning" in workers
     # datasets' progress bars are off everywhere (its environment switch reaches the workers).
     assert "Generating train split" not in workers
+
+
+def test_an_unwritable_log_folder_falls_back_to_temp_and_never_raises_into_a_library(tmp_path, monkeypatch, capsys):
+    """A read-only working directory must not turn a library's warning into an exception."""
+    import logging
+    import os
+    import time
+
+    from pipeline import console_log
+
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv(console_log.LOG_DIR_ENV, str(blocked / "logs"))  # mkdir under a file fails
+    monkeypatch.setattr(console_log.tempfile, "gettempdir", lambda: str(tmp_path / "temp"))
+    old = tmp_path / "temp" / console_log.DEFAULT_LOG_DIR
+    old.mkdir(parents=True)
+    for i in range(console_log.KEEP_LOGS + 3):  # more than KEEP_LOGS: only the week-old ones go
+        (old / f"old-{i}.log").write_text("x")
+        os.utime(old / f"old-{i}.log", (time.time() - (8 * 86400 if i < 2 else 60),) * 2)
+    with console_log.library_output_to_log("t") as _:
+        logging.getLogger("somelib").warning("from a library")
+    err = capsys.readouterr().err
+    written = next(old.glob("t-*.log"))
+    assert f"library warnings and logs: {written}" in err and "from a library" in written.read_text()
+    assert not (old / "old-0.log").exists() and not (old / "old-1.log").exists()
+    assert len(list(old.glob("old-*.log"))) == console_log.KEEP_LOGS + 1  # recent logs kept whatever their count
