@@ -5,7 +5,9 @@ Both runs use `run_training` (lease, Ray Train, DeepSpeed, checkpoints, resume) 
 version the teacher was trained on (from its `sora_export.json`), with the same seed and so the
 same data order; they differ only in the loss: `<teacher>-distill-<student>` mixes in the KL to the
 frozen teacher, `<teacher>-distill-<student>-baseline` is the same student trained without it. A run
-whose export already holds its last step is skipped, so re-running does no work.
+whose export already holds its last step is skipped, so re-running does no work; when its teacher
+export, temperature or KL weight changed since (settings.py), neither that export nor its
+checkpoints are used: one line asks for `--restart`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..storage import ObjectStore, open_store
 from ..train.launch import finished_export, run_training
 from ..train.metrics import read_rows
 from .objective import Distillation
+from .settings import DistillPin, check_checkpoints, check_export, run_settings, teacher_identity
 from .student import Student, resolve_student
 
 
@@ -74,23 +77,33 @@ def distill(config: RunConfig, quiet: bool = False, restart: bool = False) -> di
     store.check()
     export_key, info, student = plan_student(config, store)
     distill_config = config.distill
+    teacher = teacher_identity(store, export_key, info)
     outcome: dict[str, Any] = {}
     for kind in KINDS:
         data = teacher_data(info)
         train = distill_config.train_config(config.train, kind, data, student.preset, student.overrides)
         run_config = config.model_copy(update={"train": train})
         keys = RunKeys(train.run)
-        if not restart and finished_export(store, keys, train.max_steps):
-            rows = read_rows(store, keys.metrics)
-            outcome[kind] = {"final": rows[-1] if rows else {}, "export": store.uri(keys.export), "skipped": True}
-            continue
+        kl_weight = distill_config.kl_weight if kind == "distilled" else 0.0
+        settings = run_settings(teacher, distill_config.temperature, kl_weight)
+        if not restart:
+            finished = finished_export(store, keys, train.max_steps)
+            if finished:
+                check_export(train.run, finished, settings)
+                rows = read_rows(store, keys.metrics)
+                outcome[kind] = {"final": rows[-1] if rows else {}, "export": store.uri(keys.export), "skipped": True}
+                continue
+            check_checkpoints(store, train.run, settings)
         sources = pin_sources(store, run_config, restart)
         objective = replace(
             Distillation.for_run(train, sources),
             teacher_export=export_key,
             temperature=distill_config.temperature,
-            kl_weight=distill_config.kl_weight if kind == "distilled" else 0.0,
+            kl_weight=kl_weight,
+            teacher_identity=teacher,
+            precision=train.precision,
         )
+        DistillPin(settings=settings).write(store, train.run)  # what its checkpoints will be trained under
         outcome[kind] = run_training(
             run_config, store, sources[0][0], student.config, "distill", objective, quiet=quiet, restart=restart
         )

@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import statistics
 import time
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 WEIGHT_SUFFIX = ".safetensors"
+WEIGHT_FILES = "model*.safetensors"  # model.safetensors, or its shards model-0000x-of-0000N.safetensors
+
+
+def is_weight_file(name: str) -> bool:
+    """Whether a checkpoint file holds weights (what `save_pretrained` writes for them; not the index)."""
+    return fnmatch(name, WEIGHT_FILES)
 
 
 def weight_bytes(folder: Path) -> int:

@@ -1,7 +1,8 @@
 """`runs/<run>-<method>/quantize.json`: what one quantization did and measured.
 
 Written after the quantized checkpoint is uploaded (its `config.json` last), so a record means a
-complete checkpoint; `sora quantize` skips a method whose record exists.
+complete checkpoint; `sora quantize` skips a method whose record names the current source export
+(URI, step, validation loss) and method settings (`changes`), and redoes it otherwise.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 
 from ..keys import RunKeys
 from ..records.base import Record
+from ..records.export import ExportInfo
 from ..storage import ObjectStore
 
 FILE = "quantize.json"
@@ -35,6 +37,22 @@ class QuantizeRecord(Record):
     repeats: int
     logits_max_abs_diff: float  # on the benchmark prompt, quantized (reloaded) vs original
     seconds: float  # quantize + save + reload + measure
+    # The source export's identity (its sora_export.json) and the method's own settings when quantized:
+    # a re-exported source or another group size makes the checkpoint stale. None in older records.
+    source_step: int | None = None
+    source_val_loss: float | None = None
+    int4_group_size: int | None = None  # int4 only
+
+    def changes(self, source_uri: str, source: ExportInfo, int4_group_size: int | None) -> list[str]:
+        """`"name: recorded -> current"` for each identity field that differs (empty: still current)."""
+        current = {
+            "source_uri": source_uri,
+            "source_step": source.step,
+            "source_val_loss": source.val_loss,
+            "int4_group_size": int4_group_size,
+        }
+        recorded = {name: getattr(self, name) for name in current}
+        return [f"{name}: {recorded[name]!r} -> {new!r}" for name, new in current.items() if recorded[name] != new]
 
     @property
     def size_ratio(self) -> float:
@@ -57,3 +75,14 @@ class QuantizeRecord(Record):
 
     def write(self, store: ObjectStore, run: str) -> None:
         store.write(self.key(run), self.to_bytes())
+
+    @classmethod
+    def delete(cls, store: ObjectStore, run: str) -> None:
+        """Forget a stale record before its checkpoint is rewritten (no record: nothing to do)."""
+        if store.exists(cls.key(run)):
+            store.delete(cls.key(run))
+
+
+def group_size(method: str, int4_group_size: int) -> int | None:
+    """The method's own setting that shapes its checkpoint: int4's group size; int8 has none."""
+    return int4_group_size if method == "int4" else None

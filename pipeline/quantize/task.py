@@ -2,8 +2,11 @@
 source export quantized on load (transformers' `TorchAoConfig`), saved with `save_pretrained`
 (safetensors; torchao's tensor subclasses flattened with their metadata), reloaded the way users
 load it (`from_pretrained(folder)`), measured against the original, and uploaded as the export of
-run `<source run>-<method>`: weights, tokenizer, `sora_export.json` (lineage: source export and
-method), `config.json` last (its presence marks the checkpoint complete), then `quantize.json`.
+run `<source run>-<method>`: weights, tokenizer and remote code, `sora_export.json` (lineage: source
+export and method), `config.json` last (its presence marks the checkpoint complete), then
+`quantize.json`. A checkpoint being redone is deleted first (stale record, `config.json`, then every
+other file). Scratch space is the node cache directory (not the system temp dir, often small), and
+each method's folder is deleted once uploaded.
 """
 
 from __future__ import annotations
@@ -20,20 +23,23 @@ from ..keys import RunKeys
 from ..records.export import FILE as EXPORT_INFO
 from ..records.export import load_export
 from ..storage import ObjectStore
+from ..train.export import INDEX, clear_export
+from ..train.loader import cache_directory
 from .benchmark import (
     benchmark_prompt,
     device_name,
     generation_tokens_per_s,
+    is_weight_file,
     prompt_logits,
     weight_bytes,
 )
 from .methods import PROJECTIONS, check_shapes, kept_linears, transformers_config
-from .record import QuantizeRecord
+from .record import QuantizeRecord, group_size
 
 PROMPT_SEED = 0
-# What save_pretrained writes for the model itself; everything else of the source export (tokenizer
-# files, remote code) is copied over unchanged.
-MODEL_FILES = ("config.json", "generation_config.json", EXPORT_INFO)
+# What save_pretrained (and the lineage) write for the quantized model itself, besides its weight files;
+# everything else of the source export (tokenizer files, remote code) is copied over unchanged.
+MODEL_FILES = ("config.json", "generation_config.json", INDEX, EXPORT_INFO)
 
 
 def quantize_export(
@@ -49,7 +55,9 @@ def quantize_export(
     source_uri = store.uri(export_key)
     dtype = getattr(torch, eval_dtype(device))
     records: dict[str, QuantizeRecord] = {}
-    with tempfile.TemporaryDirectory(prefix="sora-quantize-") as tmp:
+    scratch = cache_directory() / "quantize"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{source_run}-", dir=scratch) as tmp:
         source = fetch_checkpoint(store, source_uri, Path(tmp) / "source")
         original = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device).eval()
         for method in methods:  # shapes checked before the first method's work
@@ -70,7 +78,7 @@ def quantize_export(
             )
             quantized.save_pretrained(folder)
             del quantized
-            _copy_tokenizer(source, folder)
+            _copy_non_weights(source, folder)
             lineage = info.model_copy(
                 update={
                     "run": name,
@@ -100,28 +108,35 @@ def quantize_export(
                 repeats=settings.repeats,
                 logits_max_abs_diff=float((prompt_logits(reloaded, prompt) - logits_before).abs().max()),
                 seconds=0.0,
+                source_step=info.step,
+                source_val_loss=info.val_loss,
+                int4_group_size=group_size(method, settings.int4_group_size),
             )
             del reloaded
             _free(device)
             _upload(store, name, folder)
+            shutil.rmtree(folder)  # the next method's folder needs the space, not this one
             record.seconds = round(time.monotonic() - started, 3)
             record.write(store, name)
             records[method] = record
     return records
 
 
-def _copy_tokenizer(source: Path, folder: Path) -> None:
+def _copy_non_weights(source: Path, folder: Path) -> None:
+    """Every file of the source export but its weights and model configs: the tokenizer, and the
+    Sora modeling code (`modeling_sora.py` ...) that config.json's `auto_map` points at."""
     for path in source.iterdir():
-        if path.is_file() and path.name not in MODEL_FILES and not path.name.startswith("model"):
+        if path.is_file() and path.name not in MODEL_FILES and not is_weight_file(path.name):
             shutil.copy2(path, folder / path.name)
 
 
 def _upload(store: ObjectStore, run: str, folder: Path) -> None:
-    """Upload the checkpoint folder to `runs/<run>/hf/`, an older `config.json` deleted first and the
-    new one uploaded last (the completeness marker, as for exports)."""
+    """Upload the checkpoint folder to `runs/<run>/hf/`: the stale record and any earlier checkpoint
+    deleted first (its `config.json` first, then every file, so no old shard or index outlives it),
+    the new `config.json` uploaded last (the completeness marker, as for exports)."""
     prefix = RunKeys(run).export
-    if store.exists(f"{prefix}/config.json"):
-        store.delete(f"{prefix}/config.json")
+    QuantizeRecord.delete(store, run)
+    clear_export(store, prefix)
     for path in sorted(folder.iterdir(), key=lambda p: (p.name == "config.json", p.name)):
         store.upload_file(f"{prefix}/{path.name}", path)
 

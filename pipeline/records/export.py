@@ -35,6 +35,8 @@ class ExportInfo(Record):
     suite_prefix: str | None = None  # the classify suite build it learned from
     # quantized checkpoints (pipeline/quantize): method, torchao config, source export URI
     quantization: dict | None = None
+    # distilled students (pipeline/distill): teacher export (key and identity), temperature, kl_weight
+    distill: dict | None = None
 
     def finished(self, max_steps: int) -> bool:
         return self.step >= max_steps or self.early_stopped or self.data_exhausted

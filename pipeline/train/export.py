@@ -16,7 +16,8 @@ file whose header went first, and uploads a file as soon as its last tensor is i
 Memory: one tensor; local disk: the shard files being filled (one at a time, plus any tensor
 larger than a shard, which `save_pretrained` also puts alone in a file). Then the dataset's
 tokenizer, the lineage (`Objective.export_info`) and `config.json` last: its presence marks the
-export complete, so an earlier export's `config.json` is deleted before the first shard goes up.
+export complete, so an earlier export is deleted (its `config.json` first, then every other file:
+`clear_export`) before the first shard goes up.
 A run's exports (export_formats.py) are this one with the Sora modeling code attached
 (`finish(remote_code=True)`, export_remote_code.py) and a second `HFExport` of the Llama
 equivalent into `runs/<run>/hf-llama/` (export_llama.py).
@@ -160,8 +161,7 @@ class HFExport:
         for entry in plan.entries.values():
             self.left[entry.file] += 1
         self.written: set[str] = set()
-        if store.exists(f"{self.prefix}/config.json"):  # an earlier export is no longer complete
-            store.delete(f"{self.prefix}/config.json")
+        clear_export(store, self.prefix)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Write one tensor (any device or dtype: stored as the plan's); uploads its file when complete."""
@@ -213,6 +213,15 @@ class HFExport:
             for path in sorted(folder.iterdir(), key=lambda p: (p.name == "config.json", p.name)):
                 self.store.upload_file(f"{self.prefix}/{path.name}", path)
         return self.store.uri(self.prefix)
+
+
+def clear_export(store: ObjectStore, prefix: str) -> None:
+    """Delete an earlier export under `prefix`: `config.json` first (it is no longer complete), then
+    every other file, so none outlives the new export (a single-file `model.safetensors` left beside
+    a new sharded index is what transformers would load; old shards or code would look current)."""
+    if store.exists(f"{prefix}/config.json"):
+        store.delete(f"{prefix}/config.json")
+    store.delete_prefix(prefix)
 
 
 def save_configs(model: PreTrainedModel, folder: Path) -> None:

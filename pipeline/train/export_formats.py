@@ -19,8 +19,8 @@ from transformers import PreTrainedModel
 
 from ..records import DatasetVersion, ExportInfo
 from ..storage import ObjectStore
-from .export import EXPORT_SHARD_SIZE, ExportPlan, HFExport
-from .export_llama import LlamaExport, has_llama_equivalent
+from .export import EXPORT_SHARD_SIZE, ExportPlan, HFExport, clear_export
+from .export_llama import LlamaExport, has_llama_equivalent, llama_export_key
 
 
 def wants_llama_export(export_format: str, skeleton: PreTrainedModel) -> bool:
@@ -52,6 +52,8 @@ class RunExports:
         llama = wants_llama_export(export_format, skeleton)
         llama_scratch = Path(scratch) / "llama"
         self.llama = LlamaExport(store, run, skeleton, plan, llama_scratch, max_shard_size) if llama else None
+        if self.llama is None:  # a Llama export of an earlier export of this run would look current
+            clear_export(store, llama_export_key(run))
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         self.sora.write(name, tensor)

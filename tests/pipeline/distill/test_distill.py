@@ -11,6 +11,7 @@ import torch
 from pipeline.distill.evaluation import distill_checkpoints
 from pipeline.distill.launch import distill
 from pipeline.distill.report import distill_markdown
+from pipeline.errors import UserError
 from pipeline.keys import RunKeys
 from pipeline.run import record_config
 from pipeline.train.metrics import read_rows
@@ -57,6 +58,9 @@ def test_distill_trains_student_and_baseline_resumes_and_skips(teacher_run, tmp_
 
     again = distill(config, quiet=True)  # a second call does no work
     assert all(result.get("skipped") for result in again.values())
+    hotter = config.model_copy(update={"distill": config.distill.model_copy(update={"temperature": 4.0})})
+    with pytest.raises(UserError, match=r"base-distill-half'.*temperature: 2.0 -> 4.0.*--restart"):
+        distill(hotter, quiet=True)  # the finished export was distilled at T 2: not skipped as if current
 
     checkpoints = distill_checkpoints(config, store)
     assert {name: kind for name, (_, kind, _) in checkpoints.items()} == {

@@ -183,3 +183,32 @@ def test_lora_merge_of_a_bf16_model_is_the_fp32_merge(store):
     assert not torch.equal(reference[name], torch.ones_like(reference[name]))  # the delta shows in fp32
     torch.testing.assert_close(merged[name].float(), reference[name], rtol=0, atol=1e-7)
     assert merged[name].dtype == torch.float32
+
+
+def test_re_export_leaves_no_file_of_the_earlier_export(store, tmp_path):
+    """A sharded re-export of a run exported as one file: the old model.safetensors (which transformers
+    would load instead of the new shards) is gone, config.json went first, the new files are complete."""
+    store, manifest = store
+    config = SoraConfig.from_preset("tiny", **SHAPE)
+    torch.manual_seed(0)
+    old = SoraForCausalLM(config)
+    objective = LanguageModeling()
+    skeleton = objective.export_skeleton(config)
+    stream(store, manifest, "r", skeleton, {n: s.value for n, s in objective.export_sources(old).items()}, "2GB",
+           tmp_path / "a")  # fmt: skip
+    assert store.exists("runs/r/hf/model.safetensors")
+    store.write("runs/r/hf/stale_extra.txt", b"from an earlier export")
+    torch.manual_seed(1)
+    new = SoraForCausalLM(config)
+    plan = export_plan(skeleton, "60KB")
+    export = HFExport(store, "r", plan, tmp_path / "b")
+    assert store.list("runs/r/hf") == []  # everything of the earlier export is gone before a tensor is written
+    state = new.state_dict()
+    for name in plan.names:
+        export.write(name, state[name])
+    export.finish(skeleton, manifest, INFO)
+    files = stored_files(store, "r")
+    assert "model.safetensors" not in files and "stale_extra.txt" not in files
+    assert set(files) == set(reference_files(new, tmp_path / "reference", "60KB")) | LINEAGE_AND_TOKENIZER
+    reloaded = SoraForCausalLM.from_pretrained(store.path("runs/r/hf"))
+    assert all(torch.equal(reloaded.state_dict()[name], value) for name, value in state.items())

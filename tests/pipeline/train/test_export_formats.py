@@ -172,6 +172,17 @@ def test_sora_export_carries_its_code_and_a_norm_without_llama_gets_no_llama_exp
     assert set(export(store, manifest, "s", rms, "sora", tmp_path / "scratch")) == {"sora"}
 
 
+def test_re_export_without_a_llama_checkpoint_deletes_the_earlier_one(store, tmp_path):
+    """A run exported with its Llama checkpoint, then again with export_format sora: the old hf-llama/
+    (complete-looking, with the old weights) is gone."""
+    store, manifest = store
+    model = trained_like(4)
+    assert set(export(store, manifest, "re", model, "auto", tmp_path / "a")) == {"llama", "sora"}
+    assert "config.json" in stored_folder(store, "re", "hf-llama")
+    assert set(export(store, manifest, "re", model, "sora", tmp_path / "b")) == {"sora"}
+    assert store.list("runs/re/hf-llama") == [] and "config.json" in stored_folder(store, "re", "hf")
+
+
 def test_export_format_both_is_refused_at_config_validation_for_a_norm_llama_lacks():
     with pytest.raises(UserError, match="export_format: both needs norm: rmsnorm"):
         load_config("default", {"train.export_format": "both", "train.model_overrides": {"norm": "adn"}})
