@@ -30,6 +30,9 @@ from .train import TrainConfig
 INITS = ("pretrained", "scratch")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DEFAULT_GENERATE_SUITE = "code_body"
+# Tokens per example when finetune.max_length is null: a classify snippet fits in 128; a generative
+# prompt and its answer need ~150-250, and a prompt cut in training is not cut at evaluation.
+DEFAULT_MAX_LENGTH = {"classify": 128, "generate": 384}
 
 
 class FinetuneConfig(LoopConfig):
@@ -57,11 +60,13 @@ class FinetuneConfig(LoopConfig):
     strategy: Literal["zero1", "zero2", "zero3"] = Field(default="zero2", description="DeepSpeed ZeRO strategy.")
     global_batch: GlobalBatch = 32
     micro_batch: MicroBatch = 8
-    max_length: int = Field(
-        default=128,
+    max_length: int | None = Field(
+        default=None,
         ge=8,
-        description="Tokens per example (longer snippets are truncated; generate: prompt + answer, keeping the "
-        "prompt's end and the answer's start).",
+        description=f"Tokens per example (longer ones are cut; generate: prompt + answer, keeping the prompt's end "
+        f"and the answer's start). null: by task, {DEFAULT_MAX_LENGTH['classify']} for classify (snippets of "
+        f"~300 characters) and {DEFAULT_MAX_LENGTH['generate']} for generate (prompts of ~400-600 characters plus "
+        "answers of ~120-300: ~150-250 tokens). `sora finetune` prints the share of train examples cut.",
     )
     warmup_steps: WarmupSteps = 10
     weight_decay: WeightDecay = 0.01
@@ -92,6 +97,11 @@ class FinetuneConfig(LoopConfig):
     def suite(self) -> str:
         """The suite fine-tuned on: classify, or the generative suite of `task: generate`."""
         return "classify" if self.task == "classify" else self.generate_suite or DEFAULT_GENERATE_SUITE
+
+    @property
+    def example_length(self) -> int:
+        """Tokens per example: `max_length`, else the task's default (`DEFAULT_MAX_LENGTH`)."""
+        return self.max_length or DEFAULT_MAX_LENGTH[self.task]
 
     def source_run(self, train: TrainConfig | str) -> str:
         """The pretrain run fine-tuned from: `from_run`, else the config's (or the given) run."""

@@ -21,7 +21,8 @@ computes with as many threads as its node has CPUs; a second model beside it wou
 both and double the memory.
 
 When the suites of the dataset version are not built yet, a one-CPU task builds them first (the
-held-out documents stream through it: pipeline/suites), so the checkpoints' tasks only read them.
+held-out documents stream through it: pipeline/suites), so the checkpoints' tasks only read them
+(`ensure_suites`, which the fine-tune driver uses too).
 After a task fails no new one starts; those already running finish (their results are stored);
 then the first failure is raised. A `UserError` raised in a task (an unknown lm-eval task, a
 missing checkpoint file) reaches the caller as itself, with its own message (Ray wraps a task's
@@ -39,7 +40,7 @@ from ..config.run import RunConfig
 from ..errors import UserError
 from ..keys import RunKeys
 from ..ray_runtime import ensure_ray, get_result
-from ..records import DatasetVersion, EvalResults, ExportInfo
+from ..records import DatasetVersion, EvalResults, ExportInfo, SuiteIndex
 from ..storage import ObjectStore, open_store
 from ..suites.build import read_index
 from .stage import Kind, evaluate_checkpoint_to_store
@@ -91,8 +92,7 @@ def evaluate_on_workers(
 
     ensure_ray(config.ray)
     gpu = use_gpu(config.eval)
-    if read_index(store, manifest, config.eval) is None:
-        get_result(_remote(_build_suites, "sora-eval-suites", num_cpus=1).remote(config, manifest))
+    ensure_suites(config, store, manifest)
     options: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1, "max_calls": 1} if gpu else {"num_cpus": 1}
     device, window = ("cuda", len(jobs)) if gpu else ("cpu", 1)
     queue, pending = list(jobs), {}
@@ -114,6 +114,20 @@ def evaluate_on_workers(
         if job.name in failures:
             raise failures[job.name]
     return results
+
+
+def ensure_suites(config: RunConfig, store: ObjectStore, manifest: DatasetVersion) -> SuiteIndex:
+    """The suites index of `manifest` for `config.eval`; when the suites are not built yet, a one-CPU
+    Ray task builds them (it streams the held-out documents: hours at hundreds of GB, never in the
+    caller's process), then the index is read. Evaluation and fine-tuning both start here."""
+    index = read_index(store, manifest, config.eval)
+    if index is None:
+        ensure_ray(config.ray)
+        get_result(_remote(_build_suites, "sora-build-suites", num_cpus=1).remote(config, manifest))
+        index = read_index(store, manifest, config.eval)
+    if index is None:  # the task returned, so its build published the index
+        raise RuntimeError(f"the suites build of {manifest.dataset} v{manifest.version} left no index to read")
+    return index
 
 
 _REMOTES: dict[Callable, Any] = {}

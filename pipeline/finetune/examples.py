@@ -31,6 +31,8 @@ class ExampleSet:
             self.input_ids[index, : len(ids)] = ids
             self.attention_mask[index, : len(ids)] = 1
         self.labels = np.asarray([row["label_id"] for row in rows], dtype=np.int64)
+        # Snippets longer than max_length, cut to their start (the driver reports their share).
+        self.truncated = sum(len(encoding.ids) > max_length for encoding in encoded)
 
     def __len__(self) -> int:
         return len(self.labels)

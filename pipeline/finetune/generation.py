@@ -34,7 +34,7 @@ class Generation(FinetuneObjective):
         block = manifest.tokenizer
         tokenizer = load_stored_tokenizer(store, block)
         key, length = self.split_key(split), self.task.max_length
-        return AnswerExampleSet(store, key, tokenizer, length, block.pad_id, block.eos_id)
+        return AnswerExampleSet(store, key, tokenizer, length, block.pad_id, block.eos_id, self.task.suite)
 
     # -- loss ------------------------------------------------------------------------------------
     @staticmethod

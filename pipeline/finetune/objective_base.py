@@ -1,8 +1,10 @@
 """What every fine-tuning objective shares (`Classification`, `Generation`): where the weights start
 (the pretrained export or random init), LoRA, the export's tensors and lineage.
 
-`init: pretrained` loads the pretrain run's HF export (downloaded once per node; under ZeRO-3
-`from_pretrained` partitions it while loading); `init: scratch` builds the same architecture from
+`init: pretrained` loads the pretrain run's HF export (downloaded once per node in `bind`, which
+the trainer calls before any collective: a node still downloading tens of GB keeps the others in
+Ray Train's barrier, not in a collective with a timeout; under ZeRO-3 `from_pretrained`
+partitions it while loading); `init: scratch` builds the same architecture from
 random weights with the same seed. `method: lora` wraps either with `peft` LoRA adapters on the
 attention/MLP projections; the export merges them (`lora_merge.py`), so every export is a plain
 HF model. A subclass names its task, its HF model class and what it reads and optimizes.
@@ -42,9 +44,14 @@ class FinetuneObjective:
         self.patience = task.patience
         self.store: ObjectStore | None = None
         self.node_dir: Path | None = None
+        self.pretrained_dir: Path | None = None  # the node's copy of the pretrained export (bind)
 
     def bind(self, store: ObjectStore, node_dir: Path) -> None:
+        """The worker's store and node folder; downloads the pretrained export here, before any
+        collective (`pipeline.train.trainer.Trainer` binds first), never in `build_model`."""
         self.store, self.node_dir = store, node_dir
+        if self.task.init == "pretrained":
+            self.pretrained_dir = self._pretrained_directory()
 
     # -- model -----------------------------------------------------------------------------------
     def model_config(self, model_config: SoraConfig) -> SoraConfig:
@@ -60,7 +67,9 @@ class FinetuneObjective:
             context = HfDeepSpeedConfig(ds_config)  # from_pretrained / from_config partition while building
         torch.manual_seed(self.task.seed)  # a new head (and scratch weights) start identically on every rank
         if self.task.init == "pretrained":
-            model = self.model_class.from_pretrained(self._pretrained_directory(), config=config, dtype=torch.float32)
+            if self.pretrained_dir is None:
+                raise RuntimeError("bind() the objective before building the model: it downloads the export")
+            model = self.model_class.from_pretrained(self.pretrained_dir, config=config, dtype=torch.float32)
         elif context is not None:
             import transformers
 

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.config.evaluate import EvalConfig
 from pipeline.config.finetune import FinetuneConfig
 from pipeline.config.run import RunConfig
 from pipeline.errors import UserError
-from pipeline.finetune.answer_examples import IGNORE, encode_examples, fit_example
+from pipeline.finetune.answer_examples import IGNORE, answer_is_complete, encode_examples, fit_example
 from pipeline.finetune.generation import Generation
-from pipeline.finetune.launch import finetune
+from pipeline.finetune.launch import check_suite_enabled
 from pipeline.finetune.task import FinetuneTask
 from pipeline.storage import open_store
 from sora import SoraConfig, SoraForCausalLM
@@ -62,7 +63,7 @@ def suite(tmp_path):
     block = store_tokenizer(store, "datasets/d", tokenizer, eos, pad)
     rows = [
         {"prompt": "def add(a, b):\n", "answer": "    return a + b\n", "doc_hash": "h1"},
-        {"prompt": "def sub(a, b):\n", "answer": "    return a - b\n", "doc_hash": "h2"},
+        {"prompt": "def sub(a, b):\n", "answer": "    return a - b\n", "doc_hash": "h2", "complete": True},
     ]
     store.write("suites/code_body/train.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
     return store, SimpleNamespace(tokenizer=block), tokenizer, rows
@@ -73,16 +74,40 @@ def task(method: str = "full") -> FinetuneTask:
     return FinetuneTask(method, "scratch", None, [], "suites/code_body", 24, None, 0, lora)
 
 
-def test_a_stored_split_is_tokenized_prompt_and_answer_apart_with_eos(suite):
+def test_a_stored_split_is_tokenized_prompt_and_answer_apart_with_eos_after_complete_answers(suite):
     store, manifest, tokenizer, rows = suite
     examples = Generation(task()).samples(store, manifest, "train")
-    assert len(examples) == 2
+    assert len(examples) == 2 and examples.truncated == 0
     inputs, labels = examples.batch(np.array([1, 0]))
-    for row, ids, targets in zip([rows[1], rows[0]], inputs.tolist(), labels.tolist(), strict=True):
+    # rows[1] says it is complete (EOS); rows[0] has no flag: a code_body answer is a cut body (no EOS).
+    for row, ending, ids, targets in zip(
+        [rows[1], rows[0]], [[manifest.tokenizer.eos_id], []], inputs.tolist(), labels.tolist(), strict=True
+    ):
         prompt = tokenizer.encode(row["prompt"], add_special_tokens=False).ids
-        answer = tokenizer.encode(row["answer"], add_special_tokens=False).ids + [manifest.tokenizer.eos_id]
+        answer = tokenizer.encode(row["answer"], add_special_tokens=False).ids + ending
         assert ids[: len(prompt) + len(answer)] == prompt + answer
+        assert ids[len(prompt) + len(answer)] == manifest.tokenizer.pad_id
         assert [t for t in targets if t != IGNORE] == answer
+
+
+def test_eos_follows_a_complete_answer_only():
+    assert answer_is_complete({"answer": "x"}, "docstring")  # a docstring's whole first line
+    assert not answer_is_complete({"answer": "x"}, "code_body")  # the first lines of a longer body
+    assert not answer_is_complete({"answer": "x"}, "continuation")  # a ~120-character cut
+    assert answer_is_complete({"answer": "x", "complete": True}, "code_body")  # the row's flag decides
+    assert not answer_is_complete({"answer": "x", "complete": False}, "docstring")
+    with pytest.raises(ValueError, match="need a `complete` field"):
+        answer_is_complete({"answer": "x"}, "handmade")
+    inputs, labels = encode_examples([[10], [11]], [[30], [31]], 4, PAD, EOS, complete=[False, True])
+    assert inputs.tolist() == [[10, 30, PAD, PAD], [11, 31, EOS, PAD]]
+    assert labels.tolist() == [[30, X, X, X], [31, EOS, X, X]]
+
+
+def test_examples_longer_than_max_length_are_counted(suite):
+    store, manifest, _, _ = suite
+    short = FinetuneTask("full", "scratch", None, [], "suites/code_body", 6, None, 0)
+    examples = Generation(short).samples(store, manifest, "train")
+    assert examples.truncated == 2 and examples.input_ids.shape == (2, 6)
 
 
 def tiny_causal_lm(vocab: int) -> SoraForCausalLM:
@@ -136,13 +161,15 @@ def test_task_settings_names_and_bad_input():
 
 
 def test_a_generative_suite_that_is_not_enabled_fails_before_any_work(tmp_path):
-    config = RunConfig.model_validate(
-        {
-            "storage": {"root": str(tmp_path / "store")},
-            "finetune": {"task": "generate", "generate_suite": "docstring"},
-            "eval": {"suites": {"enabled": ["heldout_ppl", "classify"]}},
-        }
-    )
+    raw = {
+        "storage": {"root": str(tmp_path / "store")},
+        "finetune": {"task": "generate", "generate_suite": "docstring"},
+        "eval": {"suites": {"enabled": ["heldout_ppl", "classify"]}},
+    }
+    # The run config refuses it (the config file's own error); the driver checks again.
+    with pytest.raises(ValueError, match=r"trains on the docstring suite: add docstring to eval.suites.enabled"):
+        RunConfig.model_validate(raw)
+    eval_config = EvalConfig.model_validate(raw["eval"])
     with pytest.raises(UserError, match=r"needs the docstring suite: add docstring to eval.suites.enabled$"):
-        finetune(config)
+        check_suite_enabled(FinetuneConfig.model_validate(raw["finetune"]), eval_config)
     assert not (tmp_path / "store").exists()  # nothing opened, nothing written

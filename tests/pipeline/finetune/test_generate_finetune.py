@@ -29,6 +29,9 @@ SOURCE = "handmade"  # a copy of the pretrained export: these runs never share n
 def _with(config: RunConfig, **finetune_fields) -> RunConfig:
     raw = config.model_dump(mode="json")
     raw["finetune"].update(finetune_fields)
+    suite = finetune_fields.get("generate_suite")
+    if suite and suite not in raw["eval"]["suites"]["enabled"]:  # the run config refuses it otherwise
+        raw["eval"]["suites"]["enabled"].append(suite)
     return RunConfig.model_validate(raw)
 
 
@@ -83,7 +86,7 @@ def check_runs(config: RunConfig, store, method: str, tmp_path) -> dict[str, tup
         ft = config.finetune
         lora = {"rank": ft.lora_rank, "alpha": ft.lora_alpha, "dropout": ft.lora_dropout, "targets": ft.lora_targets}
         init_from = RunKeys(SOURCE).export if init == "pretrained" else None
-        task = FinetuneTask(method, init, init_from, [], SUITE_PREFIX, ft.max_length, None, ft.seed, lora)
+        task = FinetuneTask(method, init, init_from, [], SUITE_PREFIX, ft.example_length, None, ft.seed, lora)
         objective = Generation(task)
         objective.bind(store, tmp_path / "node")
         torch.manual_seed(config.train.seed)

@@ -20,9 +20,8 @@ def publish_export(store, step: int, weights: bytes, val_loss: float = 5.0) -> N
 def node_copy(store, node_dir) -> bytes:
     task = FinetuneTask("full", "pretrained", EXPORT, ["a", "b"], "suites/x", 16, None, 0)
     objective = Classification(task)
-    objective.bind(store, node_dir)
-    directory = objective._pretrained_directory()
-    return (directory / "model.safetensors").read_bytes()
+    objective.bind(store, node_dir)  # downloads the export: before any collective, not in build_model
+    return (objective.pretrained_dir / "model.safetensors").read_bytes()
 
 
 def test_same_run_name_in_two_stores_and_a_re_export_each_get_their_own_copy(tmp_path):
