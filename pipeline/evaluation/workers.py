@@ -31,6 +31,8 @@ exception in a `RayTaskError` whose text is a remote traceback).
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +100,9 @@ def evaluate_on_workers(
     queue, pending = list(jobs), {}
     results: dict[str, EvalResults] = {}
     failures: dict[str, BaseException] = {}
+    started = time.monotonic()
+    # lm-eval's own progress bars stay in the workers' logs: one line per finished checkpoint here.
+    print(f"evaluate: {len(jobs)} checkpoint(s) on {device}: {', '.join(job.name for job in jobs)}", file=sys.stderr)
     while pending or (queue and not failures):
         while queue and not failures and len(pending) < window:
             job = queue.pop(0)
@@ -110,6 +115,13 @@ def evaluate_on_workers(
                 results[name] = get_result(ref)
             except Exception as error:  # raised below, after the tasks in flight finished
                 failures[name] = error
+            state = "failed" if name in failures else f"{len(results[name].results)} task(s)"
+            finished = len(results) + len(failures)
+            print(
+                f"evaluate {name}: {state} ({finished}/{len(jobs)}, {time.monotonic() - started:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     for job in jobs:
         if job.name in failures:
             raise failures[job.name]
