@@ -9,11 +9,14 @@ on the cluster's workers (a GPU each when there are GPUs: `device`), never in th
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
 from .base import Section
+
+if TYPE_CHECKING:
+    from .data import SourceConfig
 
 SuiteName = Literal["heldout_ppl", "cloze", "classify", "code_body", "docstring", "continuation"]
 GENERATIVE_SUITES = ("code_body", "docstring", "continuation")  # lm-eval generate_until tasks
@@ -28,9 +31,10 @@ class SuiteConfig(Section):
         default_factory=lambda: list(SCORING_SUITES),
         min_length=1,
         description="Built-in suites to build and evaluate (drop classify for a corpus without labels). Default: "
-        "heldout_ppl, cloze, classify, plus the generative code_body, docstring, continuation when a data "
-        "source holds code (the default stdlib corpus; about 30 s per checkpoint for the tiny model on CPU). "
-        "code_body and docstring need a code source (data.sources[].content: code).",
+        "heldout_ppl, cloze, classify, plus the generative continuation when a data source holds code, and "
+        "code_body and docstring when one holds Python (python-stdlib, or a code source whose uri names .py "
+        "files); about 30 s per checkpoint for the tiny model on CPU. code_body and docstring need a code "
+        "source (data.sources[].content: code).",
     )
     salt: str = Field(
         default="sora-suites",
@@ -104,13 +108,28 @@ class SuiteConfig(Section):
         default=0.4, gt=0, lt=1, description="Held-out documents (by hash) whose examples form generative test."
     )
     gen_per_doc: int = Field(
-        default=8, ge=1, description="Most generative examples of one suite taken from one document (by hash)."
+        default=2,
+        ge=1,
+        description="Most generative examples of one suite taken from one document (by hash). Few: examples "
+        "of one document are alike, and lm-eval's stderr assumes independent examples.",
+    )
+    gen_max_doc_bytes: int = Field(
+        default=1_000_000,
+        ge=1024,
+        description="code_body and docstring skip held-out documents larger than this (UTF-8 bytes): parsing "
+        "is their dear part, and generated or vendored files are the largest.",
     )
     code_body_max_lines: int = Field(
         default=6, ge=1, description="code_body answers: at most this many first lines of the function body."
     )
     code_body_max_chars: int = Field(
         default=300, ge=16, description="code_body answers: at most this many characters (whole lines)."
+    )
+    code_body_prompt_chars: int = Field(
+        default=600,
+        ge=32,
+        description="code_body skips functions whose prompt (decorators, signature, docstring) is longer than "
+        "this, so generative fine-tuning at max_length ~256 tokens rarely truncates a prompt.",
     )
     code_body_max_tokens: int = Field(default=64, ge=1, description="Tokens generated per code_body example.")
     docstring_code_chars: int = Field(
@@ -169,13 +188,25 @@ class EvalConfig(Section):
     )
 
 
-def fit_suites_to_sources(suites: SuiteConfig, content_kinds: list[str]) -> None:
-    """Fit `suites.enabled` to the corpus (a run config's check, before any work): left unset on a corpus
-    with code, it gains the generative suites; code suites on a corpus without code are a ValueError."""
-    has_code = "code" in content_kinds
+def holds_python(source: SourceConfig) -> bool:
+    """Whether the config alone tells that `source` is Python code: the stdlib corpus, or a code source
+    whose uri names .py files (a jsonl or parquet source does not say what language it holds)."""
+    if source.kind == "python-stdlib":
+        return True
+    return source.content_kind == "code" and (source.uri or "").endswith(".py")
+
+
+def fit_suites_to_sources(suites: SuiteConfig, sources: list[SourceConfig]) -> None:
+    """Fit `suites.enabled` to the corpus (a run config's check, before any work): left unset, it gains
+    continuation on a corpus with code and code_body + docstring on one known to hold Python (on other
+    code they would fail the build after its full pass); code suites on a corpus without code are a
+    ValueError."""
+    has_code = any(source.content_kind == "code" for source in sources)
     if "enabled" not in suites.model_fields_set:
         if has_code:
-            suites.enabled = [*SCORING_SUITES, *GENERATIVE_SUITES]
+            python = any(holds_python(source) for source in sources)
+            generative = [suite for suite in GENERATIVE_SUITES if python or suite not in CODE_SUITES]
+            suites.enabled = [*SCORING_SUITES, *generative]
         return
     code = [suite for suite in suites.enabled if suite in CODE_SUITES]
     if code and not has_code:

@@ -68,7 +68,7 @@ class RunConfig(Section):
     def _suites_fit_corpus(self) -> RunConfig:
         from .evaluate import fit_suites_to_sources  # the generative suites' default and code check
 
-        fit_suites_to_sources(self.eval.suites, [source.content_kind for source in self.data.sources])
+        fit_suites_to_sources(self.eval.suites, self.data.sources)
         ft = self.finetune
         if ft.task == "generate" and ft.suite not in self.eval.suites.enabled:  # refused before any training
             raise ValueError(

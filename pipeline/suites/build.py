@@ -5,9 +5,10 @@
     heldout_ppl/test.jsonl           {"text", "doc_hash"}                    lm-eval loglikelihood_rolling
     cloze/test.jsonl                 {"context", "endings", "label", "doc_hash", "offset"}   4-way choice
     classify/{train,validation,test}.jsonl   {"text", "label", "label_id", "doc_hash", "offset"}
-    code_body/{train,validation,test}.jsonl  {"prompt", "answer", "name", "doc_hash", "offset"}  generate_until
-    docstring/{train,validation,test}.jsonl  {"prompt", "answer", "name", "doc_hash", "offset"}  generate_until
-    continuation/{train,validation,test}.jsonl  {"prompt", "answer", "doc_hash", "offset"}     generate_until
+    code_body/{train,validation,test}.jsonl  {"prompt", "answer", "name", "complete", "doc_hash", "offset"}
+    docstring/{train,validation,test}.jsonl  {"prompt", "answer", "name", "complete", "doc_hash", "offset"}
+    continuation/{train,validation,test}.jsonl  {"prompt", "answer", "complete", "doc_hash", "offset"}
+                                     (the three: lm-eval generate_until)
     <task>/<lm-eval task>.yaml       one lm-eval task per suite, tag `sora_suites`
     suites.json                      the index: counts, classes, chance levels (generative suites: trivial
                                      baselines per metric), doc hashes, files + sha256
@@ -45,7 +46,8 @@ from .generative import METRICS_OF, STOP, GenerativeRows
 from .heldout import HeldoutSplit
 from .rows import ClassifyRows, ClozeRows, PplRows, check_cloze
 
-SUITES_FORMAT = 3  # 3: the generative suites code_body, docstring, continuation
+SUITES_FORMAT = 4  # 3: the generative suites code_body, docstring, continuation; 4: their newline in the
+# answer, `complete`, examples ranked by document, code_body prompt cap, large documents skipped
 TAG = "sora_suites"
 TASK_NAMES = {
     "heldout_ppl": "sora_heldout_ppl",

@@ -4,6 +4,10 @@ suites cut: header (decorators + signature), docstring, body, each dedented to t
 A document that is not Python, or that Python cannot parse (another dialect, a syntax error, nesting
 too deep), simply has no functions. A function is used only when its docstring sits on lines of its
 own and at least one statement follows it, so header, docstring and body are whole lines.
+
+Parsing (~4 MB/s) is the dear part of the code suites, so a document is parsed only when it could
+hold such a function (`may_have_functions`: a `def ` and a triple quote); a function whose docstring
+is a single-quoted string is therefore not found in a document without any triple quote.
 """
 
 from __future__ import annotations
@@ -26,16 +30,28 @@ class DocumentedFunction:
     summary: str  # the docstring's first line, cleaned
 
 
+# The line breaks of Python's tokenizer: `str.splitlines` also breaks at \x0c, \x1c-\x1e, \x85, \u2028
+# and \u2029, which would shift every line after one of them away from the line numbers `ast` reports.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def may_have_functions(text: str) -> bool:
+    """Whether `text` could hold a function with a docstring (a scan far cheaper than parsing it)."""
+    return "def " in text and ('"""' in text or "'''" in text)
+
+
 @lru_cache(maxsize=4)  # the two code suites look at the same document one after the other
 def documented_functions(text: str) -> tuple[DocumentedFunction, ...]:
     """Every usable function with a docstring in `text`, in source order (empty when `text` is not Python)."""
+    if not may_have_functions(text):
+        return ()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # invalid escape sequences in old sources are not our business
             tree = ast.parse(text)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return ()
-    lines = text.splitlines()
+    lines = _LINE_BREAK.split(text)
     found = []
     for node in _statements(tree):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -69,7 +85,10 @@ def _function(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) ->
     doc_start, doc_end, end = doc_node.lineno, doc_node.end_lineno, node.end_lineno
     if doc_end is None or end is None or doc_start <= node.lineno or first_statement.lineno <= doc_end:
         return None  # docstring on the `def` line, or a statement sharing the docstring's last line
-    if lines[doc_start - 1][: doc_node.col_offset].strip() or lines[doc_end - 1][doc_node.end_col_offset :].strip():
+    # ast's column offsets count UTF-8 bytes, not characters
+    before = lines[doc_start - 1].encode()[: doc_node.col_offset]
+    after = lines[doc_end - 1].encode()[doc_node.end_col_offset :]
+    if before.strip() or after.strip():
         return None  # the docstring shares a line with something else
     summary = inspect.cleandoc(docstring).strip().split("\n", 1)[0].strip()
     if not summary:

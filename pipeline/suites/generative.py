@@ -1,27 +1,47 @@
 """The generative suites' rows (lm-eval `generate_until` tasks): prompt, true answer, and the trivial
 baselines scored with the same metrics as a model.
 
-    code_body      prompt: a function's decorators, signature and docstring (dedented to column 0);
-                   answer: the first `code_body_max_lines` lines of its body (<= code_body_max_chars)
+    code_body      prompt: a function's decorators, signature and docstring (dedented to column 0), up to
+                   the docstring's closing quotes (functions with a longer prompt than
+                   `code_body_prompt_chars` are skipped); answer: a newline and the first
+                   `code_body_max_lines` lines of its body (<= code_body_max_chars)
     docstring      prompt: the function without its docstring (<= docstring_code_chars, whole lines)
                    and the cue `<name>.__doc__ = \"\"\"`; answer: the docstring's first line
-    continuation   prompt: about `continuation_context_chars` of whole lines of any document;
-                   answer: the next `continuation_chars` characters, cut at a line or word end
+    continuation   prompt: about `continuation_context_chars` of whole lines of any document, without
+                   the newline that ends the last (nor blank lines before it); answer: those newlines
+                   and the next `continuation_chars` characters, cut at a line or word end
+
+Prompts end where the text's own tokenization has a token boundary. A byte-level BPE merges a newline
+with the indentation after it ('\u010a\u0120\u0120\u0120'), so a prompt ending in a bare newline
+ends in a token the model hardly saw in training: it answers with more bare newlines, which the stop
+sequences cut to ''. So the newline belongs to the answer.
+
+Every row has `complete`: whether its answer is the whole of what it answers (code_body: the entire
+body fit the caps; docstring: the docstring's whole first line; continuation: never), so generative
+fine-tuning ends only complete answers with EOS.
 
 Every document feeds one split, by the salted hash of its `doc_hash` (as classify splits its
 documents), so no document gives examples to two splits. Pass 1 is all a suite needs: each document
-offers its examples (at most `gen_per_doc`, first by hash), and each split keeps the first by hash up
-to its cap (`Smallest`), so what a builder holds is bounded by the caps, never the split's text.
+offers its examples (at most `gen_per_doc`, first by hash), ranked by the document's hash first
+(`(unit(salt, suite, doc_hash), doc_hash, offset)`), and each split keeps the first by rank up to its
+cap (`Smallest`), so what a builder holds is bounded by the caps, never the split's text.
+
+Parsing is the dear part at scale (~4 MB/s), so a document is parsed only when it may matter: the
+code suites skip documents above `gen_max_doc_bytes` and those without a `def ` and a triple quote,
+and once a split's pool is full, a document ranked after its worst kept example is skipped before
+it is parsed (none of its examples could be kept: the rows are those of parsing everything). The
+documents parsed then grow with the log of the split's size, not with it.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 
-from ..config.evaluate import SuiteConfig
+from ..config.evaluate import CODE_SUITES, SuiteConfig
 from ..errors import UserError
-from .code import documented_functions, name_words
+from .code import documented_functions, may_have_functions, name_words
 from .heldout import HeldoutDoc, unit
 from .metrics import METRICS
 from .rows import SPLITS, Smallest, _evenly, _usable, heldout_hint
@@ -63,14 +83,18 @@ def _whole_lines(lines: list[str], max_chars: int, max_lines: int | None = None)
 def code_body_examples(doc: HeldoutDoc, cfg: SuiteConfig) -> list[tuple[int, dict]]:
     examples = []
     for function in documented_functions(doc.text):
+        prompt = "\n".join(function.header + function.docstring_lines)  # ends with the closing quotes
+        if len(prompt) > cfg.code_body_prompt_chars:
+            continue  # a long docstring would crowd the answer out of a fine-tuning window
         body = function.body
         while body and not body[0].strip():
             body = body[1:]
-        answer = "\n".join(_whole_lines(body, cfg.code_body_max_chars, cfg.code_body_max_lines)).rstrip()
+        kept = _whole_lines(body, cfg.code_body_max_chars, cfg.code_body_max_lines)
+        answer = "\n".join(kept).rstrip()
         if not answer.strip():
             continue
-        prompt = "\n".join(function.header + function.docstring_lines) + "\n"
-        examples.append((function.line, {"prompt": prompt, "answer": answer, "name": function.name}))
+        row = {"prompt": prompt, "answer": "\n" + answer, "name": function.name, "complete": len(kept) == len(body)}
+        examples.append((function.line, row))
     return examples
 
 
@@ -86,7 +110,8 @@ def docstring_examples(doc: HeldoutDoc, cfg: SuiteConfig) -> list[tuple[int, dic
         if len(answer) < 8:
             continue
         prompt = "\n".join(code).rstrip() + "\n" + DOC_CUE.format(name=function.name)
-        examples.append((function.line, {"prompt": prompt, "answer": answer, "name": function.name}))
+        row = {"prompt": prompt, "answer": answer, "name": function.name, "complete": answer == function.summary}
+        examples.append((function.line, row))
     return examples
 
 
@@ -102,10 +127,11 @@ def continuation_examples(doc: HeldoutDoc, cfg: SuiteConfig) -> list[tuple[int, 
         if cut < size // 2:  # no line end in the second half: cut at the last word end
             cut = max(answer.rfind(" "), answer.rfind("\t"))
         answer = answer[:cut].rstrip() if cut > size // 2 else answer.rstrip()
-        first = next(s for s in starts if s >= point - context_chars)  # whole lines, about context_chars
-        prompt = text[first:point]
+        first = starts[bisect_left(starts, point - context_chars)]  # whole lines, about context_chars
+        prompt = text[first:point].rstrip()  # the newline ending it (and blank lines before) start the answer
+        answer = text[first + len(prompt) : point] + answer
         if first < point and _usable(answer, minimum) and _usable(prompt, minimum):
-            examples.append((point, {"prompt": prompt, "answer": answer}))
+            examples.append((point, {"prompt": prompt, "answer": answer, "complete": False}))
     return examples
 
 
@@ -147,34 +173,43 @@ def baselines(suite: str, splits: dict[str, list[dict]]) -> dict[str, dict[str, 
 
 
 class GenerativeRows:
-    """One generative suite's rows: single pass, per split the capped first examples by hash."""
+    """One generative suite's rows: single pass, per split the capped first examples by rank."""
 
     def __init__(self, suite: str, cfg: SuiteConfig, fraction: float | None = None) -> None:
         self.suite, self.cfg, self.fraction = suite, cfg, fraction
         caps = {"train": cfg.gen_train_examples, "validation": cfg.gen_validation_examples}
         caps["test"] = cfg.gen_test_examples
         self.pools = {split: Smallest(caps[split]) for split in SPLITS}
-        self.docs = {split: 0 for split in SPLITS}  # documents that offered examples
-        self.seen = 0
+        # Documents that may offer examples (past the cheap checks), per split: whatever the order
+        # they come in, unlike how many were parsed (`parsed`, a measure of the build's cost).
+        self.docs = {split: 0 for split in SPLITS}
+        self.seen = self.parsed = 0
 
     def add(self, doc: HeldoutDoc) -> None:
         self.seen += 1
-        offered = EXAMPLES[self.suite](doc, self.cfg)
-        if not offered:
+        cfg = self.cfg
+        if self.suite in CODE_SUITES and (
+            not may_have_functions(doc.text) or len(doc.text.encode()) > cfg.gen_max_doc_bytes
+        ):
             return
-        split = split_of(self.cfg, doc.doc_hash)
+        split = split_of(cfg, doc.doc_hash)
         self.docs[split] += 1
-        keyed = sorted((unit(self.cfg.salt, self.suite, doc.doc_hash, at), at, row) for at, row in offered)
-        for key, at, row in keyed[: self.cfg.gen_per_doc]:
-            self.pools[split].add((key, doc.doc_hash, at), {**row, "doc_hash": doc.doc_hash, "offset": at})
+        rank, pool = unit(cfg.salt, self.suite, doc.doc_hash), self.pools[split]
+        if pool.bound is not None and rank > pool.bound[0]:
+            return  # ranked after every example the full pool keeps: not worth parsing
+        self.parsed += 1
+        offered = EXAMPLES[self.suite](doc, cfg)
+        chosen = sorted((unit(cfg.salt, self.suite, doc.doc_hash, at), at, row) for at, row in offered)
+        for _, at, row in chosen[: cfg.gen_per_doc]:
+            pool.add((rank, doc.doc_hash, at), {**row, "doc_hash": doc.doc_hash, "offset": at})
 
     def plan(self, order: list[str]) -> bool:
         return False  # pass 1 kept everything its rows need
 
     def rows(self) -> tuple[dict[str, list[dict]], dict]:
-        """(rows per split, info: documents per split and the baselines)."""
+        """(rows per split, info: candidate documents per split and the baselines)."""
         cfg, suite = self.cfg, self.suite
-        if suite != "continuation" and not sum(self.docs.values()):
+        if suite != "continuation" and not any(pool.items for pool in self.pools.values()):
             raise UserError(
                 f"{suite}: none of the {self.seen} held-out documents has a Python function with a docstring "
                 f"(is the corpus code?): drop {suite} from eval.suites.enabled or use a code corpus "

@@ -20,6 +20,7 @@ What a builder holds is bounded by the suite caps (`ppl_max_docs`, `cloze_max_ex
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any
 
 from ..config.evaluate import SuiteConfig
@@ -38,15 +39,22 @@ class Smallest:
 
     def __init__(self, k: int) -> None:
         self.k, self.items = k, []
+        # No smaller than the k-th smallest key added so far, once k were added (None before): an item
+        # with a larger key can never be among the first k, so a caller may skip making it.
+        self.bound: tuple | None = None
 
     def add(self, key: tuple, item: Any) -> None:
         self.items.append((key, item))
-        if len(self.items) >= 2 * self.k + 64:
+        # Trimmed once a quarter more than k came in: sorting a mostly sorted list is cheap, and a
+        # fresh `bound` lets the generative builders skip more documents unparsed.
+        if len(self.items) >= self.k + self.k // 4 + 16 or (self.bound is None and len(self.items) >= self.k):
             self._trim()
 
     def _trim(self) -> None:
         self.items.sort(key=lambda pair: pair[0])
         del self.items[self.k :]
+        if len(self.items) == self.k:
+            self.bound = self.items[-1][0]
 
     def first(self) -> list:
         """The kept items, smallest key first."""
@@ -112,7 +120,7 @@ def cloze_points(doc: HeldoutDoc, cfg: SuiteConfig) -> list[tuple[int, str]]:
     points = [p for p in points if _usable(doc.text[p : p + ending], minimum)]
     found = []
     for point in _evenly(points, cfg.cloze_per_doc):
-        first = next(s for s in starts if s >= point - context_chars)  # whole lines, about context_chars
+        first = starts[bisect_left(starts, point - context_chars)]  # whole lines, about context_chars
         context = doc.text[first:point]
         if first < point and _usable(context, minimum):
             found.append((point, context))

@@ -5,6 +5,8 @@ memory bounded by the caps."""
 
 import json
 import random
+import sysconfig
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -17,9 +19,18 @@ from pipeline.errors import UserError
 from pipeline.records import Manifest
 from pipeline.storage import open_store
 from pipeline.suites.build import build_suites, suites_prefix
-from pipeline.suites.code import documented_functions, name_words
-from pipeline.suites.generative import STOP, baselines, split_of
-from pipeline.suites.metrics import first_line_exact, rouge_l, sentence_chrf
+from pipeline.suites.code import documented_functions, may_have_functions, name_words
+from pipeline.suites.generative import (
+    EXAMPLES,
+    STOP,
+    GenerativeRows,
+    baselines,
+    code_body_examples,
+    docstring_examples,
+    split_of,
+)
+from pipeline.suites.heldout import HeldoutDoc, doc_hash
+from pipeline.suites.metrics import METRICS, first_line_exact, rouge_l, sentence_chrf, slack_chars, within_budget
 
 VERBS = ["read", "write", "parse", "merge", "split", "count", "load", "check"]
 NOUNS = ["header", "record", "buffer", "token", "path", "table", "entry", "window"]
@@ -117,18 +128,23 @@ def test_code_suites_rows_splits_yaml_and_baselines(tmp_path):
 
     for row in read_rows(store, prefix, "code_body", "test"):
         function = functions[row["name"]]
-        assert row["prompt"].startswith(("def ", "@")) and row["prompt"].rstrip().endswith('"""')
+        # The prompt ends at the docstring's closing quotes; the newline after them starts the answer.
+        assert row["prompt"].startswith(("def ", "@")) and row["prompt"].endswith('"""')
         assert function.summary in row["prompt"]
-        assert row["answer"].splitlines() == [line for line in function.body if line.strip()][:3]
+        body = [line for line in function.body if line.strip()]
+        assert row["answer"].startswith("\n") and row["answer"][1:].splitlines() == body[:3]
+        assert row["complete"] == (len(body) <= 3)
     for row in read_rows(store, prefix, "docstring", "test"):
         function = functions[row["name"]]
         assert row["answer"] == function.summary and function.summary not in row["prompt"]
         assert row["prompt"].endswith(f'{row["name"]}.__doc__ = """') and row["prompt"].startswith("def ")
+        assert row["complete"] is True  # the synthetic summaries are shorter than docstring_max_chars
     test = read_rows(store, prefix, "docstring", "test")
     words = sum(rouge_l(name_words(r["name"]), r["answer"]) for r in test) / len(test)
     assert index.tasks["sora_docstring"].chance.baselines["rouge_l"]["name_words"] == pytest.approx(words)
     for row in read_rows(store, prefix, "continuation", "test"):
-        assert row["prompt"].endswith("\n") and len(row["answer"]) <= cfg.continuation_chars
+        assert row["prompt"] == row["prompt"].rstrip() and row["answer"].startswith("\n") and not row["complete"]
+        assert len(row["answer"].lstrip()) <= cfg.continuation_chars
 
     # Deterministic: the same rows whatever the shard order.
     again = open_store(str(tmp_path / "again"))
@@ -160,6 +176,48 @@ def test_prose_corpus_continuation_only(tmp_path):
         assert store.list(suites_prefix(manifest, config.suites)) == []
 
 
+def test_form_feed_lines_keep_ast_line_numbers():
+    # str.splitlines would break at the form feed too and shift the function's lines by one.
+    text = 'import os\n\x0c\ndef scale(x):\n    """Scale x by two."""\n    return x * 2\n'
+    (function,) = documented_functions(text)
+    assert function.header == ["def scale(x):"] and function.body == ["    return x * 2"]
+
+
+def test_cheap_checks_and_caps_before_parsing():
+    long_doc = 'def busy(x):\n    """Do a lot of things: ' + "more " * 140 + '\n    """\n    return x\n'
+    short = python_module(1)
+    assert not may_have_functions("def f(x):\n    return x\n") and may_have_functions(short)
+    docs = [HeldoutDoc(doc_hash(t), "k", None, t) for t in (short, long_doc)]
+    cfg = eval_config(enabled=GENERATIVE).suites
+    # code_body skips the function whose docstring makes its prompt longer than code_body_prompt_chars
+    assert [row["name"] for _, row in code_body_examples(docs[1], cfg)] == []
+    assert [row["name"] for _, row in docstring_examples(docs[1], cfg)] == ["busy"]
+    assert all(len(row["prompt"]) <= cfg.code_body_prompt_chars for _, row in code_body_examples(docs[0], cfg))
+    # a document over gen_max_doc_bytes is left to continuation: the code suites never parse it
+    big = HeldoutDoc(doc_hash(short * 40), "k", None, short * 40)
+    capped = cfg.model_copy(update={"gen_max_doc_bytes": len(short) * 20})
+    builders = {suite: GenerativeRows(suite, capped) for suite in GENERATIVE}
+    for builder in builders.values():
+        builder.add(big)
+    assert [builders[suite].parsed for suite in GENERATIVE] == [0, 0, 1]
+
+
+def test_metrics_score_within_the_reference_budget():
+    reference = "\n    total = sum(values)\n    return total"
+    # A zero-shot model runs on past the answer: the lines after the reference's count are not scored.
+    rambling = reference + "\n    print(total)\n    values.clear()"
+    assert within_budget(rambling, reference) == reference
+    assert rouge_l(rambling, reference) == 1.0 and sentence_chrf(rambling, reference) == 100.0
+    # One long line: cut to len(reference) + slack characters, at the last word end within them.
+    words = "alpha beta gamma delta epsilon zeta eta theta"
+    cut = within_budget(words, "alpha beta")
+    assert cut == "alpha beta gamma" and len(cut) <= len("alpha beta") + slack_chars("alpha beta")
+    assert within_budget("x" * 50, "short") == "x" * (5 + slack_chars("short"))  # no word end: a hard cut
+    assert within_budget("\n\n    total = 0", reference) == "\n\n    total = 0"  # blank lines are free
+    # Baselines go through the same metrics (METRICS), so the same cut applies to them.
+    assert METRICS["rouge_l"] is rouge_l
+
+
 def test_metrics_on_hand_made_examples():
     reference = "    total = sum(values)\n    return total / len(values)"
     assert first_line_exact("total = sum(values)\nreturn 0", reference) == 1.0
@@ -189,8 +247,13 @@ def test_code_suites_need_a_code_source_in_the_run_config(tmp_path):
     with pytest.raises(ValueError, match=r"enabled has code_body, which need .* data\.sources\[\]\.content: code"):
         RunConfig.model_validate(raw | {"eval": {"suites": {"enabled": ["code_body", "cloze"]}}})
     code = {"data": {"sources": [{"kind": "python-stdlib"}]}}
-    assert RunConfig.model_validate(code).eval.suites.enabled[3:] == GENERATIVE  # code corpus: on by default
+    assert RunConfig.model_validate(code).eval.suites.enabled[3:] == GENERATIVE  # Python corpus: on by default
+    py_files = {"data": {"sources": [{"kind": "text", "uri": "src/**/*.py", "content": "code"}]}}
+    assert RunConfig.model_validate(py_files).eval.suites.enabled[3:] == GENERATIVE
+    # Code of unknown language (a JS corpus, say): continuation only, as code_body and docstring
+    # would fail the build after its full pass; enabled explicitly, they are the user's call.
     marked = {"data": {"sources": [{"kind": "jsonl", "uri": "x", "content": "code"}]}}
+    assert RunConfig.model_validate(marked).eval.suites.enabled[3:] == ["continuation"]
     assert RunConfig.model_validate(marked | {"eval": {"suites": {"enabled": ["docstring"]}}})
 
 
@@ -218,3 +281,25 @@ def test_building_code_suites_streams(tmp_path):
     # Holding the text would grow the peak by the 3 MiB added; what it grows by (~0.3 MiB, measured) is
     # when the parse of one document's syntax tree meets the fullest pools, not a per-document cost.
     assert peaks[4] - peaks[1] < (size[4] - size[1]) / 4
+
+
+def test_prompts_end_where_the_tokenizer_ends_a_token():
+    # A byte-level BPE trained on real Python merges a newline with the indentation after it, so a
+    # prompt ending in a bare newline ends in a token rarely seen in training (the tiny model answered
+    # with newlines only): prompts end before the newline, which starts the answer.
+    from sora.tokenizer import train_bpe
+
+    paths = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    texts = [p.read_text(encoding="utf-8", errors="replace") for p in paths if 3000 < p.stat().st_size < 30000]
+    tokenizer = train_bpe(texts[:25], vocab_size=1000)
+    newline = tokenizer.encode("\n").tokens[0]  # 'Ċ', the byte-level form of a lone newline
+    cfg = eval_config(enabled=GENERATIVE).suites
+    checked = 0
+    for text in texts[25:40]:
+        doc = HeldoutDoc(doc_hash(text), "k", None, text)
+        for suite in ("code_body", "docstring", "continuation"):
+            for _, row in EXAMPLES[suite](doc, cfg):
+                assert tokenizer.encode(row["prompt"]).tokens[-1] != newline, (suite, row["prompt"][-40:])
+                checked += 1
+    assert checked > 100
+    assert tokenizer.encode(row["prompt"] + "\n").tokens[-1] == newline  # what the old prompts ended with
