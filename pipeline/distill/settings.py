@@ -9,12 +9,12 @@ report another model, a resume would mix two objectives); `--restart` trains the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import UserError
 from ..keys import RunKeys
 from ..records import ExportInfo
-from ..records.base import Record
+from ..records.run import RunFile
 from ..storage import ObjectStore
 from ..train.checkpoint import inventory
 
@@ -40,24 +40,11 @@ def changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return [f"{name}: {recorded[name]!r} -> {value!r}" for name, value in known.items() if recorded[name] != value]
 
 
-class DistillPin(Record):
+class DistillPin(RunFile):
     """`runs/<run>/distill.json`: the settings the run's checkpoints are being trained under."""
 
+    file: ClassVar[str] = FILE
     settings: dict[str, Any]
-
-    @staticmethod
-    def key(run: str) -> str:
-        return f"{RunKeys(run).prefix}/{FILE}"
-
-    @classmethod
-    def load(cls, store: ObjectStore, run: str) -> DistillPin | None:
-        try:
-            return cls.from_bytes(store.read(cls.key(run)))
-        except FileNotFoundError:
-            return None
-
-    def write(self, store: ObjectStore, run: str) -> None:
-        store.write(self.key(run), self.to_bytes())
 
 
 def refuse_changed(run: str, what: str, changed: list[str]) -> None:

@@ -7,17 +7,16 @@ complete checkpoint; `sora quantize` skips a method whose record names the curre
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from ..keys import RunKeys
-from ..records.base import Record
 from ..records.export import ExportInfo
-from ..storage import ObjectStore
+from ..records.run import RunFile
 
 FILE = "quantize.json"
 
 
-class QuantizeRecord(Record):
+class QuantizeRecord(RunFile):
+    file: ClassVar[str] = FILE
     method: str
     source_run: str
     source_uri: str
@@ -61,26 +60,6 @@ class QuantizeRecord(Record):
     @property
     def speed_ratio(self) -> float:
         return self.tokens_per_s_after / self.tokens_per_s_before
-
-    @staticmethod
-    def key(run: str) -> str:
-        return f"{RunKeys(run).prefix}/{FILE}"
-
-    @classmethod
-    def load(cls, store: ObjectStore, run: str) -> QuantizeRecord | None:
-        try:
-            return cls.from_bytes(store.read(cls.key(run)))
-        except FileNotFoundError:
-            return None
-
-    def write(self, store: ObjectStore, run: str) -> None:
-        store.write(self.key(run), self.to_bytes())
-
-    @classmethod
-    def delete(cls, store: ObjectStore, run: str) -> None:
-        """Forget a stale record before its checkpoint is rewritten (no record: nothing to do)."""
-        if store.exists(cls.key(run)):
-            store.delete(cls.key(run))
 
 
 def group_size(method: str, int4_group_size: int) -> int | None:

@@ -7,13 +7,40 @@ version) and later changed only by compare-and-swap (the warm-start lineage, `in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
 from ..keys import RunKeys
 from ..storage import ObjectStore
 from .base import Record
+
+
+class RunFile(Record):
+    """A record stored as one file in a run's folder, `runs/<run>/<file>`."""
+
+    file: ClassVar[str]
+
+    @classmethod
+    def key(cls, run: str) -> str:
+        return f"{RunKeys(run).prefix}/{cls.file}"
+
+    @classmethod
+    def load(cls, store: ObjectStore, run: str):
+        """The run's record, or None when it has none."""
+        try:
+            return cls.from_bytes(store.read(cls.key(run)))
+        except FileNotFoundError:
+            return None
+
+    def write(self, store: ObjectStore, run: str) -> None:
+        store.write(self.key(run), self.to_bytes())
+
+    @classmethod
+    def delete(cls, store: ObjectStore, run: str) -> None:
+        """Forget the record (before what it describes is rewritten); no record: nothing to do."""
+        if store.exists(cls.key(run)):
+            store.delete(cls.key(run))
 
 
 class WarmStartLineage(Record):
