@@ -14,15 +14,30 @@ from ..train.metrics import read_rows
 from .evaluation import EVAL_NAMES
 
 
-def distill_markdown(store: ObjectStore, run: str) -> str:
-    """A short Markdown section (teacher, student sizes, tokens, final validation losses), or "" when
-    the run's stored config has no enabled distillation."""
+def stored_distill(store: ObjectStore, run: str) -> DistillConfig | None:
+    """The enabled `distill:` section of the run's stored config, or None."""
     stored = StoredConfig.load(store, run)
     try:
         distill = DistillConfig.model_validate(stored.section("distill")) if stored else None
     except ValueError:  # a config stored under another schema: no section rather than a broken report
-        return ""
-    if distill is None or not distill.enabled:
+        return None
+    return distill if distill is not None and distill.enabled else None
+
+
+def distill_runs(store: ObjectStore, run: str) -> dict[str, str]:
+    """{label: run name} of the distilled student and its baseline (the report's lineage table)."""
+    distill = stored_distill(store, run)
+    if distill is None:
+        return {}
+    teacher = distill.teacher_run or run
+    return {f"distill ({kind})": distill.run_name(teacher, kind) for kind in EVAL_NAMES}
+
+
+def distill_markdown(store: ObjectStore, run: str) -> str:
+    """A short Markdown section (teacher, student sizes, tokens, final validation losses), or "" when
+    the run's stored config has no enabled distillation."""
+    distill = stored_distill(store, run)
+    if distill is None:
         return ""
     teacher = distill.teacher_run or run
     names = {"teacher": teacher, **{kind: distill.run_name(teacher, kind) for kind in EVAL_NAMES}}

@@ -22,6 +22,11 @@ def heldout_bits_per_byte(store: ObjectStore, run: str, name: str) -> float | No
     return next((float(value) for key, value in metrics.items() if key.split(",")[0] == "bits_per_byte"), None)
 
 
+def quantized_runs(store: ObjectStore, run: str) -> dict[str, str]:
+    """{label: run name} of `run`'s quantized copies (the report's lineage table)."""
+    return {f"quantized ({m})": f"{run}-{m}" for m in METHODS if QuantizeRecord.load(store, f"{run}-{m}") is not None}
+
+
 def quantize_markdown(store: ObjectStore, run: str) -> str:
     """Markdown table of `run`'s quantized checkpoints ("" when it has none)."""
     records = {m: r for m in METHODS if (r := QuantizeRecord.load(store, f"{run}-{m}")) is not None}

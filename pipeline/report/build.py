@@ -15,9 +15,9 @@ from markdown_it import MarkdownIt
 from pydantic import ValidationError
 
 from ..config.finetune import FinetuneConfig
-from ..distill.report import distill_markdown
+from ..distill.report import distill_markdown, distill_runs
 from ..keys import RunKeys
-from ..quantize.report import quantize_markdown
+from ..quantize.report import quantize_markdown, quantized_runs
 from ..records import RunPin, StoredConfig, read_dataset, read_rows
 from ..storage import ObjectStore
 from .curves import finetune_curves, pretrain_curves
@@ -70,7 +70,9 @@ def build_report(store: ObjectStore, run: str) -> dict[str, str]:
         parts.append(filters)
 
     parts.append("## Lineage\n")
-    parts.append(lineage_table(store, run, ft_runs, manifest))
+    derived = {f"fine-tune from {i}": n for i, n in ft_runs.items()}
+    derived |= distill_runs(store, run) | quantized_runs(store, run)
+    parts.append(lineage_table(store, run, derived, manifest))
 
     parts.append("## Wall time per stage\n")
     parts.append(timing_table(store, run))

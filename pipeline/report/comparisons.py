@@ -10,9 +10,10 @@ groups the names into comparisons, each a table of the same (task, metric) rows:
     quantization   the int8 / int4 copies vs the original export
 
 A comparison shows only when one of its names was evaluated, and only the rows one of the two
-columns its gain compares has a score for (not rows the reference column alone has). Its `gain` is one column minus another, with the standard error of the difference
-of two independent estimates, sqrt(se_a^2 + se_b^2): the checkpoints are scored on the same
-examples, so this over-states the error of a paired difference, never under-states it.
+columns its gain compares has a score for (not rows the reference column alone has). Its `gain`
+is one column minus another, with the standard error of the difference of two independent
+estimates, sqrt(se_a^2 + se_b^2): the checkpoints are scored on the same examples, so this
+over-states the error of a paired difference, never under-states it.
 """
 
 from __future__ import annotations

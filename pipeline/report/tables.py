@@ -112,11 +112,12 @@ def eval_rows_for_console(store: ObjectStore, run: str, finetune: FinetuneConfig
     return [sections[0][1], *sections[0][2]] if sections else []
 
 
-def lineage_table(store: ObjectStore, run: str, finetune_runs: dict[str, str], manifest: DatasetVersion | None) -> str:
+def lineage_table(store: ObjectStore, run: str, derived: dict[str, str], manifest: DatasetVersion | None) -> str:
+    """The dataset, the pretrain run's export and every export derived from it ({label: run})."""
     rows = []
     if manifest:
         rows.append(["dataset", f"{manifest.dataset} v{manifest.version}", manifest.tokenizer.sha256[:16]])
-    for label, name in [("pretrain", run), *((f"fine-tune from {i}", n) for i, n in finetune_runs.items())]:
+    for label, name in [("pretrain", run), *derived.items()]:
         info = ExportInfo.load(store, name)
         if info is None:
             continue
