@@ -26,6 +26,7 @@ def record_config(store: ObjectStore, config: RunConfig) -> None:
 def run_all(config: RunConfig, console: Console | None = None) -> dict:
     from .data.stage import preprocess
     from .evaluation.checkpoints import evaluate_run
+    from .evaluation.workers import ensure_suites
     from .finetune.launch import finetune
     from .pretrain.launch import pretrain
     from .report.build import build_report
@@ -40,6 +41,9 @@ def run_all(config: RunConfig, console: Console | None = None) -> dict:
     check_enabled_stages(config)
     with timed(store, run, "data"):
         manifest = preprocess(config)
+        # The suites come from the version's held-out documents alone: built (in a Ray task) before any
+        # training, so a suite the corpus cannot provide is refused now, not after pretraining.
+        ensure_suites(config, store, manifest)
     with timed(store, run, "pretrain") as outcome:
         pretrained = pretrain(config)
         outcome["skipped"] = pretrained.get("skipped", False)

@@ -93,7 +93,14 @@ class SuiteConfig(Section):
         ge=1,
         description="Cap on test examples of each generative suite (code_body, docstring, continuation), chosen "
         "by hash; greedy generation is the evaluation's dearest part. Building fails below "
-        "min(min_test_examples, gen_test_examples).",
+        "min(gen_min_test_examples, gen_test_examples).",
+    )
+    gen_min_test_examples: int = Field(
+        default=100,
+        ge=1,
+        description="Fewest test examples a generative suite accepts. Its scores are means of 0-1 (or 0-100) "
+        "values with a per-example spread well below a choice task's, so fewer examples than "
+        "min_test_examples separate the same differences.",
     )
     gen_validation_examples: int = Field(
         default=100, ge=1, description="Cap on validation examples of each generative suite."
@@ -108,7 +115,7 @@ class SuiteConfig(Section):
         default=0.4, gt=0, lt=1, description="Held-out documents (by hash) whose examples form generative test."
     )
     gen_per_doc: int = Field(
-        default=2,
+        default=3,
         ge=1,
         description="Most generative examples of one suite taken from one document (by hash). Few: examples "
         "of one document are alike, and lm-eval's stderr assumes independent examples.",

@@ -218,7 +218,7 @@ class GenerativeRows:
         splits = {split: self.pools[split].first() for split in SPLITS}
         for rows in splits.values():
             rows.sort(key=lambda r: (r["doc_hash"], r["offset"]))
-        need = min(cfg.min_test_examples, cfg.gen_test_examples)
+        need = min(cfg.gen_min_test_examples, cfg.gen_test_examples)
         if len(splits["test"]) < need:
             raise UserError(
                 f"held-out split too small for {suite}: {len(splits['test'])} test examples from "
