@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config.run import RunConfig
-from .records import StoredConfig
+from .records import StoredConfig, read_dataset
 from .storage import ObjectStore, open_store
 
 
@@ -43,7 +43,8 @@ def run_all(config: RunConfig, console: Console | None = None) -> dict:
         manifest = preprocess(config)
         # The suites come from the version's held-out documents alone: built (in a Ray task) before any
         # training, so a suite the corpus cannot provide is refused now, not after pretraining.
-        ensure_suites(config, store, manifest)
+        # (the version's view, not the whole manifest with its per-file source list, goes to the task)
+        ensure_suites(config, store, read_dataset(store, manifest.dataset, manifest.version))
     with timed(store, run, "pretrain") as outcome:
         pretrained = pretrain(config)
         outcome["skipped"] = pretrained.get("skipped", False)
