@@ -155,7 +155,7 @@ def _html(run: str, markdown: str, images: dict[str, bytes]) -> str:
         # Key-value tables have an empty header row (markdown tables need one): not shown.
         "thead:not(:has(th:not(:empty))){display:none}"
         # Numbers (right-aligned columns) never wrap: "37.7 ±" over "2.0" reads as two values.
-        "td[style*=right],th[style*=right]{white-space:nowrap}"
+        "td[style*=right]{white-space:nowrap}"
         "pre{background:#f6f6f6;padding:.5rem;overflow:auto}img{max-width:100%}"
     )
     head = f"<meta charset='utf-8'><title>Sora run {run}</title><style>{style}</style>"

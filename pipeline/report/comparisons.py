@@ -58,14 +58,15 @@ def comparisons(finetune: FinetuneConfig, names: set[str]) -> list[Comparison]:
             Comparison(
                 "Generative fine-tuning",
                 (
-                    ("fine-tuned from pretrained", (f"{generate}pretrained",)),
-                    ("fine-tuned from scratch", (f"{generate}scratch",)),
-                    ("pretrained, zero-shot", ("pretrained",)),
+                    ("tuned from pretrained", (f"{generate}pretrained",)),
+                    ("tuned from scratch", (f"{generate}scratch",)),
+                    ("zero-shot", ("pretrained",)),
                 ),
                 (0, 1),
                 "gain",
                 "gain = fine-tuned from the pretrained export − fine-tuned from random initialization "
-                "(same suite, same budget, loss on the answer tokens only).",
+                "(same suite, same budget, loss on the answer tokens only); zero-shot: the pretrained model "
+                "before fine-tuning.",
             )
         )
     if {"distilled", "distill-baseline"} & names:
