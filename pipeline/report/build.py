@@ -55,7 +55,7 @@ def build_report(store: ObjectStore, run: str) -> dict[str, str]:
     parts.append(_pretraining(store, run, images, pin))
     parts.append("## Fine-tuning\n")
     ft_runs = finetune.run_names(run)
-    parts.append(_finetuning(store, ft_runs, images))
+    parts.append(_finetuning(store, ft_runs, images, finetune.task))
 
     if distill := distill_markdown(store, run):  # "" when the run has no distillation
         parts.append(distill)
@@ -125,19 +125,21 @@ def _mixture_table(last, pin: RunPin | None) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def _finetuning(store: ObjectStore, ft_runs: dict[str, str], images: dict[str, bytes]) -> str:
+def _finetuning(store: ObjectStore, ft_runs: dict[str, str], images: dict[str, bytes], task: str) -> str:
     ft_rows = {init: read_rows(store, RunKeys(name).metrics) for init, name in ft_runs.items()}
     ft_rows = {init: r for init, r in ft_rows.items() if r}
     if not ft_rows:
         return "_not run yet_\n"
     images["finetune.png"] = finetune_curves(ft_rows)
-    lines = []
+    # A generative fine-tune's accuracy is of the next answer token (greedy), a classifier's of the label.
+    accuracy = "answer-token accuracy" if task == "generate" else "accuracy"
+    lines = [f"Task `{task}`.\n"]
     for init, r in ft_rows.items():
         best = max((x.val_accuracy for x in r if x.val_accuracy is not None), default=None)
         stop = " (early stopped)" if any(x.early_stopped for x in r) else ""
         lines.append(
             f"- from {init}: {r[-1].step} steps{stop}"
-            + (f", best validation accuracy {best:.1%}" if best is not None else "")
+            + (f", best validation {accuracy} {best:.1%}" if best is not None else "")
             + "\n"
         )
     # One part each, joined as the report joins its parts (the markdown is unchanged by the split).
