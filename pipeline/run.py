@@ -99,28 +99,44 @@ def print_eval_table(store: ObjectStore, config: RunConfig, console: Console) ->
     if not sections:
         console.print("no evaluation results yet")
         return
-    for comparison, header, body in sections:
-        console.print(_console_table(comparison.title or "evaluation", header, body))
+    for index, (comparison, header, body) in enumerate(sections):
+        # Only the first table shows chance: the others score the same tasks, and 80 columns hold no more.
+        console.print(_console_table(comparison.title or "evaluation", header, body, with_chance=index == 0))
     console.print(
         "0-1 scores in %, ± one standard error (of the difference, for a gain), ↑/↓ the better direction; "
-        "chance: uniform / majority guess, or trivial answers. Every metric is in each evaluation's results.json."
+        "chance: uniform / majority guess, or the best trivial answer (named in the report). Every metric is "
+        "in each evaluation's results.json."
     )
 
 
-def _console_table(title: str, header: list[str], body: list[list[str]]) -> Table:
-    """Lines under the header only and scores as 37.7±2.0, gains without " pts", so a table fits an
-    80-column terminal. Every column asks for its widest cell; on a narrower terminal a long task or
-    metric name wraps, a number never does (nor parts from its ±)."""
+def _console_table(title: str, header: list[str], body: list[list[str]], with_chance: bool) -> Table:
+    """Lines under the header only, scores as 37.7±2.0, gains without " pts", suite names without
+    `sora_`, a generative suite's best trivial answer alone, so a table fits an 80-column terminal.
+    A number never wraps (its cells set the column's width), a header may; on a narrower terminal
+    a long task or metric name wraps."""
     from rich import box
 
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
-    cells = [[*row[:2], *(cell.replace(" ± ", "±").removesuffix(" pts") for cell in row[2:])] for row in body]
+    header = header if with_chance else header[:-1]  # the chance column is the last
+    cells = []
+    for row in body:
+        scores = [cell.replace(" ± ", "±").removesuffix(" pts") for cell in row[2:-1]]
+        cells.append(
+            [row[0].removeprefix("sora_"), row[1], *scores, *([_best_baseline(row[-1])] if with_chance else [])]
+        )
     for index, column in enumerate(header):
-        widest = max([len(column), *(len(row[index]) for row in cells)])
-        if index < 2 or index == len(header) - 1:  # names, and the chance text
-            table.add_column(column, overflow="fold", min_width=min(widest, 24))
+        widest = max(len(row[index]) for row in cells)
+        if index < 2:  # task and metric names
+            table.add_column(column, overflow="fold", min_width=min(max(widest, len(column)), 24))
         else:
-            table.add_column(column, no_wrap=True, justify="right", min_width=widest)
+            table.add_column(column, justify="right", min_width=widest, max_width=max(widest, 10))
     for row in cells:
         table.add_row(*row)
     return table
+
+
+def _best_baseline(chance: str) -> str:
+    """The chance cell for a terminal: "uniform / majority" as it is; a generative suite's trivial
+    answers ("copy_last_line 4.6, most_frequent_line 0.6") as the best score alone."""
+    scores = [part.rsplit(" ", 1)[-1] for part in chance.split(", ")] if chance[:1].isalpha() else []
+    return max(scores, key=float) if scores else chance
