@@ -11,7 +11,7 @@ trainer's rank 0 receives them (test_export.py covers the Sora export's bytes)."
 import json
 import os
 import subprocess
-import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -190,20 +190,12 @@ def test_export_format_both_is_refused_at_config_validation_for_a_norm_llama_lac
     assert load_config("default", {"train.model_overrides": {"norm": "adn"}}).train.export_format == "auto"
 
 
-# Runs in `python -I` (no PYTHONPATH, no user site, no script directory on sys.path) with a
-# meta-path finder in front of the editable install's: `sora` and `pipeline` cannot be imported.
+# Runs in a venv of its own, without Sora: its site-packages names the test venv's site-packages in a
+# .pth file, so torch and transformers import, but the .pth files there (the editable install of
+# sora and pipeline among them) are not processed: `sora` and `pipeline` cannot be imported.
 WITHOUT_SORA = r"""
 import sys
 
-
-class Blocked:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("sora", "pipeline"):
-            raise ImportError(f"{name} is not installed here")
-        return None
-
-
-sys.meta_path.insert(0, Blocked())
 for name in ("sora", "pipeline"):
     try:
         __import__(name)
@@ -231,7 +223,25 @@ torch.save(results, out_file)
 """
 
 
-def test_exports_load_in_a_process_without_sora(store, tmp_path):
+def venv_without_sora(folder: Path) -> Path:
+    """A new venv (no pip, nothing installed) that sees this venv's packages but not their .pth
+    files, so not the editable install of sora and pipeline; returns its python."""
+    import site
+    import venv
+
+    venv.EnvBuilder(with_pip=False).create(folder)
+    python = folder / "bin" / "python"
+    target = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    Path(target, "packages_without_sora.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    return python
+
+
+def test_exports_load_in_a_venv_without_sora(store, tmp_path):
     store, manifest = store
     llama = trained_like(4, num_key_value_heads=2, tie_word_embeddings=False)
     adn = trained_like(5, norm="adn")
@@ -244,7 +254,9 @@ def test_exports_load_in_a_process_without_sora(store, tmp_path):
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf_modules"), "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-I", str(script), store.path("runs/llama/hf-llama"), store.path("runs/adn/hf")]
+    env.pop("PYTHONPATH", None)
+    python = venv_without_sora(tmp_path / "venv")
+    command = [str(python), "-I", str(script), store.path("runs/llama/hf-llama"), store.path("runs/adn/hf")]
     command += [str(tmp_path / "ids.pt"), str(tmp_path / "out.pt"), str(NEW_TOKENS)]
     done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
