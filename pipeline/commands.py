@@ -265,7 +265,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "finetune",
-        "fine-tune stage: classify, pretrained vs scratch",
+        "fine-tune stage: classify or generate (finetune.task), pretrained vs scratch",
         f"{_STAGE_HANDLERS}:cmd_finetune",
         (
             Argument(

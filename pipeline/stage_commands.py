@@ -59,7 +59,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    """Fine-tune on the classify suite from the pretrained export and from scratch (same budget)."""
+    """Fine-tune on a suite (classify, or a generative one with finetune.task generate) from the pretrained
+    export and from scratch (same budget)."""
     from .finetune.launch import finetune
     from .run import record_config
     from .storage import open_store
