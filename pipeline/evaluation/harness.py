@@ -1,10 +1,11 @@
 """lm-evaluation-harness integration for Sora checkpoints.
 
-Sora is not a model type transformers knows, so `lm_eval --model hf` could only load it with
-`trust_remote_code` and code copied into every checkpoint. Instead, importing `sora` registers the
-model with the Auto classes, and this module registers an lm-eval model named `sora` that is the
-stock `HFLM` with that registration done. Everything `hf` accepts (`pretrained=`, `dtype=`,
-`batch_size`, `device`) works unchanged:
+Sora is not a model type transformers knows. Its exports carry their modeling code (`auto_map`), so
+`lm_eval --model hf --model_args pretrained=...,trust_remote_code=True` loads them anywhere (and an
+rmsnorm model's `hf-llama/` export needs nothing); in-process, importing `sora` registers the model
+with the Auto classes, and this module registers an lm-eval model named `sora` that is the stock
+`HFLM` with that registration done (the package's code, not the copy in the checkpoint). Everything
+`hf` accepts (`pretrained=`, `dtype=`, `batch_size`, `device`) works unchanged:
 
     lm_eval --include_path my_tasks --model sora --model_args pretrained=runs/x/hf --tasks my_task
     (with `import pipeline.evaluation.harness` done first, e.g. through `sora eval`)

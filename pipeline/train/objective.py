@@ -1,8 +1,9 @@
 """What a training run optimizes: the part of a run that differs between pretraining and fine-tuning.
 
 The training job (`trainer.py`, `engine.py`, `checkpoint_manager.py`) is the same for every run
-and knows objectives only through this protocol; `pipeline.pretrain.objective.LanguageModeling`
-and `pipeline.finetune.objective.Classification` implement it. An objective is built on the
+and knows objectives only through this protocol; `pipeline.pretrain.objective.LanguageModeling`,
+`pipeline.finetune.objective.Classification`, `pipeline.finetune.generation.Generation` and
+`pipeline.distill.objective.Distillation` implement it. An objective is built on the
 driver and pickled into the `WorkerSpec`, so it holds only light settings; on each worker the
 trainer calls `bind(store, node_dir)` once before anything else.
 """
