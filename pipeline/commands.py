@@ -279,7 +279,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "distill",
         "distill stage: a smaller student with KL to the frozen teacher, vs the same student without it",
-        "pipeline.distill.command:cmd_distill",
+        f"{_STAGE_HANDLERS}:cmd_distill",
         (
             Argument(
                 ("--restart",),
@@ -292,7 +292,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "quantize",
         "weight-only int8/int4 copies of the run's export (torchao): size and tokens/s before and after",
-        "pipeline.quantize.command:cmd_quantize",
+        f"{_STAGE_HANDLERS}:cmd_quantize",
         takes_config=True,
         submittable=True,
     ),

@@ -26,11 +26,11 @@ def record_config(store: ObjectStore, config: RunConfig) -> None:
 def run_all(config: RunConfig, console: Console | None = None) -> dict:
     from .data.stage import preprocess
     from .evaluation.checkpoints import evaluate_run
-    from .evaluation.workers import ensure_suites
     from .finetune.launch import finetune
     from .pretrain.launch import pretrain
     from .report.build import build_report
     from .report.timings import timed
+    from .suites.ensure import ensure_suites
 
     # Logs and CI capture stderr without a terminal: do not squeeze the table into 80 columns.
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)

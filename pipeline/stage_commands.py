@@ -72,6 +72,35 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         print(f"fine-tune from {init}: {state}; export {result.get('export')}")
 
 
+def cmd_distill(args: argparse.Namespace) -> None:
+    """Distill the teacher into a smaller student, and train the same student without it (same tokens)."""
+    from .distill.launch import distill
+    from .run import record_config
+    from .storage import open_store
+
+    config = _load(args)
+    record_config(open_store(config.storage.root, config.storage.settings()), config)
+    for kind, result in distill(config, restart=args.restart).items():
+        final = result.get("final", {})
+        state = "already finished" if result.get("skipped") else f"step {final.get('step')}"
+        if final.get("val_loss") is not None:
+            state += f", val loss {final['val_loss']:.4f}"
+        print(f"distill {kind}: {state}; export {result.get('export')}")
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    """Quantize the run's export with `quantize.methods` and print what each measured."""
+    from .quantize.launch import quantize
+
+    for method, record in quantize(_load(args)).items():
+        print(
+            f"{method}: {record.checkpoint_uri}  size {record.weight_bytes_after / 1e6:.2f} MB "
+            f"(x{record.size_ratio:.2f})  {record.tokens_per_s_after:.1f} tokens/s "
+            f"(x{record.speed_ratio:.2f} vs {record.tokens_per_s_before:.1f}, {record.device_name})  "
+            f"max |logit diff| {record.logits_max_abs_diff:.4f}"
+        )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Evaluate the run's checkpoints with lm-evaluation-harness and print the eval table."""
     from rich.console import Console

@@ -6,12 +6,12 @@ from __future__ import annotations
 from sora import SoraConfig, count_parameters
 
 from ..config.distill import DistillConfig
+from ..evaluation.derived import DISTILL_EVAL_NAMES as EVAL_NAMES
 from ..keys import RunKeys
 from ..records import ExportInfo, StoredConfig
 from ..records.export import load_export
 from ..storage import ObjectStore
 from ..train.metrics import read_rows
-from .evaluation import EVAL_NAMES
 
 
 def stored_distill(store: ObjectStore, run: str) -> DistillConfig | None:

@@ -22,6 +22,7 @@ from ..keys import RunKeys
 from ..records import read_dataset
 from ..records.export import load_export
 from ..storage import open_store
+from .derived import distill_checkpoints, quantized_checkpoints
 from .stage import stored_results
 from .workers import EvalJob, Scratch, evaluate_on_workers, scratch_uri
 
@@ -45,12 +46,8 @@ def evaluate_run(config: RunConfig) -> dict[str, Any]:
     for init in INITS:
         name = config.finetune.run_name(config.train, init)
         checkpoints[config.finetune.eval_name(init)] = (store.uri(RunKeys(name).export), finetuned_kind, None)
-    from ..distill.evaluation import distill_checkpoints  # the student and its baseline, beside the teacher
-
-    checkpoints |= distill_checkpoints(config, store)
-    from ..quantize.checkpoints import quantized_checkpoints  # int8/int4 copies, on the same suites
-
-    checkpoints |= quantized_checkpoints(config, store)
+    checkpoints |= distill_checkpoints(config, store)  # the student and its baseline, beside the teacher
+    checkpoints |= quantized_checkpoints(config, store)  # int8/int4 copies, on the same suites
     outcome: dict[str, Any] = {}
     jobs = []
     for name, (uri, kind, build) in checkpoints.items():

@@ -42,9 +42,9 @@ from ..config.run import RunConfig
 from ..errors import UserError
 from ..keys import RunKeys
 from ..ray_runtime import ensure_ray, get_result
-from ..records import DatasetVersion, EvalResults, ExportInfo, SuiteIndex
+from ..records import DatasetVersion, EvalResults, ExportInfo
 from ..storage import ObjectStore, open_store
-from ..suites.build import read_index
+from ..suites.ensure import ensure_suites
 from .stage import Kind, evaluate_checkpoint_to_store
 
 
@@ -128,20 +128,6 @@ def evaluate_on_workers(
     return results
 
 
-def ensure_suites(config: RunConfig, store: ObjectStore, manifest: DatasetVersion) -> SuiteIndex:
-    """The suites index of `manifest` for `config.eval`; when the suites are not built yet, a one-CPU
-    Ray task builds them (it streams the held-out documents: hours at hundreds of GB, never in the
-    caller's process), then the index is read. Evaluation and fine-tuning both start here."""
-    index = read_index(store, manifest, config.eval)
-    if index is None:
-        ensure_ray(config.ray)
-        get_result(_remote(_build_suites, "sora-build-suites", num_cpus=1).remote(config, manifest))
-        index = read_index(store, manifest, config.eval)
-    if index is None:  # the task returned, so its build published the index
-        raise RuntimeError(f"the suites build of {manifest.dataset} v{manifest.version} left no index to read")
-    return index
-
-
 _REMOTES: dict[Callable, Any] = {}
 
 
@@ -151,13 +137,6 @@ def _remote(body: Callable, name: str, **options: Any):
     if body not in _REMOTES:
         _REMOTES[body] = ray.remote(body)
     return _REMOTES[body].options(name=name, **options)
-
-
-def _build_suites(config: RunConfig, manifest: DatasetVersion) -> None:
-    """Task: build the dataset version's suites (streaming its held-out documents)."""
-    from ..suites.build import build_suites
-
-    build_suites(open_store(config.storage.root, config.storage.settings()), manifest, config.eval)
 
 
 def _evaluate(config: RunConfig, run: str, manifest: DatasetVersion, job: EvalJob, device: str) -> EvalResults:

@@ -26,12 +26,12 @@ from ..config.finetune import INITS, FinetuneConfig
 from ..config.run import RunConfig
 from ..config.train import TrainConfig
 from ..errors import UserError
-from ..evaluation.workers import ensure_suites
 from ..keys import RunKeys
 from ..records import read_dataset
 from ..records.export import load_export
 from ..storage import ObjectStore, open_store
 from ..suites.build import TASK_NAMES
+from ..suites.ensure import ensure_suites
 from ..train.launch import finished_export, pin_dataset, run_training
 from .generation import Generation
 from .objective import Classification

@@ -223,6 +223,6 @@ class GenerativeRows:
             raise UserError(
                 f"held-out split too small for {suite}: {len(splits['test'])} test examples from "
                 f"{self.docs['test']} test documents ({self.seen} held-out documents), need at least {need}: "
-                f"{heldout_hint(len(splits['test']), need, self.fraction)}"
+                f"{heldout_hint(len(splits['test']), need, self.fraction, 'gen_min_test_examples')}"
             )
         return splits, {"docs": dict(self.docs), "baselines": baselines(suite, splits)}

@@ -62,15 +62,12 @@ class Smallest:
         return [item for _, item in self.items]
 
 
-def heldout_hint(got: int, need: int, fraction: float | None) -> str:
+def heldout_hint(got: int, need: int, fraction: float | None, setting: str = "min_test_examples") -> str:
     """How to get more held-out examples; with the current fraction known, a suggested value."""
     suggestion = ""
     if fraction and got:
         suggestion = f" (now {fraction:g}; about {min(0.9, fraction * need / got * 1.2):.2g} should do)"
-    return (
-        f"raise data.split.heldout_fraction{suggestion} and rerun the data stage, "
-        "or lower eval.suites.min_test_examples"
-    )
+    return f"raise data.split.heldout_fraction{suggestion} and rerun the data stage, or lower eval.suites.{setting}"
 
 
 class PplRows:

@@ -19,15 +19,17 @@ LAYERS = [
     {"stage_commands", "ops"},  # command handlers (stages; plan/submit/jobs)
     {"run"},  # `sora run`: every stage in order
     {"report"},  # reads what the stages stored
+    {"distill", "quantize"},  # smaller and cheaper models made from an export (they use evaluation's loaders)
     {"evaluation"},  # lm-eval on exports, scratch baselines
     {"finetune", "pretrain"},  # the two objectives of the training job, with their drivers
     {"train", "suites"},  # the generic training job; downstream suites from held-out documents
     {"data"},  # the data stage: writes the dataset contract
     {"records"},  # typed stored documents
     {"ray_runtime"},
+    {"console_log"},  # libraries' output to the log file (the CLI and ensure_ray install it)
     {"config"},
     {"storage"},
-    {"commands", "keys", "errors", "faults", "resources"},  # leaves
+    {"commands", "keys", "errors", "faults", "resources", "after_import"},  # leaves
 ]
 RANK = {package: rank for rank, layer in enumerate(LAYERS) for package in layer}
 

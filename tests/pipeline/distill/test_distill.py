@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from pipeline.distill.evaluation import distill_checkpoints
 from pipeline.distill.launch import distill
 from pipeline.distill.report import distill_markdown
 from pipeline.errors import UserError
+from pipeline.evaluation.derived import distill_checkpoints
 from pipeline.keys import RunKeys
 from pipeline.run import record_config
 from pipeline.train.metrics import read_rows

@@ -31,6 +31,7 @@ def code_config(base) -> RunConfig:
     raw["eval"]["suites"] = suite_settings(
         enabled=["code_body", "docstring", "continuation"],
         gen_test_examples=40,
+        gen_min_test_examples=20,
         gen_train_examples=60,
         gen_validation_examples=10,
         gen_per_doc=3,

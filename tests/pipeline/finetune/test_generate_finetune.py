@@ -117,6 +117,7 @@ def test_generate_finetune_on_the_built_continuation_suite_end_to_end(pretrained
     config, store = pretrained_run
     raw = config.model_dump(mode="json")
     raw["eval"]["suites"]["enabled"] = ["continuation"]
+    raw["eval"]["suites"]["gen_min_test_examples"] = 20  # the small test corpus gives ~70
     raw["eval"]["limit"] = 8  # lm-eval's generate_until on CPU: a few documents per task
     raw["finetune"].update(task="generate", generate_suite="continuation", max_steps=4, eval_interval=2)
     config = RunConfig.model_validate(raw)

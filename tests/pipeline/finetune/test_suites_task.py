@@ -4,10 +4,10 @@ evaluation), never in the driver process: at hundreds of GB of held-out text tha
 import pytest
 
 from pipeline.config.run import RunConfig
-from pipeline.evaluation.workers import ensure_suites
 from pipeline.records import read_dataset
 from pipeline.records.export import load_export
 from pipeline.suites.build import read_index
+from pipeline.suites.ensure import ensure_suites
 
 pytestmark = pytest.mark.distributed
 
@@ -26,6 +26,7 @@ def test_missing_suites_are_built_in_a_ray_task_and_the_driver_reads_the_index(p
 
     # The driver's module only: the Ray task's process imports its own, unpatched.
     monkeypatch.setattr("pipeline.suites.build.build_suites", built_in_the_driver)
+    monkeypatch.setattr("pipeline.suites.ensure.build_suites", built_in_the_driver)
     index = ensure_suites(config, store, manifest)
     assert index == read_index(store, manifest, config.eval)
     classify = index.tasks["sora_classify"]
