@@ -16,7 +16,6 @@ from pipeline.finetune.task import FinetuneTask
 from pipeline.keys import RunKeys
 from pipeline.records import read_dataset
 from pipeline.records.export import load_export
-from pipeline.suites.build import TASK_NAMES
 from pipeline.train.metrics import read_rows
 from sora import SoraConfig, SoraForCausalLM
 
@@ -110,7 +109,6 @@ def test_generate_finetune_exports_causal_lms_whose_answer_loss_fell(pretrained_
         assert end < start, (init, start, end)
 
 
-@pytest.mark.skipif("code_body" not in TASK_NAMES, reason="the generative suites builder has not landed yet")
 def test_generate_finetune_on_the_built_continuation_suite_end_to_end(pretrained_run, tmp_path):
     from pipeline.evaluation.checkpoints import evaluate_run
 
